@@ -1,0 +1,703 @@
+//! `ApiClient` and the call pipeline.
+//!
+//! For each logical call, under one total deadline:
+//!
+//! 1. take a concurrency permit, held for the whole call (never waiting past the deadline);
+//! 2. for each attempt, ask the endpoint's circuit breaker (open: refuse at once,
+//!    no I/O), then take a rate-limit permit (retries are real requests too);
+//! 3. send one attempt under `min(attempt_timeout, time left)`, buffering the body
+//!    (bounded by `max_response_bytes`) inside the attempt;
+//! 4. classify the outcome ([`crate::error`]) and record it in the breaker;
+//! 5. on a retryable outcome, if the method may be repeated and the policy, the
+//!    deadline, the breaker and the budget allow, sleep the backoff (or the
+//!    server's `Retry-After`) and go to 2.
+//!
+//! The breaker is asked before the rate limit so that an open circuit costs
+//! callers nothing, not even a rate-limit wait.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::ExponentialBackoff;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use url::Url;
+
+use crate::breaker::{Breaker, Breakers, CircuitState, Verdict};
+use crate::builder::ApiClientBuilder;
+use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
+use crate::limit::Limits;
+use crate::redact;
+use crate::request::RequestBuilder;
+use crate::response::{ApiResponse, ApiStream};
+use crate::retry::{Budget, Decision, RetryPolicy, parse_retry_after};
+use crate::timeout::Deadline;
+
+/// An HTTP client for one service, with timeouts, retries, circuit breakers and
+/// limits around every call.
+///
+/// `ApiClient` is cheap to clone (`Arc` inside) and `Send + Sync`; clones share
+/// the connection pool, the circuit breakers, the rate limiter, the concurrency
+/// limit and the retry budget. Build one per service you call and share it.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::path("/api/users/42"))
+/// #     .respond_with(wiremock::ResponseTemplate::new(200)
+/// #         .set_body_json(serde_json::json!({"id": 42, "name": "Ada"})))
+/// #     .mount(&server).await;
+/// use resilient_http::ApiClient;
+///
+/// #[derive(serde::Deserialize)]
+/// struct User { id: u64, name: String }
+///
+/// let client = ApiClient::builder()
+///     .base_url(format!("{}/api/", server.uri()))
+///     .build()?;
+/// let user: User = client.get_json("users/42").await?;
+/// assert_eq!((user.id, user.name.as_str()), (42, "Ada"));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct ApiClient {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    http: reqwest::Client,
+    base: Option<Url>,
+    /// `server.address` / `server.port` of the base URL, for the span.
+    base_host: Box<str>,
+    base_port: u16,
+    attempt_timeout: Duration,
+    total_timeout: Duration,
+    max_response_bytes: usize,
+    retry: RetryPolicy,
+    budget: Option<Budget>,
+    breakers: Option<Breakers>,
+    limits: Limits,
+}
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        http: reqwest::Client,
+        base: Option<Url>,
+        attempt_timeout: Duration,
+        total_timeout: Duration,
+        max_response_bytes: usize,
+        retry: RetryPolicy,
+        budget: Option<Budget>,
+        breakers: Option<Breakers>,
+        limits: Limits,
+    ) -> Self {
+        let base_host = base
+            .as_ref()
+            .and_then(Url::host_str)
+            .unwrap_or_default()
+            .into();
+        let base_port = base
+            .as_ref()
+            .and_then(Url::port_or_known_default)
+            .unwrap_or(0);
+        Self {
+            http,
+            base,
+            base_host,
+            base_port,
+            attempt_timeout,
+            total_timeout,
+            max_response_bytes,
+            retry,
+            budget,
+            breakers,
+            limits,
+        }
+    }
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("ApiClient")
+            .field(
+                "base_url",
+                &inner.base.as_ref().map(|u| redact::url(u).to_string()),
+            )
+            .field("attempt_timeout", &inner.attempt_timeout)
+            .field("total_timeout", &inner.total_timeout)
+            .field("retry", &inner.retry)
+            .field("circuit_breaker", &inner.breakers.is_some())
+            .field("limits", &!inner.limits.is_empty())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A prepared call: the request (body already `Bytes`) and its options.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) request: reqwest::Request,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) idempotent: bool,
+}
+
+/// What the pipeline knows of the call, for its error context and span.
+struct CallContext<'a> {
+    method: Method,
+    url: Url,
+    deadline: Deadline,
+    span: &'a tracing::Span,
+}
+
+impl CallContext<'_> {
+    /// Enriches the final error with the call's context and reports it.
+    fn fail(&self, err: Error, attempts: u32) -> Error {
+        let err = err.with_call(
+            &self.method,
+            Some(&self.url),
+            attempts,
+            self.deadline.elapsed(),
+        );
+        let span = self.span;
+        if !span.is_disabled() {
+            if let Some(status) = err.status() {
+                span.record("http.response.status_code", status.as_u16());
+            }
+            if attempts > 1 {
+                span.record("http.request.resend_count", attempts - 1);
+            }
+            span.record("error.type", &*err.type_name());
+        }
+        if matches!(err.kind(), ErrorKind::Server | ErrorKind::Retryable) {
+            tracing::warn!(
+                target: "resilient_http",
+                kind = err.kind().as_str(),
+                attempts,
+                error = %err,
+                "call failed"
+            );
+        }
+        err
+    }
+
+    /// Records the time spent waiting for limits.
+    fn waited(&self, waited: Duration) {
+        if !waited.is_zero() && !self.span.is_disabled() {
+            let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            self.span.record("limit.wait_ms", ms);
+            tracing::debug!(target: "resilient_http::limit", wait_ms = ms, "waited for limits");
+        }
+    }
+
+    /// Records a successful call in the span.
+    fn succeeded(&self, status: StatusCode, attempts: u32) {
+        if !self.span.is_disabled() {
+            self.span
+                .record("http.response.status_code", status.as_u16());
+            if attempts > 1 {
+                self.span.record("http.request.resend_count", attempts - 1);
+            }
+        }
+    }
+}
+
+/// What one successful attempt yields.
+enum Got {
+    Buffered {
+        status: StatusCode,
+        version: reqwest::Version,
+        headers: reqwest::header::HeaderMap,
+        body: Bytes,
+        url: Url,
+    },
+    Streaming(reqwest::Response),
+}
+
+impl ApiClient {
+    /// A builder with every default; see [`ApiClientBuilder`].
+    pub fn builder() -> ApiClientBuilder {
+        ApiClientBuilder::new()
+    }
+
+    /// A client with every default for `base_url`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for an invalid URL.
+    pub fn new(base_url: impl AsRef<str>) -> Result<Self, Error> {
+        Self::builder().base_url(base_url).build()
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// The base URL paths are joined onto (always ends in `/`).
+    #[must_use]
+    pub fn base_url(&self) -> Option<&Url> {
+        self.inner.base.as_ref()
+    }
+
+    /// The state of the base endpoint's circuit breaker (`Closed` when the
+    /// breaker is off or there is no base URL).
+    #[must_use]
+    pub fn circuit_state(&self) -> CircuitState {
+        self.inner
+            .breakers
+            .as_ref()
+            .and_then(Breakers::base)
+            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+    }
+
+    /// The state of the circuit breaker of `url`'s endpoint (scheme, host, port).
+    #[must_use]
+    pub fn circuit_state_of(&self, url: &Url) -> CircuitState {
+        self.inner
+            .breakers
+            .as_ref()
+            .map_or(CircuitState::Closed, |b| {
+                b.for_url(url).state(Instant::now())
+            })
+    }
+
+    /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute URL.
+    pub(crate) fn url_for(&self, path: &str) -> Result<Url, Error> {
+        let url = match &self.inner.base {
+            Some(base) => base.join(path),
+            None => Url::parse(path),
+        }
+        .map_err(|e| Error::config_from("invalid request URL", e))?;
+        if matches!(url.scheme(), "http" | "https") {
+            Ok(url)
+        } else {
+            Err(Error::config("request URL must be http or https").with_url(&url))
+        }
+    }
+
+    /// A request with any method.
+    pub fn request(&self, method: Method, path: impl AsRef<str>) -> RequestBuilder {
+        RequestBuilder::new(self.clone(), method, path.as_ref())
+    }
+
+    /// A GET request for `path`, joined onto the base URL.
+    pub fn get(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    /// A POST request (not retried after it may have been sent, unless made
+    /// idempotent with [`RequestBuilder::idempotency_key`]).
+    pub fn post(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    /// A PUT request.
+    pub fn put(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::PUT, path)
+    }
+
+    /// A PATCH request (retried like a POST).
+    pub fn patch(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::PATCH, path)
+    }
+
+    /// A DELETE request.
+    pub fn delete(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::DELETE, path)
+    }
+
+    /// A HEAD request.
+    pub fn head(&self, path: impl AsRef<str>) -> RequestBuilder {
+        self.request(Method::HEAD, path)
+    }
+
+    /// GET `path` and decode the JSON body.
+    ///
+    /// # Errors
+    ///
+    /// As [`RequestBuilder::send`], plus [`ErrorKind::Decode`] for a body that
+    /// is not the expected JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: impl AsRef<str>) -> Result<T, Error> {
+        self.get(path).send_json().await
+    }
+
+    /// POST `body` as JSON to `path` and decode the JSON answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_json`](Self::get_json), plus [`ErrorKind::Config`] for a body
+    /// that cannot be serialized.
+    pub async fn post_json<B, T>(&self, path: impl AsRef<str>, body: &B) -> Result<T, Error>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.post(path).json(body).send_json().await
+    }
+
+    /// PUT `body` as JSON to `path` and decode the JSON answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_json`](Self::post_json).
+    pub async fn put_json<B, T>(&self, path: impl AsRef<str>, body: &B) -> Result<T, Error>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.put(path).json(body).send_json().await
+    }
+
+    /// PATCH `body` as JSON to `path` and decode the JSON answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_json`](Self::post_json).
+    pub async fn patch_json<B, T>(&self, path: impl AsRef<str>, body: &B) -> Result<T, Error>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.patch(path).json(body).send_json().await
+    }
+
+    pub(crate) async fn execute(&self, call: Call) -> Result<ApiResponse, Error> {
+        let method = call.request.method().clone();
+        match self.traced(call, false).await? {
+            (
+                Got::Buffered {
+                    status,
+                    version,
+                    headers,
+                    body,
+                    url,
+                },
+                attempts,
+            ) => Ok(ApiResponse {
+                status,
+                version,
+                headers,
+                body,
+                attempts,
+                method,
+                url,
+            }),
+            // Not asked for; cannot happen, but is not worth a panic.
+            (Got::Streaming(resp), attempts) => Err(Error::decode("unexpected stream", None)
+                .with_call(&method, Some(resp.url()), attempts, Duration::ZERO)),
+        }
+    }
+
+    pub(crate) async fn execute_stream(&self, call: Call) -> Result<ApiStream, Error> {
+        let deadline_end = Instant::now() + call.timeout.unwrap_or(self.inner.total_timeout);
+        match self.traced(call, true).await? {
+            (Got::Streaming(resp), attempts) => Ok(ApiStream::new(resp, attempts, deadline_end)),
+            (Got::Buffered { .. }, _) => Err(Error::decode("stream was buffered", None)),
+        }
+    }
+
+    /// Runs the pipeline inside the call's `http.client.request` span.
+    async fn traced(&self, call: Call, stream: bool) -> Result<(Got, u32), Error> {
+        let span = tracing::info_span!(
+            target: "resilient_http",
+            "http.client.request",
+            otel.kind = "client",
+            http.request.method = %call.request.method(),
+            url.full = Empty,
+            server.address = Empty,
+            server.port = Empty,
+            http.response.status_code = Empty,
+            http.request.resend_count = Empty,
+            error.type = Empty,
+            limit.wait_ms = Empty,
+        );
+        if !span.is_disabled() {
+            let url = call.request.url();
+            span.record("url.full", tracing::field::display(redact::url(url)));
+            if url.host_str() == Some(&*self.inner.base_host) {
+                span.record("server.address", &*self.inner.base_host);
+                span.record("server.port", self.inner.base_port);
+            } else {
+                span.record("server.address", url.host_str().unwrap_or_default());
+                span.record("server.port", url.port_or_known_default().unwrap_or(0));
+            }
+        }
+        self.pipeline(call, stream, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn pipeline(
+        &self,
+        call: Call,
+        stream: bool,
+        span: &tracing::Span,
+    ) -> Result<(Got, u32), Error> {
+        let inner = &*self.inner;
+        let deadline = Deadline::after(call.timeout.unwrap_or(inner.total_timeout));
+        let Call {
+            request,
+            idempotent,
+            ..
+        } = call;
+        let ctx = CallContext {
+            method: request.method().clone(),
+            url: request.url().clone(),
+            deadline,
+            span,
+        };
+        let mut original = Some(request);
+        let mut attempts = 0u32;
+        let finish = |err: Error, attempts: u32| ctx.fail(err, attempts);
+
+        let (_permit, mut waited) = match inner.limits.concurrency(&deadline).await {
+            Ok(p) => p,
+            Err(err) => return Err(finish(err, 0)),
+        };
+        let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
+        let mut schedule = None;
+        let mut last: Option<Error> = None;
+        loop {
+            let now = Instant::now();
+            let permit = match breaker.as_deref().map(|b| b.try_acquire(now)) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(wait)) => {
+                    let err = last.take().unwrap_or_else(|| Error::circuit_open(wait));
+                    return Err(finish(err, attempts));
+                }
+            };
+            match inner.limits.rate(&deadline).await {
+                Ok(w) => waited += w,
+                Err(err) => return Err(finish(last.take().unwrap_or(err), attempts)),
+            }
+            ctx.waited(waited);
+            let request = next_request(&mut original, attempts + 1 >= inner.retry.max_attempts);
+            let Some(request) = request else {
+                // Only reachable when a streaming body cannot be replayed.
+                let err = last
+                    .take()
+                    .unwrap_or_else(|| Error::config("request body cannot be replayed"));
+                return Err(finish(err, attempts));
+            };
+            attempts += 1;
+            let (limit, phase) = deadline.attempt_limit(inner.attempt_timeout);
+            let outcome = match tokio::time::timeout(limit, self.attempt(request, stream)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::timeout(phase)),
+            };
+            let now = Instant::now();
+            match outcome {
+                Ok(got) => {
+                    if let Some(p) = permit {
+                        p.record(Verdict::Success, now);
+                    }
+                    if let Some(budget) = &inner.budget {
+                        budget.deposit(now);
+                    }
+                    let status = match &got {
+                        Got::Buffered { status, .. } => *status,
+                        Got::Streaming(r) => r.status(),
+                    };
+                    ctx.succeeded(status, attempts);
+                    tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
+                    return Ok((got, attempts));
+                }
+                Err(err) => {
+                    if let Some(p) = permit {
+                        p.record(Verdict::of(err.kind()), now);
+                    }
+                    tracing::debug!(
+                        target: "resilient_http",
+                        attempt = attempts,
+                        error.type = &*err.type_name(),
+                        "attempt failed"
+                    );
+                    let Some(delay) = self.retry_delay(
+                        &err,
+                        attempts,
+                        idempotent,
+                        &mut schedule,
+                        &deadline,
+                        breaker.as_deref(),
+                        now,
+                    ) else {
+                        return Err(finish(err, attempts));
+                    };
+                    tokio::time::sleep(delay).await;
+                    last = Some(err);
+                }
+            }
+        }
+    }
+
+    /// After a failed attempt: the delay before the next one, or `None` to stop.
+    /// Asks, in order, the policy (kind, idempotency, attempts, Retry-After,
+    /// deadline), the breaker (an open breaker ends the loop) and the budget.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_delay(
+        &self,
+        err: &Error,
+        attempts: u32,
+        idempotent: bool,
+        schedule: &mut Option<ExponentialBackoff>,
+        deadline: &Deadline,
+        breaker: Option<&Breaker>,
+        now: Instant,
+    ) -> Option<Duration> {
+        let retry = &self.inner.retry;
+        let scheduled = schedule
+            .get_or_insert_with(|| retry.schedule())
+            .next()
+            .unwrap_or(retry.max_backoff);
+        let proposed = retry.jittered(scheduled);
+        let delay = match retry.decide(err, attempts, idempotent, proposed, deadline.remaining()) {
+            Decision::Retry(delay) => delay,
+            Decision::Stop(reason) => {
+                tracing::debug!(
+                    target: "resilient_http::retry",
+                    attempt = attempts,
+                    reason = reason.as_str(),
+                    "not retrying"
+                );
+                return None;
+            }
+        };
+        if let Some(open_for) = breaker.and_then(|b| b.open_for(now)) {
+            tracing::debug!(
+                target: "resilient_http::retry",
+                attempt = attempts,
+                open_for_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX),
+                "not retrying: circuit breaker is open"
+            );
+            return None;
+        }
+        if let Some(budget) = &self.inner.budget
+            && !budget.withdraw(now)
+        {
+            tracing::debug!(
+                target: "resilient_http::retry",
+                attempt = attempts,
+                "not retrying: retry budget exhausted"
+            );
+            return None;
+        }
+        tracing::debug!(
+            target: "resilient_http::retry",
+            attempt = attempts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            reason = &*err.type_name(),
+            "retrying"
+        );
+        Some(delay)
+    }
+
+    /// One attempt: send, then buffer the body (or hand the stream over).
+    async fn attempt(&self, request: reqwest::Request, stream: bool) -> Result<Got, Error> {
+        let mut resp = self
+            .inner
+            .http
+            .execute(request)
+            .await
+            .map_err(Error::transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            if stream {
+                return Ok(Got::Streaming(resp));
+            }
+            let headers = std::mem::take(resp.headers_mut());
+            let version = resp.version();
+            let url = resp.url().clone();
+            let body = read_body(resp, self.inner.max_response_bytes).await?;
+            return Ok(Got::Buffered {
+                status,
+                version,
+                headers,
+                body,
+                url,
+            });
+        }
+        let headers = std::mem::take(resp.headers_mut());
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Read a bounded prefix for `body_text`; a broken body does not hide the status.
+        let cap = self
+            .inner
+            .max_response_bytes
+            .clamp(BODY_TEXT_LIMIT, 64 * 1024);
+        let body = read_prefix(resp, cap).await;
+        Err(Error::from_status(status, headers, &body, retry_after))
+    }
+}
+
+/// The request for the next attempt: a copy while more attempts may follow,
+/// the original for the last one (or when the body cannot be copied).
+fn next_request(original: &mut Option<reqwest::Request>, last: bool) -> Option<reqwest::Request> {
+    if last {
+        return original.take();
+    }
+    original
+        .as_ref()
+        .and_then(reqwest::Request::try_clone)
+        .or_else(|| original.take())
+}
+
+/// Reads the whole body, failing with `Decode` past `limit` bytes.
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
+    if resp.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(Error::too_large(limit));
+    }
+    let Some(first) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(Error::too_large(limit));
+    }
+    let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(first);
+    };
+    let hint = resp
+        .content_length()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let mut buf = BytesMut::with_capacity(hint.clamp(first.len() + second.len(), limit));
+    buf.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        if buf.len() + chunk.len() > limit {
+            return Err(Error::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+        next = resp.chunk().await.map_err(Error::transport)?;
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads up to `cap` bytes of an error body, ignoring read failures.
+async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf
+}

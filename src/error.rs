@@ -1,0 +1,694 @@
+//! `Error`, `ErrorKind` and the one classifier that maps an outcome to a kind.
+//!
+//! Every decision the pipeline takes about a failure (retry it? blame the
+//! endpoint's breaker? report a timeout phase?) starts from [`classify`] here.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use url::Url;
+
+use crate::timeout::TimeoutPhase;
+
+/// A `Result` whose error defaults to this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How much of an error response's body [`Error::body_text`] keeps.
+pub(crate) const BODY_TEXT_LIMIT: usize = 4 * 1024;
+
+/// The class of a failure: what went wrong, and so what can be done about it.
+///
+/// | kind | what | retried by default |
+/// |---|---|---|
+/// | `Retryable` | DNS/connect failure, reset or early close, any timeout, 408, 429, 502, 503, 504 | yes |
+/// | `Server` | every other 5xx, and a peer that does not speak HTTP | only with `retry_server_errors(true)` |
+/// | `Client` | every other 4xx, a 3xx that was not followed, a redirect loop | no |
+/// | `Rejected` | refused locally, nothing sent: open circuit, rate or concurrency limit | no |
+/// | `Decode` | a 2xx that cannot be used as asked: wrong type, not UTF-8, too large | no |
+/// | `Config` | invalid URL, header, option or unserializable body | no |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A transient failure that another attempt may not meet.
+    Retryable,
+    /// The server failed (a 5xx other than 502/503/504, or an invalid HTTP response).
+    Server,
+    /// The request was refused by the server as the client's fault (4xx), or a
+    /// redirect was not followed.
+    Client,
+    /// Refused locally before anything was sent: an open circuit breaker, a rate
+    /// limit or a concurrency limit that cannot be met within the deadline.
+    Rejected,
+    /// A successful response whose body could not be used as asked.
+    Decode,
+    /// Invalid configuration or request: URL, header, option, body.
+    Config,
+}
+
+impl ErrorKind {
+    /// A short lowercase name for logs and metrics (`"retryable"`, `"server"`, ...).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Rejected => "rejected",
+            Self::Decode => "decode",
+            Self::Config => "config",
+        }
+    }
+
+    /// Whether an outcome of this kind is the endpoint's fault and so counts as a
+    /// failure for its circuit breaker: `Retryable` and `Server` do; `Client`,
+    /// `Decode` and `Config` do not (the endpoint answered, or was never asked).
+    pub(crate) const fn is_endpoint_failure(self) -> bool {
+        matches!(self, Self::Retryable | Self::Server)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What failed, worded for the error's one-line `Display`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum What {
+    #[error("server answered {0}")]
+    Status(StatusCode),
+    #[error("could not connect")]
+    Connect,
+    #[error("{0} timeout elapsed")]
+    Timeout(TimeoutPhase),
+    #[error("connection closed before the response was complete")]
+    Closed,
+    #[error("peer sent an invalid HTTP response")]
+    Protocol,
+    #[error("too many redirects or a redirect loop")]
+    Redirect,
+    #[error("circuit breaker is open")]
+    CircuitOpen,
+    #[error("rate limit would be exceeded")]
+    RateLimited,
+    #[error("concurrency limit reached")]
+    ConcurrencyLimited,
+    #[error("response body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not decode the response body: {0}")]
+    Decode(&'static str),
+    #[error("invalid configuration: {0}")]
+    Config(Cow<'static, str>),
+}
+
+/// The outcome of one attempt (or one local step) that is not a success.
+#[derive(Debug)]
+pub(crate) enum Outcome<'a> {
+    /// The server answered with a status that is not 2xx.
+    Status(StatusCode),
+    /// The transport failed.
+    Transport(&'a reqwest::Error),
+    /// One of our own timers fired (attempt or total).
+    Timeout(TimeoutPhase),
+}
+
+/// The result of [`classify`].
+#[derive(Debug)]
+pub(crate) struct Class {
+    pub(crate) kind: ErrorKind,
+    pub(crate) what: What,
+    pub(crate) phase: Option<TimeoutPhase>,
+    pub(crate) connect: bool,
+}
+
+/// The classification table. Every kind decision in the crate is made here.
+///
+/// | outcome | kind | notes |
+/// |---|---|---|
+/// | status 408, 429, 502, 503, 504 | `Retryable` | |
+/// | other 5xx | `Server` | |
+/// | other 4xx, any 3xx (not followed) | `Client` | |
+/// | DNS failure, connection refused, TLS handshake | `Retryable` | `is_connect()` |
+/// | connect timeout | `Retryable` | phase `Connect`, `is_connect()` |
+/// | no byte for `read_timeout` | `Retryable` | phase `Read` |
+/// | attempt or total timer | `Retryable` | phase `Attempt` / `Total` |
+/// | connection closed or reset, body shorter than Content-Length | `Retryable` | |
+/// | bytes that are not HTTP, header block too large | `Server` | the peer is broken, not busy |
+/// | redirect loop, more than the redirect limit | `Client` | |
+/// | invalid request (builder) | `Config` | |
+pub(crate) fn classify(outcome: &Outcome<'_>) -> Class {
+    match outcome {
+        Outcome::Status(status) => Class {
+            kind: status_kind(*status),
+            what: What::Status(*status),
+            phase: None,
+            connect: false,
+        },
+        Outcome::Timeout(phase) => Class {
+            kind: ErrorKind::Retryable,
+            what: What::Timeout(*phase),
+            phase: Some(*phase),
+            connect: *phase == TimeoutPhase::Connect,
+        },
+        Outcome::Transport(err) => transport_class(err),
+    }
+}
+
+fn status_kind(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        408 | 429 | 502 | 503 | 504 => ErrorKind::Retryable,
+        500..=599 => ErrorKind::Server,
+        // 1xx never reaches us as a final status; 3xx was not followed.
+        _ => ErrorKind::Client,
+    }
+}
+
+fn transport_class(err: &reqwest::Error) -> Class {
+    let class = |kind, what| Class {
+        kind,
+        what,
+        phase: None,
+        connect: false,
+    };
+    if err.is_builder() {
+        return class(
+            ErrorKind::Config,
+            What::Config(Cow::Borrowed("invalid request")),
+        );
+    }
+    if err.is_redirect() {
+        return class(ErrorKind::Client, What::Redirect);
+    }
+    if err.is_timeout() {
+        let phase = if err.is_connect() {
+            TimeoutPhase::Connect
+        } else {
+            TimeoutPhase::Read
+        };
+        return Class {
+            kind: ErrorKind::Retryable,
+            what: What::Timeout(phase),
+            phase: Some(phase),
+            connect: phase == TimeoutPhase::Connect,
+        };
+    }
+    if err.is_connect() {
+        return Class {
+            kind: ErrorKind::Retryable,
+            what: What::Connect,
+            phase: None,
+            connect: true,
+        };
+    }
+    // Walk the cause chain: hyper tells a broken peer from a closed connection.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_parse() || h.is_parse_status())
+        {
+            return class(ErrorKind::Server, What::Protocol);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return class(ErrorKind::Server, What::Protocol);
+        }
+        cause = e.source();
+    }
+    class(ErrorKind::Retryable, What::Closed)
+}
+
+/// The error of a call: what failed, classified, with the context to log it.
+///
+/// The returned error is the last attempt's error, enriched with the number of
+/// attempts, the elapsed time, the (redacted) URL and, for error responses, the
+/// status, the first 4 KiB of the body and any `Retry-After`. There is no
+/// "retries exhausted" wrapper hiding the real cause.
+///
+/// `Display` is one log line; neither it nor `Debug` ever shows credentials.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(404).set_body_string("no such user"))
+/// #     .mount(&server).await;
+/// use resilient_http::{ApiClient, ErrorKind, StatusCode};
+///
+/// let client = ApiClient::builder().base_url(server.uri()).build()?;
+/// let err = client.get("users/42").send().await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Client);
+/// assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+/// assert_eq!(err.body_text(), Some("no such user"));
+/// assert!(!err.is_retryable());
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    what: What,
+    source: Option<BoxError>,
+    method: Option<Method>,
+    url: Option<Url>,
+    status: Option<StatusCode>,
+    phase: Option<TimeoutPhase>,
+    connect: bool,
+    attempts: u32,
+    elapsed: Option<Duration>,
+    retry_after: Option<Duration>,
+    body: Option<Box<str>>,
+    headers: Option<HeaderMap>,
+}
+
+impl Error {
+    fn from_class(class: Class) -> Self {
+        Self {
+            inner: Box::new(Inner {
+                kind: class.kind,
+                what: class.what,
+                source: None,
+                method: None,
+                url: None,
+                status: None,
+                phase: class.phase,
+                connect: class.connect,
+                attempts: 0,
+                elapsed: None,
+                retry_after: None,
+                body: None,
+                headers: None,
+            }),
+        }
+    }
+
+    fn simple(kind: ErrorKind, what: What) -> Self {
+        Self::from_class(Class {
+            kind,
+            what,
+            phase: None,
+            connect: false,
+        })
+    }
+
+    /// An invalid configuration or request.
+    pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::simple(ErrorKind::Config, What::Config(message.into()))
+    }
+
+    /// An invalid configuration caused by `source`.
+    pub(crate) fn config_from(message: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::config(message).with_source(source)
+    }
+
+    /// A failed transport, classified.
+    pub(crate) fn transport(err: reqwest::Error) -> Self {
+        let class = classify(&Outcome::Transport(&err));
+        // reqwest's message embeds the URL unredacted; ours carries it redacted.
+        Self::from_class(class).with_source(err.without_url())
+    }
+
+    /// One of our own timers fired.
+    pub(crate) fn timeout(phase: TimeoutPhase) -> Self {
+        Self::from_class(classify(&Outcome::Timeout(phase)))
+    }
+
+    /// A non-2xx response.
+    pub(crate) fn from_status(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut err = Self::from_class(classify(&Outcome::Status(status)));
+        err.inner.status = Some(status);
+        err.inner.retry_after = retry_after;
+        if !body.is_empty() {
+            let end = body.len().min(BODY_TEXT_LIMIT);
+            let text = String::from_utf8_lossy(&body[..end]);
+            err.inner.body = Some(text.into());
+        }
+        err.inner.headers = Some(headers);
+        err
+    }
+
+    /// A 2xx body that cannot be used as asked.
+    pub(crate) fn decode(detail: &'static str, source: Option<BoxError>) -> Self {
+        let mut err = Self::simple(ErrorKind::Decode, What::Decode(detail));
+        err.inner.source = source;
+        err
+    }
+
+    /// A 2xx body larger than `max_response_bytes`.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::simple(ErrorKind::Decode, What::TooLarge(limit))
+    }
+
+    /// The breaker refused the call; `retry_after` is the time to the next probe.
+    pub(crate) fn circuit_open(retry_after: Option<Duration>) -> Self {
+        let mut err = Self::simple(ErrorKind::Rejected, What::CircuitOpen);
+        err.inner.retry_after = retry_after;
+        err
+    }
+
+    /// The rate limit refused the call; `retry_after` is when a permit frees up.
+    pub(crate) fn rate_limited(retry_after: Duration) -> Self {
+        let mut err = Self::simple(ErrorKind::Rejected, What::RateLimited);
+        err.inner.retry_after = Some(retry_after);
+        err
+    }
+
+    /// No concurrency permit could be had within the deadline.
+    pub(crate) fn concurrency_limited() -> Self {
+        Self::simple(ErrorKind::Rejected, What::ConcurrencyLimited)
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Adds the call's context: method, URL (stored redacted), attempts, elapsed.
+    pub(crate) fn with_call(
+        mut self,
+        method: &Method,
+        url: Option<&Url>,
+        attempts: u32,
+        elapsed: Duration,
+    ) -> Self {
+        let inner = &mut *self.inner;
+        inner.method = Some(method.clone());
+        if inner.url.is_none() {
+            inner.url = url.map(|u| crate::redact::url(u).into_owned());
+        }
+        inner.attempts = attempts;
+        inner.elapsed = Some(elapsed);
+        self
+    }
+
+    /// Adds the URL alone (stored redacted).
+    pub(crate) fn with_url(mut self, url: &Url) -> Self {
+        self.inner.url = Some(crate::redact::url(url).into_owned());
+        self
+    }
+
+    /// The class of failure.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether the failure is transient (`ErrorKind::Retryable`). Whether the
+    /// client actually retried also depends on the method and the policy.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        self.inner.kind == ErrorKind::Retryable
+    }
+
+    /// Whether a timeout fired; [`timeout_phase`](Self::timeout_phase) says which.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.inner.phase.is_some()
+    }
+
+    /// The limit that was binding when a timeout fired.
+    #[must_use]
+    pub fn timeout_phase(&self) -> Option<TimeoutPhase> {
+        self.inner.phase
+    }
+
+    /// Whether the connection could not be made (DNS, refused, TLS handshake,
+    /// connect timeout). Nothing reached the server.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        self.inner.connect
+    }
+
+    /// Whether an open (or saturated half-open) circuit breaker refused the call.
+    #[must_use]
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self.inner.what, What::CircuitOpen)
+    }
+
+    /// Whether the client-side rate limit refused the call.
+    #[must_use]
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.inner.what, What::RateLimited)
+    }
+
+    /// Whether no concurrency permit could be had within the deadline.
+    #[must_use]
+    pub fn is_concurrency_limited(&self) -> bool {
+        matches!(self.inner.what, What::ConcurrencyLimited)
+    }
+
+    /// Whether this failure proves that nothing reached the server (a connect
+    /// failure or a local rejection), so even a POST may be sent again.
+    pub(crate) fn nothing_sent(&self) -> bool {
+        self.inner.connect || self.inner.kind == ErrorKind::Rejected
+    }
+
+    /// The status of an error response.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The headers of an error response.
+    #[must_use]
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.inner.headers.as_ref()
+    }
+
+    /// Attempts started, including one whose connection failed; 0 for a call
+    /// refused locally before its first attempt.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.inner.attempts
+    }
+
+    /// Time from the start of the call to the error.
+    #[must_use]
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.inner.elapsed
+    }
+
+    /// When to try again: the server's `Retry-After`, the time until an open
+    /// breaker's next probe, or until the rate limit frees a permit.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// The first 4 KiB of an error response's body, lossily decoded as UTF-8.
+    #[must_use]
+    pub fn body_text(&self) -> Option<&str> {
+        self.inner.body.as_deref()
+    }
+
+    /// The URL of the call, with its password and credential-like query values removed.
+    #[must_use]
+    pub fn url(&self) -> Option<&Url> {
+        self.inner.url.as_ref()
+    }
+
+    /// The method of the call.
+    #[must_use]
+    pub fn method(&self) -> Option<&Method> {
+        self.inner.method.as_ref()
+    }
+
+    /// A short name of the failure for the `error.type` tracing field and metrics:
+    /// the status code for error responses, else a lowercase word.
+    pub(crate) fn type_name(&self) -> Cow<'static, str> {
+        match &self.inner.what {
+            What::Status(s) => Cow::Owned(s.as_u16().to_string()),
+            What::Connect => Cow::Borrowed("connect"),
+            What::Timeout(_) => Cow::Borrowed("timeout"),
+            What::Closed => Cow::Borrowed("closed"),
+            What::Protocol => Cow::Borrowed("protocol"),
+            What::Redirect => Cow::Borrowed("redirect"),
+            What::CircuitOpen => Cow::Borrowed("circuit_open"),
+            What::RateLimited => Cow::Borrowed("rate_limited"),
+            What::ConcurrencyLimited => Cow::Borrowed("concurrency_limited"),
+            What::TooLarge(_) => Cow::Borrowed("too_large"),
+            What::Decode(_) => Cow::Borrowed("decode"),
+            What::Config(_) => Cow::Borrowed("config"),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        match (&inner.method, &inner.url) {
+            (Some(m), Some(u)) => write!(f, "{m} {u}: ")?,
+            (None, Some(u)) => write!(f, "{u}: ")?,
+            (Some(m), None) => write!(f, "{m}: ")?,
+            (None, None) => {}
+        }
+        write!(f, "{}", inner.what)?;
+        if let Some(e) = &inner.source
+            && (inner.kind == ErrorKind::Config || inner.kind == ErrorKind::Decode)
+        {
+            write!(f, " ({e})")?;
+        }
+        if inner.attempts > 0 || inner.elapsed.is_some() {
+            let plural = if inner.attempts == 1 { "" } else { "s" };
+            write!(f, " after {} attempt{plural}", inner.attempts)?;
+            if let Some(el) = inner.elapsed {
+                write!(f, " in {}ms", el.as_millis())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &inner.kind).field("what", &inner.what);
+        if let Some(m) = &inner.method {
+            d.field("method", m);
+        }
+        if let Some(u) = &inner.url {
+            d.field("url", &u.as_str());
+        }
+        if let Some(s) = &inner.status {
+            d.field("status", s);
+        }
+        if let Some(p) = &inner.phase {
+            d.field("timeout_phase", p);
+        }
+        d.field("attempts", &inner.attempts);
+        if let Some(e) = &inner.elapsed {
+            d.field("elapsed", e);
+        }
+        if let Some(r) = &inner.retry_after {
+            d.field("retry_after", r);
+        }
+        if let Some(s) = &inner.source {
+            d.field("source", s);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_one_pointer_wide() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn statuses_are_classified_by_the_table() {
+        let table = [
+            (408, ErrorKind::Retryable),
+            (429, ErrorKind::Retryable),
+            (502, ErrorKind::Retryable),
+            (503, ErrorKind::Retryable),
+            (504, ErrorKind::Retryable),
+            (500, ErrorKind::Server),
+            (501, ErrorKind::Server),
+            (505, ErrorKind::Server),
+            (599, ErrorKind::Server),
+            (400, ErrorKind::Client),
+            (401, ErrorKind::Client),
+            (404, ErrorKind::Client),
+            (409, ErrorKind::Client),
+            (422, ErrorKind::Client),
+            (301, ErrorKind::Client),
+            (304, ErrorKind::Client),
+        ];
+        for (code, kind) in table {
+            let status = StatusCode::from_u16(code).unwrap();
+            let class = classify(&Outcome::Status(status));
+            assert_eq!(class.kind, kind, "{code}");
+            assert_eq!(class.phase, None);
+        }
+    }
+
+    #[test]
+    fn timeouts_are_retryable_and_name_their_phase() {
+        for phase in [
+            TimeoutPhase::Connect,
+            TimeoutPhase::Read,
+            TimeoutPhase::Attempt,
+            TimeoutPhase::Total,
+        ] {
+            let err = Error::timeout(phase);
+            assert!(err.is_retryable());
+            assert!(err.is_timeout());
+            assert_eq!(err.timeout_phase(), Some(phase));
+            assert_eq!(err.is_connect(), phase == TimeoutPhase::Connect);
+        }
+    }
+
+    #[test]
+    fn endpoint_failures_are_retryable_and_server_only() {
+        assert!(ErrorKind::Retryable.is_endpoint_failure());
+        assert!(ErrorKind::Server.is_endpoint_failure());
+        for kind in [
+            ErrorKind::Client,
+            ErrorKind::Rejected,
+            ErrorKind::Decode,
+            ErrorKind::Config,
+        ] {
+            assert!(!kind.is_endpoint_failure());
+        }
+    }
+
+    #[test]
+    fn display_is_one_line_with_context() {
+        let url = Url::parse("http://u:pw@127.0.0.1:1/api/x?token=t0k").unwrap();
+        let err = Error::from_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            b"busy",
+            None,
+        )
+        .with_call(&Method::GET, Some(&url), 3, Duration::from_millis(250));
+        let text = err.to_string();
+        assert!(!text.contains('\n'));
+        assert!(
+            text.starts_with("GET http://u@127.0.0.1:1/api/x?token=REDACTED: "),
+            "{text}"
+        );
+        assert!(text.contains("503"), "{text}");
+        assert!(text.contains("3 attempts"), "{text}");
+        assert!(text.contains("250ms"), "{text}");
+        let debug = format!("{err:?}");
+        assert!(!debug.contains("pw") && !debug.contains("t0k"), "{debug}");
+    }
+
+    #[test]
+    fn body_text_keeps_the_first_4_kib() {
+        let body = vec![b'a'; 10_000];
+        let err = Error::from_status(StatusCode::BAD_REQUEST, HeaderMap::new(), &body, None);
+        assert_eq!(err.body_text().map(str::len), Some(BODY_TEXT_LIMIT));
+    }
+}

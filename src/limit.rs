@@ -1,0 +1,279 @@
+//! Client-side limits: a rate limit (governor, GCRA) and a concurrency bulkhead.
+//!
+//! Both wait inside the call's deadline. A rate-limit wait is known in advance,
+//! so one that cannot fit fails at once; a concurrency wait ends at the deadline.
+//! Permits are guards released on drop, so a cancelled call never leaks one.
+
+use std::num::NonZeroU32;
+use std::ops::Add;
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::timeout::Deadline;
+
+/// A client-side rate limit: at most `n` requests per second (or minute), with
+/// bursts of up to `burst`, shared by all clones of the client.
+///
+/// Every attempt takes a permit, retries included: they are real requests to
+/// the server. By default a call waits for its permit, but never past its
+/// deadline: a wait that cannot fit fails at once with
+/// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) and
+/// [`Error::is_rate_limited`]. [`fail_fast`](Self::fail_fast) rejects instead of waiting.
+///
+/// # Examples
+///
+/// ```
+/// use resilient_http::{ApiClient, RateLimit};
+///
+/// let client = ApiClient::builder()
+///     .base_url("http://127.0.0.1:8080/")
+///     .rate_limit(RateLimit::per_second(100).burst(20))
+///     .build()?;
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct RateLimit {
+    count: u32,
+    period: Duration,
+    burst: Option<u32>,
+    wait: bool,
+}
+
+impl RateLimit {
+    /// At most `n` requests per second; bursts of `n` unless [`burst`](Self::burst) says otherwise.
+    /// Zero is a `Config` error from [`build()`](crate::ApiClientBuilder::build).
+    pub fn per_second(n: u32) -> Self {
+        Self {
+            count: n,
+            period: Duration::from_secs(1),
+            burst: None,
+            wait: true,
+        }
+    }
+
+    /// At most `n` requests per minute, spread evenly; bursts of `n` by default.
+    pub fn per_minute(n: u32) -> Self {
+        Self {
+            period: Duration::from_secs(60),
+            ..Self::per_second(n)
+        }
+    }
+
+    /// How many requests may go at once after a quiet period (at least 1).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Reject at once instead of waiting when no permit is free.
+    pub fn fail_fast(mut self) -> Self {
+        self.wait = false;
+        self
+    }
+
+    /// Whether a call waits for a permit (the default) or is rejected at once.
+    pub(crate) fn waits(&self) -> bool {
+        self.wait
+    }
+
+    pub(crate) fn validate(&self) -> Result<Quota, Error> {
+        let count = NonZeroU32::new(self.count)
+            .ok_or_else(|| Error::config("rate limit: the rate must be at least 1"))?;
+        let quota = Quota::with_period(self.period / count.get())
+            .ok_or_else(|| Error::config("rate limit: the rate is too high"))?;
+        let burst = match self.burst {
+            None => count,
+            Some(b) => NonZeroU32::new(b)
+                .ok_or_else(|| Error::config("rate limit: burst must be at least 1"))?,
+        };
+        Ok(quota.allow_burst(burst))
+    }
+}
+
+/// governor's clock, driven by tokio time so paused-clock tests work.
+#[derive(Debug, Clone, Copy)]
+struct TokioClock {
+    origin: Instant,
+}
+
+/// Nanoseconds since the limiter's origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(u64);
+
+impl Add<Nanos> for Tick {
+    type Output = Self;
+    fn add(self, other: Nanos) -> Self {
+        Self(self.0.saturating_add(other.as_u64()))
+    }
+}
+
+impl Reference for Tick {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        Nanos::from(self.0.saturating_sub(earlier.0))
+    }
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        Self(self.0.saturating_sub(duration.as_u64()))
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Tick;
+    fn now(&self) -> Tick {
+        let nanos = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos();
+        Tick(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tick>>;
+
+/// The runtime limits of one client, shared by its clones.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    rate: Option<(Limiter, TokioClock, bool)>,
+    concurrency: Option<Semaphore>,
+}
+
+impl Limits {
+    pub(crate) fn new(rate: Option<(Quota, bool)>, max_concurrency: Option<usize>) -> Self {
+        let rate = rate.map(|(quota, wait)| {
+            let clock = TokioClock {
+                origin: Instant::now(),
+            };
+            (RateLimiter::direct_with_clock(quota, clock), clock, wait)
+        });
+        Self {
+            rate,
+            concurrency: max_concurrency.map(Semaphore::new),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rate.is_none() && self.concurrency.is_none()
+    }
+
+    /// Takes a concurrency permit, waiting at most until the deadline. Returns
+    /// the permit (none when there is no limit) and the time waited.
+    pub(crate) async fn concurrency(
+        &self,
+        deadline: &Deadline,
+    ) -> Result<(Option<SemaphorePermit<'_>>, Duration), Error> {
+        let Some(sem) = &self.concurrency else {
+            return Ok((None, Duration::ZERO));
+        };
+        if let Ok(permit) = sem.try_acquire() {
+            return Ok((Some(permit), Duration::ZERO));
+        }
+        let start = Instant::now();
+        match tokio::time::timeout_at(deadline.end(), sem.acquire()).await {
+            Ok(Ok(permit)) => Ok((Some(permit), start.elapsed())),
+            // Timed out, or the semaphore was closed (never: we do not close it).
+            _ => Err(Error::concurrency_limited()),
+        }
+    }
+
+    /// Takes a rate-limit permit, waiting only if the wait fits the deadline.
+    /// Returns the time waited.
+    pub(crate) async fn rate(&self, deadline: &Deadline) -> Result<Duration, Error> {
+        let Some((limiter, clock, wait)) = &self.rate else {
+            return Ok(Duration::ZERO);
+        };
+        let start = Instant::now();
+        loop {
+            match limiter.check() {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(not_until) => {
+                    let needed = not_until.wait_time_from(clock.now());
+                    if !*wait || !deadline.fits(needed) {
+                        return Err(Error::rate_limited(needed));
+                    }
+                    tokio::time::sleep(needed).await;
+                }
+            }
+        }
+    }
+
+    /// Free concurrency permits (for tests and `Debug`).
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> Option<usize> {
+        self.concurrency.as_ref().map(Semaphore::available_permits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_rates_are_config_errors() {
+        assert!(RateLimit::per_second(0).validate().is_err());
+        assert!(RateLimit::per_second(10).burst(0).validate().is_err());
+        assert!(RateLimit::per_minute(1).validate().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_spaces_permits_on_tokio_time() {
+        let limits = Limits::new(
+            Some((RateLimit::per_second(10).burst(2).validate().unwrap(), true)),
+            None,
+        );
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let start = Instant::now();
+        for _ in 0..6 {
+            limits.rate(&deadline).await.unwrap();
+        }
+        // 2 at once, then one per 100 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_cannot_fit_fails_at_once() {
+        let limits = Limits::new(
+            Some((RateLimit::per_second(1).burst(1).validate().unwrap(), true)),
+            None,
+        );
+        let deadline = Deadline::after(Duration::from_millis(500));
+        limits.rate(&deadline).await.unwrap();
+        let start = Instant::now();
+        let err = limits.rate(&deadline).await.unwrap_err();
+        assert!(err.is_rate_limited());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_rejects_without_waiting() {
+        let limits = Limits::new(
+            Some((
+                RateLimit::per_second(1).fail_fast().validate().unwrap(),
+                false,
+            )),
+            None,
+        );
+        let deadline = Deadline::after(Duration::from_secs(30));
+        limits.rate(&deadline).await.unwrap();
+        assert!(limits.rate(&deadline).await.unwrap_err().is_rate_limited());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_waits_until_the_deadline_then_rejects() {
+        let limits = Limits::new(None, Some(1));
+        let deadline = Deadline::after(Duration::from_secs(1));
+        let held = limits.concurrency(&deadline).await.unwrap();
+        assert_eq!(limits.available(), Some(0));
+        let err = limits.concurrency(&deadline).await.unwrap_err();
+        assert!(err.is_concurrency_limited());
+        drop(held);
+        assert_eq!(limits.available(), Some(1));
+    }
+}

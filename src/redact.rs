@@ -1,0 +1,117 @@
+//! Keeping secrets out of `Display`, `Debug` and tracing fields.
+//!
+//! URLs lose their password and the values of query parameters whose names look
+//! like credentials; header values whose names look like credentials are marked
+//! sensitive, so `HeaderValue`'s own `Debug` prints `Sensitive`.
+
+use std::borrow::Cow;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use url::Url;
+
+/// What a redacted value is replaced with.
+pub(crate) const REDACTED: &str = "REDACTED";
+
+/// Whether a header or query parameter name looks like it carries a credential.
+pub(crate) fn is_sensitive_name(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "sig",
+        "signature",
+        "code",
+        "key",
+        "auth",
+    ];
+    const PARTS: &[&str] = &[
+        "api-key",
+        "api_key",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "session",
+        "credential",
+        "x-amz-signature",
+        "private",
+    ];
+    let lower = name.to_ascii_lowercase();
+    EXACT.contains(&lower.as_str()) || PARTS.iter().any(|part| lower.contains(part))
+}
+
+/// Marks `value` sensitive when `name` looks like a credential header.
+pub(crate) fn mark_sensitive(name: &HeaderName, value: &mut HeaderValue) {
+    if is_sensitive_name(name.as_str()) {
+        value.set_sensitive(true);
+    }
+}
+
+/// A copy of `url` that is safe to print: no password, credential-looking
+/// query values replaced by `REDACTED`. Borrows when there is nothing to hide.
+pub(crate) fn url(url: &Url) -> Cow<'_, Url> {
+    let secret_query = url.query_pairs().any(|(name, _)| is_sensitive_name(&name));
+    if url.password().is_none() && !secret_query {
+        return Cow::Borrowed(url);
+    }
+    let mut clean = url.clone();
+    // Fails only for URLs that cannot have a password (no host), which have none.
+    let _ = clean.set_password(None);
+    if secret_query {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_sensitive_name(&name) {
+                    REDACTED.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        clean.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    Cow::Owned(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_names_are_recognized() {
+        for name in [
+            "Authorization",
+            "x-api-key",
+            "X-Auth-Token",
+            "api_key",
+            "access_token",
+            "Cookie",
+            "client_secret",
+        ] {
+            assert!(is_sensitive_name(name), "{name}");
+        }
+        for name in ["accept", "page", "x-request-id", "content-type"] {
+            assert!(!is_sensitive_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_password_and_secret_query_values() {
+        let raw = Url::parse("https://bob:hunter2@example.com/a?page=2&api_key=s3cr3t").unwrap();
+        let clean = url(&raw).into_owned();
+        let text = clean.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("page=2"), "{text}");
+        assert_eq!(clean.username(), "bob");
+    }
+
+    #[test]
+    fn clean_urls_are_borrowed() {
+        let raw = Url::parse("http://127.0.0.1:8080/api/users?page=2").unwrap();
+        assert!(matches!(url(&raw), Cow::Borrowed(_)));
+    }
+}

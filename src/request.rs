@@ -1,0 +1,233 @@
+//! `RequestBuilder`: per-call options, then `send()` or `send_stream()`.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builder::{bearer, header_pair};
+use crate::client::{ApiClient, Call};
+use crate::error::{BoxError, Error};
+use crate::response::{ApiResponse, ApiStream};
+use crate::retry::is_idempotent_method;
+
+/// The header an idempotency key is sent in.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A request being built; get one from [`ApiClient::get`] and friends.
+///
+/// Like the client builder, setters never fail: the first invalid input (a bad
+/// header, an unserializable body or query) is returned by [`send`](Self::send)
+/// as an [`ErrorKind::Config`](crate::ErrorKind::Config) error.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(201))
+/// #     .mount(&server).await;
+/// use std::time::Duration;
+///
+/// let client = resilient_http::ApiClient::builder().base_url(server.uri()).build()?;
+/// let resp = client
+///     .post("payments")
+///     .json(&serde_json::json!({ "amount": 7 }))
+///     .idempotency_key("pay-7")           // now safe to retry
+///     .header("x-request-id", "abc")
+///     .timeout(Duration::from_secs(5))    // this call's total deadline
+///     .send()
+///     .await?;
+/// assert_eq!(resp.status(), 201);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[must_use = "a request does nothing until it is sent"]
+pub struct RequestBuilder {
+    client: ApiClient,
+    method: Method,
+    inner: Result<reqwest::RequestBuilder, Error>,
+    timeout: Option<Duration>,
+    idempotent: Option<bool>,
+    has_key: bool,
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("timeout", &self.timeout)
+            .field("idempotent", &self.idempotent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestBuilder {
+    pub(crate) fn new(client: ApiClient, method: Method, path: &str) -> Self {
+        let inner = client
+            .url_for(path)
+            .map(|url| client.http().request(method.clone(), url));
+        Self {
+            client,
+            method,
+            inner,
+            timeout: None,
+            idempotent: None,
+            has_key: false,
+        }
+    }
+
+    fn map(mut self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
+        self.inner = self.inner.map(f);
+        self
+    }
+
+    fn fail(mut self, err: Error) -> Self {
+        if self.inner.is_ok() {
+            self.inner = Err(err);
+        }
+        self
+    }
+
+    /// Appends query parameters, serialized with `serde_urlencoded`
+    /// (`&[("page", "2")]`, a struct, a map).
+    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+        self.map(|r| r.query(query))
+    }
+
+    /// Adds a header to this request (credential-like values are never printed).
+    pub fn header<K, V>(self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: Into<BoxError>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<BoxError>,
+    {
+        match header_pair(name, value) {
+            Ok((name, value)) => self.map(|r| r.header(name, value)),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with this request.
+    pub fn bearer_auth(self, token: impl fmt::Display) -> Self {
+        match bearer(&token) {
+            Ok(value) => self.map(|r| r.header(reqwest::header::AUTHORIZATION, value)),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// A JSON body (and `Content-Type: application/json` unless set). It is
+    /// serialized once and replayed on every attempt.
+    pub fn json<T: Serialize + ?Sized>(self, body: &T) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => self.map(|r| {
+                r.header(
+                    reqwest::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )
+                .body(bytes)
+            }),
+            Err(e) => self.fail(Error::config_from("request body is not serializable", e)),
+        }
+    }
+
+    /// A raw body, replayed on every attempt.
+    pub fn body(self, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        self.map(|r| r.body(body))
+    }
+
+    /// This call's total deadline, replacing the client's `total_timeout`
+    /// (longer or shorter).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether this call may be sent more than once, overriding the method's
+    /// default (GET, HEAD, OPTIONS, TRACE, PUT and DELETE are; POST and PATCH
+    /// are not). `idempotent(false)` on a DELETE turns its retries off.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// Sends `Idempotency-Key: <key>` on every attempt, which makes a POST or
+    /// PATCH safe to retry: the server can tell a replay from a new request.
+    pub fn idempotency_key(mut self, key: impl AsRef<str>) -> Self {
+        self.has_key = true;
+        match HeaderValue::from_str(key.as_ref()) {
+            Ok(value) => self.map(|r| r.header(IDEMPOTENCY_KEY, value)),
+            Err(e) => self.fail(Error::config_from("invalid idempotency key", e)),
+        }
+    }
+
+    fn into_call(self) -> Result<(ApiClient, Call), Error> {
+        let Self {
+            client,
+            method,
+            inner,
+            timeout,
+            idempotent,
+            has_key,
+        } = self;
+        let request = inner
+            .and_then(|r| r.build().map_err(Error::transport))
+            .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO))?;
+        let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
+        Ok((
+            client,
+            Call {
+                request,
+                timeout,
+                idempotent,
+            },
+        ))
+    }
+
+    /// Sends the request through the client's pipeline (limits, breaker,
+    /// attempts, retries) and buffers the body.
+    ///
+    /// # Errors
+    ///
+    /// `Ok` only for a 2xx status. Any other status, a transport failure, a
+    /// timeout, a local rejection or an invalid request is an [`Error`] whose
+    /// [`kind`](Error::kind) says which.
+    pub async fn send(self) -> Result<ApiResponse, Error> {
+        let (client, call) = self.into_call()?;
+        client.execute(call).await
+    }
+
+    /// Sends the request and decodes a 2xx JSON body.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus [`ErrorKind::Decode`](crate::ErrorKind::Decode)
+    /// for a body that is not the expected JSON.
+    pub async fn send_json<T: DeserializeOwned>(self) -> Result<T, Error> {
+        self.send().await?.json()
+    }
+
+    /// Sends the request and returns as soon as the headers of a 2xx response
+    /// arrive; the body is read from the returned [`ApiStream`].
+    ///
+    /// Attempts that fail before the headers arrive are retried as usual. After
+    /// that nothing can be retried: the body is not buffered, so a failure while
+    /// reading it goes to the reader. `attempt_timeout` covers the wait for the
+    /// headers; each read is bounded by `read_timeout`, the whole body by the
+    /// call's total deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for everything up to the headers.
+    pub async fn send_stream(self) -> Result<ApiStream, Error> {
+        let (client, call) = self.into_call()?;
+        client.execute_stream(call).await
+    }
+}

@@ -1,0 +1,257 @@
+//! `ApiResponse` (a buffered 2xx response) and `ApiStream` (a streamed one).
+
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Version};
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
+use url::Url;
+
+use crate::error::Error;
+use crate::redact;
+use crate::timeout::TimeoutPhase;
+
+/// A successful (2xx) response whose body is already buffered.
+///
+/// The body was read inside the attempt, bounded by `max_response_bytes`, so a
+/// body that failed midway was retried like any other transient failure.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(200).set_body_string(r#"[{"id":1}]"#))
+/// #     .mount(&server).await;
+/// #[derive(serde::Deserialize)]
+/// struct User { id: u64 }
+///
+/// let client = resilient_http::ApiClient::builder().base_url(server.uri()).build()?;
+/// let resp = client.get("users").query(&[("page", "2")]).send().await?;
+/// assert!(resp.status().is_success());
+/// assert_eq!(resp.attempts(), 1);
+/// let users: Vec<User> = resp.json()?;
+/// assert_eq!(users[0].id, 1);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+pub struct ApiResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) attempts: u32,
+    pub(crate) method: Method,
+    pub(crate) url: Url,
+}
+
+impl fmt::Debug for ApiResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiResponse")
+            .field("status", &self.status)
+            .field("url", &redact::url(&self.url).as_str())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiResponse {
+    /// The status code (always 2xx).
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The HTTP version of the response.
+    #[must_use]
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The response headers.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The final URL, after any redirects.
+    #[must_use]
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Attempts it took, the successful one included.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The body bytes (a cheap reference-counted clone).
+    #[must_use]
+    pub fn bytes(&self) -> Bytes {
+        self.body.clone()
+    }
+
+    /// The body, consuming the response.
+    #[must_use]
+    pub fn into_bytes(self) -> Bytes {
+        self.body
+    }
+
+    /// The body as UTF-8 text.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) when the body is not valid UTF-8.
+    pub fn text(&self) -> Result<String, Error> {
+        match std::str::from_utf8(&self.body) {
+            Ok(text) => Ok(text.to_owned()),
+            Err(e) => Err(self.decode_error("body is not valid UTF-8", e)),
+        }
+    }
+
+    /// The body deserialized from JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) when the body is not JSON
+    /// of the requested shape.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| self.decode_error("body is not the expected JSON", e))
+    }
+
+    fn decode_error(
+        &self,
+        detail: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::decode(detail, Some(Box::new(source))).with_call(
+            &self.method,
+            Some(&self.url),
+            self.attempts,
+            std::time::Duration::ZERO,
+        )
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A successful (2xx) response whose body is read as it arrives, from
+/// [`RequestBuilder::send_stream`](crate::RequestBuilder::send_stream).
+///
+/// Read it with [`chunk`](Self::chunk) or as a [`Stream`] of `Result<Bytes>`.
+/// Each read is bounded by `read_timeout` and the whole body by the call's total
+/// deadline. Once the headers have arrived nothing is retried: a failure while
+/// streaming is returned to the reader. `max_response_bytes` does not apply;
+/// the reader decides how much to take.
+pub struct ApiStream {
+    status: StatusCode,
+    headers: HeaderMap,
+    url: Url,
+    attempts: u32,
+    body: ChunkStream,
+    deadline: Pin<Box<Sleep>>,
+    done: bool,
+}
+
+impl fmt::Debug for ApiStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiStream")
+            .field("status", &self.status)
+            .field("url", &redact::url(&self.url).as_str())
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiStream {
+    pub(crate) fn new(response: reqwest::Response, attempts: u32, deadline: Instant) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let url = response.url().clone();
+        Self {
+            status,
+            headers,
+            url,
+            attempts,
+            body: Box::pin(response.bytes_stream()),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: false,
+        }
+    }
+
+    /// The status code (always 2xx).
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The final URL, after any redirects.
+    #[must_use]
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Attempts it took to get the headers.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The next chunk of the body, or `None` at its end.
+    ///
+    /// # Errors
+    ///
+    /// A classified transport error (reset, read timeout...) or a `Total`
+    /// timeout when the call's deadline passes.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
+    }
+}
+
+impl Stream for ApiStream {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = self.body.as_mut().poll_next(cx) {
+            return Poll::Ready(match item {
+                None => {
+                    self.done = true;
+                    None
+                }
+                Some(Ok(bytes)) => Some(Ok(bytes)),
+                Some(Err(e)) => {
+                    self.done = true;
+                    Some(Err(Error::transport(e).with_url(&self.url)))
+                }
+            });
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            let err = Error::timeout(TimeoutPhase::Total).with_url(&self.url);
+            return Poll::Ready(Some(Err(err)));
+        }
+        Poll::Pending
+    }
+}
