@@ -1,0 +1,321 @@
+//! Circuit breaker: trips, rejects without I/O, probes back to health.
+// Helpers outside #[test] fns panic on a failed setup step, like the tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Sequence, fast_builder, received};
+use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState, ErrorKind, RetryPolicy, Url};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const OPEN_FOR: Duration = Duration::from_millis(300);
+
+fn breaker() -> CircuitBreakerConfig {
+    CircuitBreakerConfig::default()
+        .consecutive_failures(3)
+        .open_duration(OPEN_FOR)
+}
+
+/// One attempt per call, so attempts and calls line up.
+fn client(server: &MockServer, cfg: CircuitBreakerConfig) -> ApiClient {
+    fast_builder(&server.uri())
+        .no_retry()
+        .circuit_breaker(cfg)
+        .build()
+        .unwrap()
+}
+
+async fn serve(server: &MockServer, seq: &Sequence) {
+    Mock::given(any())
+        .respond_with(seq.clone())
+        .mount(server)
+        .await;
+}
+
+async fn trip(client: &ApiClient, times: usize) {
+    for _ in 0..times {
+        let _ = client.get("x").send().await;
+    }
+}
+
+/// Waits for the open duration to pass (a timer, not a condition to poll).
+async fn wait_out_open_duration() {
+    tokio::time::sleep(OPEN_FOR + Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn trips_after_consecutive_failures_and_sends_nothing_more() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = client(&server, breaker());
+    trip(&client, 3).await;
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert!(err.is_circuit_open());
+    assert_eq!(err.attempts(), 0);
+    let wait = err.retry_after().unwrap();
+    assert!(wait > Duration::ZERO && wait <= OPEN_FOR, "{wait:?}");
+    assert_eq!(received(&server).await, 3);
+}
+
+#[tokio::test]
+async fn a_probe_after_the_open_duration_closes_on_success() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 503, 503, 200])).await;
+    let client = client(&server, breaker());
+    trip(&client, 3).await;
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    wait_out_open_duration().await;
+    assert_eq!(client.circuit_state(), CircuitState::HalfOpen);
+
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn a_failed_probe_reopens() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = client(&server, breaker());
+    trip(&client, 3).await;
+    wait_out_open_duration().await;
+
+    let probe = client.get("x").send().await.unwrap_err();
+    let after = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(probe.status().map(|s| s.as_u16()), Some(503));
+    assert!(after.is_circuit_open());
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    assert_eq!(received(&server).await, 4);
+}
+
+#[tokio::test]
+async fn client_errors_never_trip_it() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[404])).await;
+    let client = client(&server, breaker());
+
+    trip(&client, 10).await;
+
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+    assert_eq!(received(&server).await, 10);
+}
+
+#[tokio::test]
+async fn server_errors_trip_it() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[500])).await;
+    let client = client(&server, breaker());
+
+    trip(&client, 3).await;
+
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+}
+
+#[tokio::test]
+async fn the_failure_rate_trips_it_without_a_streak() {
+    let server = MockServer::start().await;
+    // fail, ok, fail, ok... never 2 failures in a row, but 50% fail.
+    let codes: Vec<u16> = (0..20)
+        .map(|i| if i % 2 == 0 { 503 } else { 200 })
+        .collect();
+    serve(&server, &Sequence::statuses(&codes)).await;
+    let client = client(
+        &server,
+        breaker().consecutive_failures(0).failure_rate(0.5, 10, 10),
+    );
+
+    trip(&client, 9).await;
+    assert_eq!(
+        client.circuit_state(),
+        CircuitState::Closed,
+        "below min_calls"
+    );
+    trip(&client, 2).await;
+
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+}
+
+#[tokio::test]
+async fn clones_share_the_breaker() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = client(&server, breaker());
+    let clone = client.clone();
+
+    trip(&clone, 3).await;
+
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    assert!(client.get("x").send().await.unwrap_err().is_circuit_open());
+}
+
+#[tokio::test]
+async fn endpoints_have_independent_breakers() {
+    let failing = MockServer::start().await;
+    serve(&failing, &Sequence::statuses(&[503])).await;
+    let healthy = MockServer::start().await;
+    serve(&healthy, &Sequence::statuses(&[200])).await;
+    let client = client(&healthy, breaker());
+    let failing_url = Url::parse(&format!("{}/x", failing.uri())).unwrap();
+
+    for _ in 0..3 {
+        let _ = client.get(failing_url.as_str()).send().await;
+    }
+
+    assert_eq!(client.circuit_state_of(&failing_url), CircuitState::Open);
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+    client.get("x").send().await.unwrap();
+    assert!(
+        client
+            .get(failing_url.as_str())
+            .send()
+            .await
+            .unwrap_err()
+            .is_circuit_open()
+    );
+}
+
+#[tokio::test]
+async fn opening_mid_retry_loop_ends_the_loop() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(5)
+                .initial_backoff(Duration::from_millis(1)),
+        )
+        .circuit_breaker(breaker().consecutive_failures(2))
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(received(&server).await, 2);
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+    assert_eq!(
+        err.status().map(|s| s.as_u16()),
+        Some(503),
+        "the last real error"
+    );
+}
+
+#[tokio::test]
+async fn rejections_do_not_spend_the_retry_budget() {
+    let failing = MockServer::start().await;
+    serve(&failing, &Sequence::statuses(&[503])).await;
+    let flaky = MockServer::start().await;
+    serve(&flaky, &Sequence::statuses(&[503, 200])).await;
+    // A budget of exactly one retry (a floor of 1 per second over 1 s).
+    let client = fast_builder(&flaky.uri())
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .budget(
+                    resilient_http::RetryBudget::ratio(0.2)
+                        .min_per_second(1)
+                        .window(Duration::from_secs(1)),
+                ),
+        )
+        .circuit_breaker(breaker().consecutive_failures(2))
+        .build()
+        .unwrap();
+    let failing_url = format!("{}/x", failing.uri());
+    // Trip the failing endpoint's breaker with POSTs (never retried, so the
+    // budget is untouched), then hammer it while open.
+    for _ in 0..2 {
+        let err = client.post(&failing_url).send().await.unwrap_err();
+        assert_eq!(err.attempts(), 1);
+    }
+    for _ in 0..50 {
+        assert!(
+            client
+                .get(&failing_url)
+                .send()
+                .await
+                .unwrap_err()
+                .is_circuit_open()
+        );
+    }
+
+    // The one retry in the budget is still there for the healthy endpoint.
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.attempts(), 2);
+    assert_eq!(received(&failing).await, 2);
+}
+
+#[tokio::test]
+async fn reports_every_state_change_to_the_callback() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 503, 503, 200])).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let client = client(
+        &server,
+        breaker().on_state_change(move |endpoint, from, to| {
+            log.lock().unwrap().push((endpoint.to_owned(), from, to));
+        }),
+    );
+
+    trip(&client, 3).await;
+    wait_out_open_duration().await;
+    client.get("x").send().await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let changes: Vec<_> = seen.iter().map(|(_, f, t)| (*f, *t)).collect();
+    assert_eq!(
+        changes,
+        [
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed),
+        ]
+    );
+    let port = Url::parse(&server.uri()).unwrap().port().unwrap();
+    assert!(seen[0].0.ends_with(&format!(":{port}")), "{}", seen[0].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_admits_no_more_probes_than_configured() {
+    let server = MockServer::start().await;
+    let codes = [503, 503, 503];
+    let seq = Sequence::new(
+        codes
+            .iter()
+            .map(|c| ResponseTemplate::new(*c))
+            .chain([ResponseTemplate::new(200).set_delay(Duration::from_millis(300))]),
+    );
+    serve(&server, &seq).await;
+    let client = client(&server, breaker().half_open_max_calls(2));
+    trip(&client, 3).await;
+    wait_out_open_duration().await;
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        set.spawn(async move { client.get("x").send().await });
+    }
+    let mut ok = 0;
+    let mut rejected = 0;
+    while let Some(result) = set.join_next().await {
+        match result.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) if e.is_circuit_open() => rejected += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    assert_eq!(ok, 2, "two probes went through");
+    assert_eq!(rejected, 18);
+    assert_eq!(received(&server).await, 3 + 2);
+}

@@ -1,0 +1,138 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+// Test support: a failed setup step should panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod faults;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use resilient_http::{ApiClient, ApiClientBuilder, RetryPolicy};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+/// A builder for `uri` with settings fast enough for tests: short timeouts,
+/// 1 ms backoff without jitter, default breaker and budget.
+pub fn fast_builder(uri: &str) -> ApiClientBuilder {
+    ApiClient::builder()
+        .base_url(uri)
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(2))
+        .total_timeout(Duration::from_secs(5))
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .max_backoff(Duration::from_millis(5))
+                .jitter(false),
+        )
+}
+
+/// A client for a wiremock server, with `fast_builder` settings.
+pub fn client_for(server: &MockServer) -> ApiClient {
+    fast_builder(&server.uri())
+        .build()
+        .expect("valid test client")
+}
+
+/// Answers with each template in turn; the last one repeats.
+#[derive(Clone)]
+pub struct Sequence {
+    templates: Arc<Vec<ResponseTemplate>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Sequence {
+    pub fn new(templates: impl IntoIterator<Item = ResponseTemplate>) -> Self {
+        let templates: Vec<_> = templates.into_iter().collect();
+        assert!(!templates.is_empty(), "a sequence needs a response");
+        Self {
+            templates: Arc::new(templates),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Statuses with empty bodies, in turn.
+    pub fn statuses(codes: &[u16]) -> Self {
+        Self::new(codes.iter().map(|c| ResponseTemplate::new(*c)))
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> usize {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+impl Respond for Sequence {
+    fn respond(&self, _request: &Request) -> ResponseTemplate {
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        self.templates[i.min(self.templates.len() - 1)].clone()
+    }
+}
+
+/// Requests the server has received.
+pub async fn received(server: &MockServer) -> usize {
+    server.received_requests().await.map_or(0, |r| r.len())
+}
+
+/// Connections a [`raw_server`] accepts before it stops listening.
+pub const RAW_SERVER_MAX_CONNECTIONS: usize = 32;
+
+/// Starts a raw HTTP/1.1 server on 127.0.0.1 for peers wiremock cannot play
+/// (stalls, chunked bodies): on each accepted connection the request head is
+/// read, then `script` gets the stream. Returns the base URL `http://127.0.0.1:port/`.
+pub async fn raw_server<F, Fut>(script: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("listener address");
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        for _ in 0..RAW_SERVER_MAX_CONNECTIONS {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                if read_request_head(&mut stream).await {
+                    script(stream).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// Reads up to the end of a request head (`\r\n\r\n`, at most 64 KiB);
+/// `false` if the peer left or sent too much first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Holds the connection open until the peer closes it (or it fails).
+pub async fn until_peer_closes(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Limits: the rate limit and the concurrency bulkhead, inside the deadline.
+// Helpers outside #[test] fns panic on a failed setup step, like the tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Sequence, fast_builder, received};
+use resilient_http::{ApiClient, ErrorKind, RateLimit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A server that answers every request after `delay` and records the most
+/// requests it ever had in flight at once.
+struct InFlightServer {
+    url: String,
+    peak: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for InFlightServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl InFlightServer {
+    async fn start(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (n, p, s) = (now.clone(), peak.clone(), served.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (n, p, s) = (n.clone(), p.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    // One request per connection: read the head, answer, close.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let inflight = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(inflight, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    s.fetch_add(1, Ordering::SeqCst);
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            peak,
+            served,
+            task,
+        }
+    }
+}
+
+async fn run_concurrently(client: &ApiClient, calls: usize) -> Vec<resilient_http::Result<u32>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let client = client.clone();
+        set.spawn(async move { client.get("x").send().await.map(|r| r.attempts()) });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = set.join_next().await {
+        results.push(r.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_has_more_than_max_concurrency_requests_in_flight() {
+    let server = InFlightServer::start(Duration::from_millis(30)).await;
+    let client = fast_builder(&server.url)
+        .max_concurrency(3)
+        .build()
+        .unwrap();
+
+    let results = run_concurrently(&client, 24).await;
+
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(server.served.load(Ordering::SeqCst), 24);
+    let peak = server.peak.load(Ordering::SeqCst);
+    assert!(peak <= 3, "peak in flight {peak}");
+    assert!(peak >= 2, "calls did run concurrently (peak {peak})");
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_calls() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .rate_limit(RateLimit::per_second(20).burst(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+
+    for _ in 0..6 {
+        client.get("x").send().await.unwrap();
+    }
+
+    // One permit at once, then one per 50 ms: at least 250 ms for 6 calls.
+    assert!(
+        start.elapsed() >= Duration::from_millis(230),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_burst_passes_at_once() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .rate_limit(RateLimit::per_minute(1).burst(5).fail_fast())
+        .build()
+        .unwrap();
+
+    for _ in 0..5 {
+        client.get("x").send().await.unwrap();
+    }
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert!(err.is_rate_limited());
+    assert_eq!(received(&server).await, 5);
+}
+
+#[tokio::test]
+async fn fail_fast_rejects_at_once_with_when_to_retry() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .rate_limit(RateLimit::per_second(1).burst(1).fail_fast())
+        .build()
+        .unwrap();
+    client.get("x").send().await.unwrap();
+    let start = Instant::now();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert!(err.is_rate_limited());
+    assert!(!err.is_circuit_open() && !err.is_concurrency_limited());
+    assert_eq!(err.attempts(), 0);
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
+    assert_eq!(received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_rate_limit_wait_longer_than_the_deadline_fails_at_once() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .rate_limit(RateLimit::per_minute(1).burst(1))
+        .total_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    client.get("x").send().await.unwrap();
+    let start = Instant::now();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "not at the deadline"
+    );
+    assert!(err.is_rate_limited());
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+}
+
+#[tokio::test]
+async fn a_concurrency_wait_ends_at_the_deadline() {
+    let server = InFlightServer::start(Duration::from_millis(800)).await;
+    let client = fast_builder(&server.url)
+        .max_concurrency(1)
+        .build()
+        .unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("x").send().await }
+    });
+    // Let the first call take the permit: wait until the server sees it.
+    let waited = Instant::now();
+    while server.peak.load(Ordering::SeqCst) == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(2),
+            "first call never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+
+    let err = client
+        .get("x")
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await
+        .unwrap_err();
+
+    let elapsed = start.elapsed();
+    assert!(err.is_concurrency_limited());
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert_eq!(err.attempts(), 0);
+    assert!(
+        elapsed >= Duration::from_millis(180) && elapsed < Duration::from_millis(700),
+        "{elapsed:?}"
+    );
+    slow.await.unwrap().unwrap();
+    client.get("x").send().await.unwrap();
+}
+
+#[tokio::test]
+async fn retries_take_rate_limit_permits_too() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(Sequence::statuses(&[503, 503, 200]))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .rate_limit(RateLimit::per_second(10).burst(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.attempts(), 3);
+    // Three attempts, one permit per 100 ms: at least 200 ms.
+    assert!(
+        start.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn limits_are_shared_by_clones() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .rate_limit(RateLimit::per_minute(1).burst(1).fail_fast())
+        .build()
+        .unwrap();
+    client.clone().get("x").send().await.unwrap();
+
+    let err = client.clone().get("x").send().await.unwrap_err();
+
+    assert!(err.is_rate_limited());
+}

@@ -1,0 +1,486 @@
+//! Retry engine: what is retried, how long it waits, and what it costs the server.
+// Helpers outside #[test] fns panic on a failed setup step, like the tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Sequence, fast_builder, received};
+use resilient_http::{ApiClient, ErrorKind, RetryBudget, RetryPolicy, StatusCode};
+use wiremock::matchers::{any, header, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Fast retries, no breaker (so only the retry layer decides).
+fn client(server: &MockServer) -> ApiClient {
+    fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .build()
+        .unwrap()
+}
+
+async fn serve(server: &MockServer, seq: &Sequence) {
+    Mock::given(any())
+        .respond_with(seq.clone())
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn retries_503_then_succeeds() {
+    let server = MockServer::start().await;
+    let seq = Sequence::statuses(&[503, 503, 200]);
+    serve(&server, &seq).await;
+
+    let resp = client(&server).get("x").send().await.unwrap();
+
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.attempts(), 3);
+    assert_eq!(received(&server).await, 3);
+}
+
+#[tokio::test]
+async fn retries_every_retryable_status() {
+    for code in [408, 429, 502, 503, 504] {
+        let server = MockServer::start().await;
+        serve(&server, &Sequence::statuses(&[code, 200])).await;
+
+        let resp = client(&server).get("x").send().await.unwrap();
+
+        assert_eq!(resp.attempts(), 2, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn does_not_retry_500_by_default() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[500, 200])).await;
+
+    let err = client(&server).get("x").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Server);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn retries_500_when_server_errors_are_retryable() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[500, 500, 200])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .retry_server_errors(true),
+        )
+        .build()
+        .unwrap();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.attempts(), 3);
+}
+
+#[tokio::test]
+async fn never_retries_client_errors() {
+    for code in [400, 401, 403, 404, 409, 422] {
+        let server = MockServer::start().await;
+        serve(&server, &Sequence::statuses(&[code, 200])).await;
+
+        let err = client(&server).get("x").send().await.unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::Client, "{code}");
+        assert_eq!(err.attempts(), 1, "{code}");
+        assert_eq!(received(&server).await, 1, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn sends_a_post_once_on_503() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 200])).await;
+
+    let err = client(&server)
+        .post("payments")
+        .json(&serde_json::json!({"amount": 7}))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn retries_a_post_with_an_idempotency_key_sending_the_key_every_time() {
+    let server = MockServer::start().await;
+    let seq = Sequence::statuses(&[503, 503, 201]);
+    Mock::given(method("POST"))
+        .and(header("idempotency-key", "pay-7"))
+        .respond_with(seq.clone())
+        .expect(3)
+        .mount(&server)
+        .await;
+
+    let resp = client(&server)
+        .post("payments")
+        .json(&serde_json::json!({"amount": 7}))
+        .idempotency_key("pay-7")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.attempts(), 3);
+    let bodies: Vec<_> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert!(
+        bodies.iter().all(|b| b == br#"{"amount":7}"#),
+        "the body is replayed"
+    );
+}
+
+#[tokio::test]
+async fn retries_a_post_marked_idempotent() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 200])).await;
+
+    let resp = client(&server)
+        .post("x")
+        .idempotent(true)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.attempts(), 2);
+}
+
+#[tokio::test]
+async fn retries_put_and_delete() {
+    for method in [resilient_http::Method::PUT, resilient_http::Method::DELETE] {
+        let server = MockServer::start().await;
+        serve(&server, &Sequence::statuses(&[503, 204])).await;
+
+        let resp = client(&server)
+            .request(method.clone(), "x")
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(resp.attempts(), 2, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_delete_opted_out_of_idempotency_is_sent_once() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 204])).await;
+
+    let err = client(&server)
+        .delete("users/42")
+        .idempotent(false)
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn honors_retry_after_seconds() {
+    let server = MockServer::start().await;
+    let seq = Sequence::new([
+        ResponseTemplate::new(503).insert_header("retry-after", "1"),
+        ResponseTemplate::new(200),
+    ]);
+    serve(&server, &seq).await;
+    let start = Instant::now();
+
+    let resp = client(&server).get("x").send().await.unwrap();
+
+    assert_eq!(resp.attempts(), 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn honors_retry_after_as_an_http_date() {
+    let server = MockServer::start().await;
+    let when = httpdate_in(Duration::from_secs(2));
+    let seq = Sequence::new([
+        ResponseTemplate::new(429).insert_header("retry-after", when.as_str()),
+        ResponseTemplate::new(200),
+    ]);
+    serve(&server, &seq).await;
+    let start = Instant::now();
+
+    let resp = client(&server).get("x").send().await.unwrap();
+
+    assert_eq!(resp.attempts(), 2);
+    // HTTP dates have one-second resolution: 2 s ahead is at least 1 s away.
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+fn httpdate_in(d: Duration) -> String {
+    // RFC 9110 IMF-fixdate, formatted by hand to keep dev-dependencies lean.
+    let secs = (std::time::SystemTime::now() + d)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {h:02}:{m:02}:{s:02} GMT",
+        months[(month - 1) as usize]
+    )
+}
+
+#[tokio::test]
+async fn a_retry_after_above_the_cap_returns_at_once() {
+    let server = MockServer::start().await;
+    serve(
+        &server,
+        &Sequence::new([ResponseTemplate::new(503).insert_header("retry-after", "120")]),
+    )
+    .await;
+    let start = Instant::now();
+
+    let err = client(&server).get("x").send().await.unwrap_err();
+
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
+
+#[tokio::test]
+async fn makes_exactly_max_attempts() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(5)
+                .initial_backoff(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.attempts(), 5);
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+    assert_eq!(received(&server).await, 5);
+}
+
+#[tokio::test]
+async fn no_retry_makes_one_attempt() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri()).no_retry().build().unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn the_total_deadline_bounds_the_whole_loop() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .total_timeout(Duration::from_millis(500))
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(100)
+                .initial_backoff(Duration::from_millis(150))
+                .jitter(false),
+        )
+        .build()
+        .unwrap();
+    let start = Instant::now();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    // 150 + 300 ms of backoff fit in 500 ms; the next 600 ms would not.
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
+
+#[tokio::test]
+async fn retries_a_post_whose_connection_was_refused() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let client = fast_builder(&format!("http://127.0.0.1:{port}/"))
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
+
+    let err = client.post("payments").send().await.unwrap_err();
+
+    assert!(err.is_connect());
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+    assert_eq!(
+        err.attempts(),
+        3,
+        "nothing reached the server: safe to resend"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_budget_returns_the_last_real_error() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .budget(RetryBudget::ratio(0.2).min_per_second(0)),
+        )
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(err.attempts(), 1);
+}
+
+#[tokio::test]
+async fn successes_earn_retries_for_later_failures() {
+    let server = MockServer::start().await;
+    // 10 successes earn 2 retries at ratio 0.2; then the server fails for good.
+    let mut codes = vec![200; 10];
+    codes.push(503);
+    serve(&server, &Sequence::statuses(&codes)).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(10)
+                .initial_backoff(Duration::from_millis(1))
+                .budget(RetryBudget::ratio(0.2).min_per_second(0)),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        client.get("x").send().await.unwrap();
+    }
+
+    let err = client.clone().get("x").send().await.unwrap_err();
+
+    assert_eq!(
+        err.attempts(),
+        3,
+        "the first attempt and the 2 earned retries"
+    );
+}
+
+/// Runs `calls` GETs over `tasks` concurrent tasks sharing one client.
+async fn run_calls(client: &ApiClient, calls: usize, tasks: usize) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let client = client.clone();
+        let n = calls / tasks + usize::from(t < calls % tasks);
+        set.spawn(async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                ok += usize::from(client.get("x").send().await.is_ok());
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(n) = set.join_next().await {
+        ok += n.unwrap();
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_costs_at_most_1_1_requests_per_call_with_the_default_budget() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .max_backoff(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    let calls = 2000;
+
+    let ok = run_calls(&client, calls, 8).await;
+
+    let requests = received(&server).await;
+    assert_eq!(ok, 0);
+    assert!(requests >= calls, "every call made its first attempt");
+    assert!(
+        requests * 10 <= calls * 11,
+        "{requests} requests for {calls} calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlimited_budget_retries_every_failed_call() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = fast_builder(&server.uri())
+        .no_circuit_breaker()
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .max_backoff(Duration::from_millis(1))
+                .budget(RetryBudget::unlimited()),
+        )
+        .build()
+        .unwrap();
+    let calls = 300;
+
+    run_calls(&client, calls, 4).await;
+
+    assert_eq!(received(&server).await, calls * 3);
+}
