@@ -380,11 +380,12 @@ impl ApiClientBuilder {
                 .contains(name)
         });
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max_redirects {
-                return attempt.error(TooManyRedirects(max_redirects));
-            }
             if max_redirects == 0 {
                 return attempt.stop();
+            }
+            // `previous()` holds the original URL and every redirect followed.
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(TooManyRedirects(max_redirects));
             }
             if guard_cross_host {
                 let same = attempt.previous().first().is_none_or(|first| {

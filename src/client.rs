@@ -37,7 +37,7 @@ use crate::limit::Limits;
 use crate::redact;
 use crate::request::RequestBuilder;
 use crate::response::{ApiResponse, ApiStream};
-use crate::retry::{Budget, Decision, RetryPolicy, parse_retry_after};
+use crate::retry::{Budget, Decision, RetryPolicy, Withdrawal, parse_retry_after};
 use crate::timeout::Deadline;
 
 /// An HTTP client for one service, with timeouts, retries, circuit breakers and
@@ -377,6 +377,7 @@ impl ApiClient {
 
     pub(crate) async fn execute(&self, call: Call) -> Result<ApiResponse, Error> {
         let method = call.request.method().clone();
+        let start = Instant::now();
         match self.traced(call, false).await? {
             (
                 Got::Buffered {
@@ -393,6 +394,7 @@ impl ApiClient {
                 headers,
                 body,
                 attempts,
+                elapsed: start.elapsed(),
                 method,
                 url,
             }),
@@ -527,7 +529,7 @@ impl ApiClient {
                         error.type = &*err.type_name(),
                         "attempt failed"
                     );
-                    let Some(delay) = self.retry_delay(
+                    let Some((delay, withdrawal)) = self.retry_delay(
                         &err,
                         attempts,
                         idempotent,
@@ -539,6 +541,10 @@ impl ApiClient {
                         return Err(finish(err, attempts));
                     };
                     tokio::time::sleep(delay).await;
+                    // The retry happens: a call dropped during the sleep gets it back.
+                    if let Some(w) = withdrawal {
+                        w.spend();
+                    }
                     last = Some(err);
                 }
             }
@@ -558,7 +564,7 @@ impl ApiClient {
         deadline: &Deadline,
         breaker: Option<&Breaker>,
         now: Instant,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, Option<Withdrawal<'_>>)> {
         let retry = &self.inner.retry;
         let scheduled = schedule
             .get_or_insert_with(|| retry.schedule())
@@ -586,16 +592,20 @@ impl ApiClient {
             );
             return None;
         }
-        if let Some(budget) = &self.inner.budget
-            && !budget.withdraw(now)
-        {
-            tracing::debug!(
-                target: "resilient_http::retry",
-                attempt = attempts,
-                "not retrying: retry budget exhausted"
-            );
-            return None;
-        }
+        let withdrawal = match &self.inner.budget {
+            None => None,
+            Some(budget) => {
+                let Some(w) = budget.try_withdraw(now) else {
+                    tracing::debug!(
+                        target: "resilient_http::retry",
+                        attempt = attempts,
+                        "not retrying: retry budget exhausted"
+                    );
+                    return None;
+                };
+                Some(w)
+            }
+        };
         tracing::debug!(
             target: "resilient_http::retry",
             attempt = attempts,
@@ -603,7 +613,7 @@ impl ApiClient {
             reason = &*err.type_name(),
             "retrying"
         );
-        Some(delay)
+        Some((delay, withdrawal))
     }
 
     /// One attempt: send, then buffer the body (or hand the stream over).

@@ -133,6 +133,9 @@
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
 //! emitted on the caller's task.
 
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 mod breaker;
 mod builder;
 mod client;

@@ -48,6 +48,7 @@ pub struct ApiResponse {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) attempts: u32,
+    pub(crate) elapsed: std::time::Duration,
     pub(crate) method: Method,
     pub(crate) url: Url,
 }
@@ -95,6 +96,12 @@ impl ApiResponse {
         self.attempts
     }
 
+    /// Time the call took, from the start of the call to the buffered body.
+    #[must_use]
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.elapsed
+    }
+
     /// The body bytes (a cheap reference-counted clone).
     #[must_use]
     pub fn bytes(&self) -> Bytes {
@@ -139,7 +146,7 @@ impl ApiResponse {
             &self.method,
             Some(&self.url),
             self.attempts,
-            std::time::Duration::ZERO,
+            self.elapsed,
         )
     }
 }

@@ -415,6 +415,25 @@ impl Budget {
         }
     }
 
+    /// Takes one retry, returned to the budget if the guard is dropped before
+    /// [`Withdrawal::spend`] (a call cancelled during its backoff).
+    pub(crate) fn try_withdraw(&self, now: Instant) -> Option<Withdrawal<'_>> {
+        // Not `then_some`: building a guard that is then dropped would refund.
+        if self.withdraw(now) {
+            Some(Withdrawal {
+                budget: self,
+                spent: false,
+            })
+        } else {
+            None
+        }
+    }
+
+    fn refund(&self, now: Instant) {
+        let slot = self.current(now);
+        self.slots[slot].fetch_add(UNIT, Ordering::Relaxed);
+    }
+
     /// Retries that could be made now (whole units).
     #[cfg(test)]
     pub(crate) fn balance(&self, now: Instant) -> i64 {
@@ -451,6 +470,28 @@ impl Budget {
             }
         }
         slot_index(generation.max(seen))
+    }
+}
+
+/// One retry taken from a [`Budget`]; given back on drop unless spent.
+#[derive(Debug)]
+pub(crate) struct Withdrawal<'a> {
+    budget: &'a Budget,
+    spent: bool,
+}
+
+impl Withdrawal<'_> {
+    /// The retry is being made: keep it withdrawn.
+    pub(crate) fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Withdrawal<'_> {
+    fn drop(&mut self) {
+        if !self.spent {
+            self.budget.refund(Instant::now());
+        }
     }
 }
 
@@ -508,6 +549,18 @@ mod tests {
         // A long quiet gap clears every slot.
         b.deposit(at(t0, 10_500));
         assert_eq!(b.balance(at(t0, 500_000)), 0);
+    }
+
+    #[test]
+    fn an_unspent_withdrawal_is_given_back() {
+        let t0 = Instant::now();
+        let b = Budget::new(0.2, 1, Duration::from_secs(1), t0);
+        let w = b.try_withdraw(t0).unwrap();
+        assert!(b.try_withdraw(t0).is_none(), "the only retry is taken");
+        drop(w);
+        let w = b.try_withdraw(t0).unwrap();
+        w.spend();
+        assert!(b.try_withdraw(t0).is_none(), "a spent retry stays spent");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use resilient_http::{ApiClientBuilder, ErrorKind, RetryPolicy, TimeoutPhase};
@@ -45,26 +47,27 @@ async fn slow_server(delay: Duration) -> MockServer {
 /// a new connection's SYN is dropped and its connect hangs. Linux drops a SYN
 /// when the accept queue is full (`listen(0)` holds one connection); the
 /// returned streams fill it and must live as long as the listener.
-async fn unaccepting_listener() -> (TcpListener, Vec<TcpStream>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn unaccepting_listener() -> io::Result<(TcpListener, Vec<TcpStream>)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = socket.listen(0)?;
+    let addr = listener.local_addr()?;
     let mut fillers = Vec::new();
     for _ in 0..8 {
         match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => fillers.push(stream),
-            Ok(Err(e)) => panic!("filling the accept queue failed: {e}"),
+            Ok(stream) => fillers.push(stream?),
             // A connect that hangs proves the queue is full.
-            Err(_) => return (listener, fillers),
+            Err(_) => return Ok((listener, fillers)),
         }
     }
-    panic!("the accept queue never filled; connects to a full backlog do not hang here");
+    Err(io::Error::other(
+        "the accept queue never filled: connects to a full backlog do not hang here",
+    ))
 }
 
 #[tokio::test]
 async fn connect_timeout_fires_when_the_listener_never_accepts() {
-    let (listener, _fillers) = unaccepting_listener().await;
+    let (listener, _fillers) = unaccepting_listener().await.unwrap();
     let uri = format!("http://{}/", listener.local_addr().unwrap());
     let client = builder(&uri).connect_timeout(SHORT).build().unwrap();
     let started = Instant::now();
@@ -197,12 +200,7 @@ async fn per_call_timeout_shorter_than_the_client_total_ends_the_call_early() {
     let client = builder(&server.uri()).build().unwrap();
     let started = Instant::now();
 
-    let err = client
-        .get("slow")
-        .timeout(SHORT)
-        .send()
-        .await
-        .unwrap_err();
+    let err = client.get("slow").timeout(SHORT).send().await.unwrap_err();
 
     let elapsed = started.elapsed();
     assert_eq!(err.kind(), ErrorKind::Retryable);
@@ -214,10 +212,7 @@ async fn per_call_timeout_shorter_than_the_client_total_ends_the_call_early() {
 #[tokio::test]
 async fn per_call_timeout_longer_than_the_client_total_lets_a_slow_call_finish() {
     let server = slow_server(Duration::from_millis(500)).await;
-    let client = builder(&server.uri())
-        .total_timeout(SHORT)
-        .build()
-        .unwrap();
+    let client = builder(&server.uri()).total_timeout(SHORT).build().unwrap();
     let without_override = client.get("slow").send().await.unwrap_err();
 
     let resp = client

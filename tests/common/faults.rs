@@ -231,14 +231,14 @@ impl FaultServer {
                 changed.await;
             }
         };
-        if tokio::time::timeout(WAIT_LIMIT, waiting).await.is_err() {
-            panic!(
-                "fault server: gave up waiting for {what} ({} connections, {} requests, {} open)",
-                self.connections(),
-                self.requests(),
-                self.open_connections()
-            );
-        }
+        let waited = tokio::time::timeout(WAIT_LIMIT, waiting).await;
+        assert!(
+            waited.is_ok(),
+            "fault server: gave up waiting for {what} ({} connections, {} requests, {} open)",
+            self.connections(),
+            self.requests(),
+            self.open_connections()
+        );
     }
 }
 
@@ -297,80 +297,17 @@ async fn handle(mut stream: TcpStream, mode: Mode, shared: &Shared) -> io::Resul
             write_healthy(&mut stream).await
         }
         Mode::ReadNeverAnswer => drain_until_eof(&mut stream).await,
-        Mode::ResetMidHeaders => {
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applica")
-                .await?;
-            stream.flush().await?;
-            // Let the partial head reach the client before the reset.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            stream.set_zero_linger()?;
-            drop(stream);
-            Ok(())
-        }
+        Mode::ResetMidHeaders => reset_mid_headers(stream).await,
         Mode::Garbage => {
             stream
                 .write_all(b"SSH-2.0-OpenSSH_9.6 not http at all\r\n\r\n\x00\x01\x02\xff")
                 .await?;
             close(stream).await
         }
-        Mode::ShortBody => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {ANNOUNCED_LENGTH}\r\nConnection: close\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await?;
-            stream.write_all(&[b' '; SHORT_BODY_SENT]).await?;
-            close(stream).await
-        }
-        Mode::Drip { interval } => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {ANNOUNCED_LENGTH}\r\nConnection: close\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await?;
-            stream.flush().await?;
-            for _ in 0..ANNOUNCED_LENGTH {
-                tokio::time::sleep(interval).await;
-                stream.write_all(b".").await?;
-                stream.flush().await?;
-            }
-            close(stream).await
-        }
-        Mode::EndlessChunked => {
-            stream
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-                )
-                .await?;
-            let data = vec![b' '; 8 * 1024];
-            let chunk = [
-                format!("{:x}\r\n", data.len()).into_bytes(),
-                data,
-                b"\r\n".to_vec(),
-            ]
-            .concat();
-            let mut sent = 0;
-            while sent < ENDLESS_CAP {
-                stream.write_all(&chunk).await?;
-                sent += chunk.len();
-            }
-            Ok(())
-        }
-        Mode::HugeHeaders => {
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n")
-                .await?;
-            let value = "v".repeat(1000);
-            let mut sent = 0;
-            let mut i = 0;
-            while sent < HUGE_HEADERS_BYTES {
-                let line = format!("x-filler-{i:05}: {value}\r\n");
-                stream.write_all(line.as_bytes()).await?;
-                sent += line.len();
-                i += 1;
-            }
-            stream.write_all(b"\r\n").await?;
-            close(stream).await
-        }
+        Mode::ShortBody => short_body(stream).await,
+        Mode::Drip { interval } => drip(stream, interval).await,
+        Mode::EndlessChunked => endless_chunked(stream).await,
+        Mode::HugeHeaders => huge_headers(stream).await,
         Mode::RedirectLoop => {
             let target = head.target();
             let answer = format!(
@@ -390,6 +327,84 @@ async fn handle(mut stream: TcpStream, mode: Mode, shared: &Shared) -> io::Resul
         }
         Mode::AcceptNeverRead | Mode::CloseAfterAccept => Ok(()),
     }
+}
+
+/// Part of a status line and headers, then a reset (`SO_LINGER` 0, close).
+async fn reset_mid_headers(mut stream: TcpStream) -> io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applica")
+        .await?;
+    stream.flush().await?;
+    // Let the partial head reach the client before the reset.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.set_zero_linger()?;
+    drop(stream);
+    Ok(())
+}
+
+/// `Content-Length: 100`, 10 bytes of body, close.
+async fn short_body(mut stream: TcpStream) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {ANNOUNCED_LENGTH}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&[b' '; SHORT_BODY_SENT]).await?;
+    close(stream).await
+}
+
+/// `Content-Length: 100`, then one byte per `interval`.
+async fn drip(mut stream: TcpStream, interval: Duration) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {ANNOUNCED_LENGTH}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    for _ in 0..ANNOUNCED_LENGTH {
+        tokio::time::sleep(interval).await;
+        stream.write_all(b".").await?;
+        stream.flush().await?;
+    }
+    close(stream).await
+}
+
+/// A chunked body that goes on until the client leaves (or 256 MiB).
+async fn endless_chunked(mut stream: TcpStream) -> io::Result<()> {
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await?;
+    let data = vec![b' '; 8 * 1024];
+    let chunk = [
+        format!("{:x}\r\n", data.len()).into_bytes(),
+        data,
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let mut sent = 0;
+    while sent < ENDLESS_CAP {
+        stream.write_all(&chunk).await?;
+        sent += chunk.len();
+    }
+    Ok(())
+}
+
+/// A 1 MiB header block of 1 KiB headers.
+async fn huge_headers(mut stream: TcpStream) -> io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n")
+        .await?;
+    let value = "v".repeat(1000);
+    let mut sent = 0;
+    let mut i = 0;
+    while sent < HUGE_HEADERS_BYTES {
+        let line = format!("x-filler-{i:05}: {value}\r\n");
+        stream.write_all(line.as_bytes()).await?;
+        sent += line.len();
+        i += 1;
+    }
+    stream.write_all(b"\r\n").await?;
+    close(stream).await
 }
 
 /// Keeps the connection open without touching it, until the task is aborted.

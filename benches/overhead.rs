@@ -1,0 +1,109 @@
+//! Throughput of raw reqwest against `ApiClient` (defaults, and every layer on),
+//! at concurrency 1 and 32, against the same in-process server and pool.
+//!
+//! `cargo bench --bench overhead`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Throughput, criterion_group, criterion_main};
+use resilient_http::{ApiClient, RateLimit};
+use tokio::runtime::Runtime;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[derive(Clone)]
+enum Subject {
+    Raw(reqwest::Client, String),
+    Api(ApiClient),
+}
+
+impl Subject {
+    async fn call(&self) {
+        match self {
+            Self::Raw(client, url) => {
+                let resp = client.get(url).send().await.unwrap();
+                assert!(resp.status().is_success());
+                black_box(resp.bytes().await.unwrap());
+            }
+            Self::Api(client) => {
+                black_box(client.get("users/42").send().await.unwrap());
+            }
+        }
+    }
+}
+
+fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
+    let raw = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let defaults = ApiClient::builder().base_url(base).build().unwrap();
+    let every_layer = ApiClient::builder()
+        .base_url(base)
+        .rate_limit(RateLimit::per_second(1_000_000).burst(1_000_000))
+        .max_concurrency(1024)
+        .build()
+        .unwrap();
+    vec![
+        ("raw_reqwest", Subject::Raw(raw, format!("{base}users/42"))),
+        ("api_defaults", Subject::Api(defaults)),
+        ("api_all_layers", Subject::Api(every_layer)),
+    ]
+}
+
+fn overhead(c: &mut criterion::Criterion) {
+    let addr = common::start_server(200);
+    let base = format!("http://{addr}/api/");
+    let rt = runtime();
+    for concurrency in [1usize, 32] {
+        let mut group = c.benchmark_group(format!("overhead/c{concurrency}"));
+        group.throughput(Throughput::Elements(concurrency as u64));
+        for (name, subject) in subjects(&base) {
+            // Warm the pool so every subject starts with open connections.
+            rt.block_on(async {
+                for _ in 0..concurrency {
+                    subject.call().await;
+                }
+            });
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.to_async(&rt).iter(|| {
+                    let subject = subject.clone();
+                    async move {
+                        if concurrency == 1 {
+                            subject.call().await;
+                        } else {
+                            let mut set = tokio::task::JoinSet::new();
+                            for _ in 0..concurrency {
+                                let s = subject.clone();
+                                set.spawn(async move { s.call().await });
+                            }
+                            while let Some(r) = set.join_next().await {
+                                r.unwrap();
+                            }
+                        }
+                    }
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = overhead
+}
+criterion_main!(benches);

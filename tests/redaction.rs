@@ -1,0 +1,267 @@
+//! No secret ever appears in `Display`, `Debug` or tracing output: bearer
+//! tokens, API-key headers, URL passwords and credential-like query values.
+
+mod common;
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use resilient_http::{ApiClient, ApiClientBuilder, ApiResponse, ErrorKind};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use common::{Sequence, fast_builder};
+
+const BEARER_TOKEN: &str = "bearer-tok-s3cr3t-1";
+const API_KEY: &str = "x-api-key-s3cr3t-2";
+const URL_PASSWORD: &str = "url-pw-s3cr3t-3";
+const QUERY_API_KEY: &str = "query-api-key-s3cr3t-4";
+const QUERY_TOKEN: &str = "query-token-s3cr3t-5";
+const REQUEST_API_KEY: &str = "request-api-key-s3cr3t-6";
+const SECRETS: [&str; 6] = [
+    BEARER_TOKEN,
+    API_KEY,
+    URL_PASSWORD,
+    QUERY_API_KEY,
+    QUERY_TOKEN,
+    REQUEST_API_KEY,
+];
+
+/// Fails naming the first secret found in `text` (what `what` describes).
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} leaks {secret:?}: {text}");
+    }
+    assert!(!text.contains("s3cr3t"), "{what} leaks a secret: {text}");
+}
+
+/// `uri` (`http://host:port`) with user `svc` and the secret password, and `/api/`.
+fn base_with_password(uri: &str) -> String {
+    let host = uri.trim_start_matches("http://");
+    format!("http://svc:{URL_PASSWORD}@{host}/api/")
+}
+
+/// A builder carrying every client-wide secret: a password in the base URL, a
+/// bearer token and an API key.
+fn secret_builder(uri: &str) -> ApiClientBuilder {
+    fast_builder(&base_with_password(uri))
+        .bearer_auth(BEARER_TOKEN)
+        .default_header("x-api-key", API_KEY)
+}
+
+/// A path whose query carries secrets next to a harmless parameter.
+fn secret_path() -> String {
+    format!("orders?page=2&api_key={QUERY_API_KEY}&token={QUERY_TOKEN}")
+}
+
+/// Sends the secret-laden GET, with a secret request header too.
+async fn secret_call(client: &ApiClient) -> resilient_http::Result<ApiResponse> {
+    client
+        .get(secret_path())
+        .header("x-api-key", REQUEST_API_KEY)
+        .send()
+        .await
+}
+
+/// A server answering every request with `status`.
+async fn server_answering(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/orders"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+// ------------------------------------------------------------------ errors
+
+#[tokio::test]
+async fn error_response_display_and_debug_hide_every_secret() {
+    let server = server_answering(503).await;
+    let client = secret_builder(&server.uri()).no_retry().build().unwrap();
+
+    let err = secret_call(&client).await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+    assert_no_secret("Debug (pretty)", &format!("{err:#?}"));
+    let url = err.url().unwrap();
+    assert_eq!(url.password(), None);
+    assert_no_secret("url()", url.as_str());
+    assert!(url.as_str().contains("page=2"), "{url}");
+}
+
+#[tokio::test]
+async fn transport_error_display_debug_and_sources_hide_every_secret() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = secret_builder(&format!("http://127.0.0.1:{port}"))
+        .no_retry()
+        .build()
+        .unwrap();
+
+    let err = secret_call(&client).await.unwrap_err();
+
+    assert!(err.is_connect());
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+    let mut cause = std::error::Error::source(&err);
+    for _ in 0..16 {
+        let Some(e) = cause else { break };
+        assert_no_secret("source Display", &e.to_string());
+        assert_no_secret("source Debug", &format!("{e:?}"));
+        cause = e.source();
+    }
+}
+
+#[tokio::test]
+async fn decode_error_display_and_debug_hide_every_secret() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/orders"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("not json"))
+        .mount(&server)
+        .await;
+    let client = secret_builder(&server.uri()).build().unwrap();
+
+    let err = client
+        .get(secret_path())
+        .send_json::<serde_json::Value>()
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+}
+
+#[tokio::test]
+async fn config_error_for_a_request_url_hides_its_secrets() {
+    let server = MockServer::start().await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+    let url = format!("ftp://svc:{URL_PASSWORD}@127.0.0.1/x?token={QUERY_TOKEN}");
+
+    let err = client.get(url).send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+}
+
+#[test]
+fn invalid_header_errors_do_not_echo_the_value() {
+    let err = ApiClient::builder()
+        .base_url("http://127.0.0.1:1/")
+        .default_header("x-api-key", format!("{API_KEY}\n"))
+        .build()
+        .unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+}
+
+// ------------------------------------------------------------------ Debug
+
+#[tokio::test]
+async fn debug_of_builder_client_request_and_response_hides_every_secret() {
+    let server = server_answering(200).await;
+    let builder = secret_builder(&server.uri());
+    assert_no_secret("ApiClientBuilder", &format!("{builder:?}"));
+    let client = builder.build().unwrap();
+    assert_no_secret("ApiClient", &format!("{client:?}"));
+    let request = client
+        .get(secret_path())
+        .header("x-api-key", REQUEST_API_KEY)
+        .bearer_auth(BEARER_TOKEN);
+    assert_no_secret("RequestBuilder", &format!("{request:?}"));
+
+    let resp = request.send().await.unwrap();
+
+    assert_no_secret("ApiResponse", &format!("{resp:?}"));
+    assert_no_secret("ApiResponse (pretty)", &format!("{resp:#?}"));
+    // The response holds the secret query; its Debug had something to hide.
+    assert!(resp.url().as_str().contains(QUERY_TOKEN));
+}
+
+// ---------------------------------------------------------------- tracing
+
+/// A `MakeWriter` target that keeps everything written to it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a TRACE-level fmt subscriber writing into the returned buffer for
+/// as long as the guard lives (this thread only).
+fn capture_traces() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn tracing_of_a_successful_call_names_the_span_and_url_but_hides_secrets() {
+    let server = server_answering(200).await;
+    let client = secret_builder(&server.uri()).build().unwrap();
+    let (captured, guard) = capture_traces();
+
+    let resp = secret_call(&client).await.unwrap();
+    drop(guard);
+
+    let out = captured.text();
+    assert!(resp.status().is_success());
+    assert!(out.contains("http.client.request"), "{out}");
+    assert!(out.contains("url.full"), "{out}");
+    assert!(out.contains("page=2"), "{out}");
+    assert_no_secret("tracing output", &out);
+}
+
+#[tokio::test]
+async fn tracing_of_a_call_failing_after_retries_warns_but_hides_secrets() {
+    let server = MockServer::start().await;
+    let replies = Sequence::statuses(&[503]);
+    Mock::given(path("/api/orders"))
+        .respond_with(replies.clone())
+        .mount(&server)
+        .await;
+    let client = secret_builder(&server.uri()).build().unwrap();
+    let (captured, guard) = capture_traces();
+
+    let err = secret_call(&client).await.unwrap_err();
+    drop(guard);
+
+    let out = captured.text();
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(replies.served(), 3);
+    assert!(out.contains("WARN"), "{out}");
+    assert!(out.contains("http.client.request"), "{out}");
+    assert!(out.contains("url.full"), "{out}");
+    assert_no_secret("tracing output", &out);
+}
