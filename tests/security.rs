@@ -1,0 +1,222 @@
+//! Security defaults: TLS verification, credentials on redirects, redirect limits.
+
+// Helpers outside #[test] fns panic on a failed setup step, like the tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::fast_builder;
+use resilient_http::{ApiClient, ErrorKind, StatusCode};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wiremock::matchers::{header_exists, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const CERT: &[u8] = include_bytes!("data/self_signed.crt");
+const KEY: &[u8] = include_bytes!("data/self_signed.key");
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering 200.
+async fn self_signed_server() -> String {
+    let certs = vec![CertificateDer::from_pem_slice(CERT).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(KEY).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        // Bounded: a test makes at most a few connections.
+        for _ in 0..16 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn certificates_are_verified_by_default() {
+    let url = self_signed_server().await;
+    let client = fast_builder(&url).no_retry().build().unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert!(
+        err.is_connect(),
+        "a failed TLS handshake is a connect error: {err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+}
+
+/// Captures tracing output written while `f` runs.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn accepting_invalid_certificates_is_explicit_and_warns() {
+    let url = self_signed_server().await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+
+    let client = tracing::subscriber::with_default(subscriber, || {
+        fast_builder(&url)
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap()
+    });
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "ok");
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("WARN"), "{text}");
+    assert!(text.contains("certificate verification is OFF"), "{text}");
+}
+
+/// A server that redirects `/start` to `target`.
+async fn redirecting_to(target: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/start"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", target))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn authorization_is_not_forwarded_to_another_host() {
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .and(header_exists("authorization"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&other)
+        .await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("landed"))
+        .expect(1)
+        .mount(&other)
+        .await;
+    let origin = redirecting_to(&format!("{}/landing", other.uri())).await;
+    let client = fast_builder(&origin.uri())
+        .bearer_auth("s3cr3t")
+        .build()
+        .unwrap();
+
+    let resp = client.get("start").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "landed");
+}
+
+#[tokio::test]
+async fn a_client_with_api_key_headers_does_not_follow_a_redirect_to_another_host() {
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&other)
+        .await;
+    let origin = redirecting_to(&format!("{}/landing", other.uri())).await;
+    let client = fast_builder(&origin.uri())
+        .default_header("x-api-key", "k3y")
+        .build()
+        .unwrap();
+
+    let err = client.get("start").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Client);
+    assert_eq!(err.status(), Some(StatusCode::FOUND));
+}
+
+#[tokio::test]
+async fn a_client_with_api_key_headers_follows_a_redirect_on_the_same_host() {
+    let server = MockServer::start().await;
+    Mock::given(path("/start"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/landing"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/landing"))
+        .and(header_exists("x-api-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client: ApiClient = fast_builder(&server.uri())
+        .default_header("x-api-key", "k3y")
+        .build()
+        .unwrap();
+
+    client.get("start").send().await.unwrap();
+}
+
+/// A server where `/r/n` redirects to `/r/n-1` and `/r/0` answers 200.
+async fn redirect_chain() -> MockServer {
+    let server = MockServer::start().await;
+    for n in 1..=20 {
+        Mock::given(path(format!("/r/{n}")))
+            .respond_with(
+                ResponseTemplate::new(302).insert_header("location", format!("/r/{}", n - 1)),
+            )
+            .mount(&server)
+            .await;
+    }
+    Mock::given(path("/r/0"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn follows_ten_redirects_by_default_and_no_more() {
+    let server = redirect_chain().await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+
+    client.get("r/10").send().await.unwrap();
+    let err = client.get("r/11").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Client);
+    assert!(!err.is_retryable());
+}
