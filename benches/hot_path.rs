@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use resilient_http::__bench::{Breaker, Budget, Layers, classify_status, deadline};
+use resilient_http::__bench::{Breaker, Budget, Layers, Permits, classify_status, deadline};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 /// Counts allocations so the bench can show the bookkeeping makes none.
@@ -48,6 +48,18 @@ fn hot_path(c: &mut Criterion) {
             budget.deposit();
             black_box(budget.withdraw())
         });
+    });
+    let permits = Permits::default();
+    group.bench_function("rate_limit_permit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(permits.rate().await) });
+    });
+    group.bench_function("concurrency_permit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(permits.concurrency().await) });
+    });
+    group.bench_function("async_baseline", |b| {
+        b.to_async(&rt).iter(|| async { black_box(1) });
     });
     let layers = Layers::default();
     group.bench_function("all_layers_one_call", |b| {

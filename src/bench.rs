@@ -93,6 +93,40 @@ impl Budget {
     }
 }
 
+/// One limit at a time, for the cost of an uncontended permit.
+#[derive(Debug)]
+pub struct Permits {
+    rate: Limits,
+    concurrency: Limits,
+    deadline: Deadline,
+}
+
+impl Default for Permits {
+    fn default() -> Self {
+        let quota = RateLimit::per_second(1_000_000_000)
+            .validate()
+            .ok()
+            .map(|q| (q, true));
+        Self {
+            rate: Limits::new(quota, None),
+            concurrency: Limits::new(None, Some(64)),
+            deadline: Deadline::after(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl Permits {
+    /// Takes one rate-limit permit (never waits: the rate is huge).
+    pub async fn rate(&self) -> bool {
+        self.rate.rate(&self.deadline).await.is_ok()
+    }
+
+    /// Takes and releases one concurrency permit.
+    pub async fn concurrency(&self) -> bool {
+        self.concurrency.concurrency(&self.deadline).await.is_ok()
+    }
+}
+
 /// A rate limit that never bites and a concurrency limit of 64.
 #[derive(Debug)]
 pub struct Layers {

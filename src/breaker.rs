@@ -590,6 +590,10 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Breakers remembered for endpoints other than the base URL's. Calls to
+/// absolute URLs can name any host; this bounds what they can make us keep.
+const MAX_ENDPOINTS: usize = 1024;
+
 /// The breakers of one client, one per endpoint (scheme, host, port).
 #[derive(Debug)]
 pub(crate) struct Breakers {
@@ -654,11 +658,26 @@ impl Breakers {
         }
         let key = EndpointKey::of(url);
         let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            others
-                .entry(key)
-                .or_insert_with_key(|k| Arc::new(Breaker::new(k.label(), self.cfg.clone()))),
-        )
+        if let Some(breaker) = others.get(&key) {
+            return Arc::clone(breaker);
+        }
+        if others.len() >= MAX_ENDPOINTS {
+            // Forget breakers that are closed and not in use by any call.
+            let now = Instant::now();
+            others.retain(|_, b| Arc::strong_count(b) > 1 || b.state(now) != CircuitState::Closed);
+        }
+        let breaker = Arc::new(Breaker::new(key.label(), self.cfg.clone()));
+        if others.len() < MAX_ENDPOINTS {
+            others.insert(key, Arc::clone(&breaker));
+        }
+        // Past the cap, the call gets a fresh breaker that is not remembered.
+        breaker
+    }
+
+    /// Endpoints with a remembered breaker, besides the base URL's.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.others.lock().map_or(0, |m| m.len())
     }
 }
 
@@ -830,6 +849,26 @@ mod tests {
                 .failure_rate(0.5, 5, 6)
                 .validate()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn endpoint_breakers_are_bounded() {
+        let breakers = Breakers::new(CircuitBreakerConfig::default(), None);
+        let tripped = Url::parse("http://tripped.example:1/").unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            fail(&breakers.for_url(&tripped), t0);
+        }
+        for i in 0..3 * MAX_ENDPOINTS {
+            let url = Url::parse(&format!("http://h{i}.example/")).unwrap();
+            drop(breakers.for_url(&url));
+            assert!(breakers.tracked() <= MAX_ENDPOINTS);
+        }
+        assert_eq!(
+            breakers.for_url(&tripped).state(t0),
+            CircuitState::Open,
+            "an open breaker is never forgotten"
         );
     }
 

@@ -438,7 +438,10 @@ impl ApiClient {
                 span.record("server.port", url.port_or_known_default().unwrap_or(0));
             }
         }
-        self.pipeline(call, stream, &span)
+        // Boxed once: the pipeline's state (timers, limit waits, the attempt)
+        // is large, and moving it through every enclosing future by value
+        // costs more than one allocation.
+        Box::pin(self.pipeline(call, stream, &span))
             .instrument(span.clone())
             .await
     }
