@@ -30,7 +30,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use url::Url;
 
-use crate::breaker::{Breaker, Breakers, CircuitState, Verdict};
+use crate::breaker::{Breaker, Breakers, CircuitState, Permit, Verdict};
 use crate::builder::ApiClientBuilder;
 use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
 use crate::limit::Limits;
@@ -148,6 +148,8 @@ impl fmt::Debug for ApiClient {
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) request: reqwest::Request,
+    /// The body, also in `request`; kept to replay it without a copy.
+    pub(crate) body: Option<Bytes>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) idempotent: bool,
 }
@@ -219,7 +221,8 @@ enum Got {
         version: reqwest::Version,
         headers: reqwest::header::HeaderMap,
         body: Bytes,
-        url: Url,
+        /// The final URL when a redirect changed it.
+        url: Option<Url>,
     },
     Streaming(reqwest::Response),
 }
@@ -377,43 +380,55 @@ impl ApiClient {
 
     pub(crate) async fn execute(&self, call: Call) -> Result<ApiResponse, Error> {
         let method = call.request.method().clone();
-        let start = Instant::now();
-        match self.traced(call, false).await? {
-            (
-                Got::Buffered {
-                    status,
-                    version,
-                    headers,
-                    body,
-                    url,
-                },
-                attempts,
-            ) => Ok(ApiResponse {
+        let span = self.span(&call);
+        let (got, attempts, elapsed, call_url) = self
+            .pipeline(call, false, &span)
+            .instrument(span.clone())
+            .await?;
+        match got {
+            Got::Buffered {
+                status,
+                version,
+                headers,
+                body,
+                url,
+            } => Ok(ApiResponse {
                 status,
                 version,
                 headers,
                 body,
                 attempts,
-                elapsed: start.elapsed(),
+                elapsed,
                 method,
-                url,
+                url: url.unwrap_or(call_url),
             }),
             // Not asked for; cannot happen, but is not worth a panic.
-            (Got::Streaming(resp), attempts) => Err(Error::decode("unexpected stream", None)
-                .with_call(&method, Some(resp.url()), attempts, Duration::ZERO)),
+            Got::Streaming(resp) => Err(Error::decode("unexpected stream", None).with_call(
+                &method,
+                Some(resp.url()),
+                attempts,
+                elapsed,
+            )),
         }
     }
 
     pub(crate) async fn execute_stream(&self, call: Call) -> Result<ApiStream, Error> {
         let deadline_end = Instant::now() + call.timeout.unwrap_or(self.inner.total_timeout);
-        match self.traced(call, true).await? {
-            (Got::Streaming(resp), attempts) => Ok(ApiStream::new(resp, attempts, deadline_end)),
-            (Got::Buffered { .. }, _) => Err(Error::decode("stream was buffered", None)),
+        let span = self.span(&call);
+        match self
+            .pipeline(call, true, &span)
+            .instrument(span.clone())
+            .await?
+        {
+            (Got::Streaming(resp), attempts, _, _) => {
+                Ok(ApiStream::new(resp, attempts, deadline_end))
+            }
+            (Got::Buffered { .. }, _, _, _) => Err(Error::decode("stream was buffered", None)),
         }
     }
 
-    /// Runs the pipeline inside the call's `http.client.request` span.
-    async fn traced(&self, call: Call, stream: bool) -> Result<(Got, u32), Error> {
+    /// The call's `http.client.request` span, with the request's fields.
+    fn span(&self, call: &Call) -> tracing::Span {
         let span = tracing::info_span!(
             target: "resilient_http",
             "http.client.request",
@@ -438,12 +453,7 @@ impl ApiClient {
                 span.record("server.port", url.port_or_known_default().unwrap_or(0));
             }
         }
-        // Boxed once: the pipeline's state (timers, limit waits, the attempt)
-        // is large, and moving it through every enclosing future by value
-        // costs more than one allocation.
-        Box::pin(self.pipeline(call, stream, &span))
-            .instrument(span.clone())
-            .await
+        span
     }
 
     async fn pipeline(
@@ -451,11 +461,12 @@ impl ApiClient {
         call: Call,
         stream: bool,
         span: &tracing::Span,
-    ) -> Result<(Got, u32), Error> {
+    ) -> Result<(Got, u32, Duration, Url), Error> {
         let inner = &*self.inner;
         let deadline = Deadline::after(call.timeout.unwrap_or(inner.total_timeout));
         let Call {
             request,
+            body,
             idempotent,
             ..
         } = call;
@@ -464,6 +475,14 @@ impl ApiClient {
             url: request.url().clone(),
             deadline,
             span,
+        };
+        // The first attempt sends the request itself; a retry rebuilds it from
+        // the context, these headers and the shared body bytes.
+        let replay = Replay {
+            headers: (inner.retry.max_attempts > 1 && !request.headers().is_empty())
+                .then(|| request.headers().clone()),
+            body,
+            version: request.version(),
         };
         let mut original = Some(request);
         let mut attempts = 0u32;
@@ -477,31 +496,18 @@ impl ApiClient {
         let mut schedule = None;
         let mut last: Option<Error> = None;
         loop {
-            let now = Instant::now();
-            let permit = match breaker.as_deref().map(|b| b.try_acquire(now)) {
-                None => None,
-                Some(Ok(p)) => Some(p),
-                Some(Err(wait)) => {
-                    let err = last.take().unwrap_or_else(|| Error::circuit_open(wait));
-                    return Err(finish(err, attempts));
-                }
-            };
-            match inner.limits.rate(&deadline).await {
-                Ok(w) => waited += w,
+            let (permit, now) = match self.admit(breaker.as_deref(), &deadline, &mut waited).await {
+                Ok(admitted) => admitted,
                 Err(err) => return Err(finish(last.take().unwrap_or(err), attempts)),
-            }
-            ctx.waited(waited);
-            let request = next_request(&mut original, attempts + 1 >= inner.retry.max_attempts);
-            let Some(request) = request else {
-                // Only reachable when a streaming body cannot be replayed.
-                let err = last
-                    .take()
-                    .unwrap_or_else(|| Error::config("request body cannot be replayed"));
-                return Err(finish(err, attempts));
             };
+            ctx.waited(waited);
+            let request = original
+                .take()
+                .unwrap_or_else(|| replay.rebuild(&ctx.method, &ctx.url));
             attempts += 1;
-            let (limit, phase) = deadline.attempt_limit(inner.attempt_timeout);
-            let outcome = match tokio::time::timeout(limit, self.attempt(request, stream)).await {
+            let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
+            let attempt = self.attempt(request, &ctx.url, stream);
+            let outcome = match tokio::time::timeout(limit, attempt).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(Error::timeout(phase)),
             };
@@ -520,7 +526,8 @@ impl ApiClient {
                     };
                     ctx.succeeded(status, attempts);
                     tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
-                    return Ok((got, attempts));
+                    let elapsed = ctx.deadline.elapsed_at(now);
+                    return Ok((got, attempts, elapsed, ctx.url));
                 }
                 Err(err) => {
                     if let Some(p) = permit {
@@ -550,6 +557,31 @@ impl ApiClient {
                     }
                     last = Some(err);
                 }
+            }
+        }
+    }
+
+    /// Admission of one attempt: the breaker first (an open one refuses at
+    /// once, before any wait), then a rate-limit permit within the deadline.
+    /// Returns the breaker permit and the current time; adds any wait to `waited`.
+    async fn admit<'b>(
+        &self,
+        breaker: Option<&'b Breaker>,
+        deadline: &Deadline,
+        waited: &mut Duration,
+    ) -> Result<(Option<Permit<'b>>, Instant), Error> {
+        let now = Instant::now();
+        let permit = match breaker.map(|b| b.try_acquire(now)) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(wait)) => return Err(Error::circuit_open(wait)),
+        };
+        match self.inner.limits.rate(deadline).await? {
+            // No wait: the clock read above is still current.
+            w if w.is_zero() => Ok((permit, now)),
+            w => {
+                *waited += w;
+                Ok((permit, Instant::now()))
             }
         }
     }
@@ -620,7 +652,12 @@ impl ApiClient {
     }
 
     /// One attempt: send, then buffer the body (or hand the stream over).
-    async fn attempt(&self, request: reqwest::Request, stream: bool) -> Result<Got, Error> {
+    async fn attempt(
+        &self,
+        request: reqwest::Request,
+        sent_to: &Url,
+        stream: bool,
+    ) -> Result<Got, Error> {
         let mut resp = self
             .inner
             .http
@@ -634,7 +671,8 @@ impl ApiClient {
             }
             let headers = std::mem::take(resp.headers_mut());
             let version = resp.version();
-            let url = resp.url().clone();
+            // Keep the call's URL (no copy) unless a redirect changed it.
+            let url = (resp.url() != sent_to).then(|| resp.url().clone());
             let body = read_body(resp, self.inner.max_response_bytes).await?;
             return Ok(Got::Buffered {
                 status,
@@ -658,16 +696,23 @@ impl ApiClient {
     }
 }
 
-/// The request for the next attempt: a copy while more attempts may follow,
-/// the original for the last one (or when the body cannot be copied).
-fn next_request(original: &mut Option<reqwest::Request>, last: bool) -> Option<reqwest::Request> {
-    if last {
-        return original.take();
+/// What a retry needs, besides method and URL, to rebuild the request.
+struct Replay {
+    headers: Option<reqwest::header::HeaderMap>,
+    body: Option<Bytes>,
+    version: reqwest::Version,
+}
+
+impl Replay {
+    fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
+        let mut request = reqwest::Request::new(method.clone(), url.clone());
+        if let Some(headers) = &self.headers {
+            request.headers_mut().clone_from(headers);
+        }
+        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
+        *request.version_mut() = self.version;
+        request
     }
-    original
-        .as_ref()
-        .and_then(reqwest::Request::try_clone)
-        .or_else(|| original.take())
 }
 
 /// Reads the whole body, failing with `Decode` past `limit` bytes.

@@ -52,6 +52,7 @@ pub struct RequestBuilder {
     client: ApiClient,
     method: Method,
     inner: Result<reqwest::RequestBuilder, Error>,
+    body: Option<Bytes>,
     timeout: Option<Duration>,
     idempotent: Option<bool>,
     has_key: bool,
@@ -76,6 +77,7 @@ impl RequestBuilder {
             client,
             method,
             inner,
+            body: None,
             timeout: None,
             idempotent: None,
             has_key: false,
@@ -126,21 +128,24 @@ impl RequestBuilder {
     /// serialized once and replayed on every attempt.
     pub fn json<T: Serialize + ?Sized>(self, body: &T) -> Self {
         match serde_json::to_vec(body) {
-            Ok(bytes) => self.map(|r| {
-                r.header(
-                    reqwest::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )
-                .body(bytes)
-            }),
+            Ok(bytes) => {
+                let mut this = self.map(|r| {
+                    r.header(
+                        reqwest::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )
+                });
+                this.body = Some(Bytes::from(bytes));
+                this
+            }
             Err(e) => self.fail(Error::config_from("request body is not serializable", e)),
         }
     }
 
     /// A raw body, replayed on every attempt.
-    pub fn body(self, body: impl Into<Bytes>) -> Self {
-        let body: Bytes = body.into();
-        self.map(|r| r.body(body))
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
     }
 
     /// This call's total deadline, replacing the client's `total_timeout`
@@ -173,18 +178,21 @@ impl RequestBuilder {
             client,
             method,
             inner,
+            body,
             timeout,
             idempotent,
             has_key,
         } = self;
-        let request = inner
+        let mut request = inner
             .and_then(|r| r.build().map_err(Error::transport))
             .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO))?;
+        *request.body_mut() = body.clone().map(reqwest::Body::from);
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         Ok((
             client,
             Call {
                 request,
+                body,
                 timeout,
                 idempotent,
             },
@@ -226,8 +234,10 @@ impl RequestBuilder {
     /// # Errors
     ///
     /// As [`send`](Self::send), for everything up to the headers.
-    pub async fn send_stream(self) -> Result<ApiStream, Error> {
-        let (client, call) = self.into_call()?;
-        client.execute_stream(call).await
+    pub fn send_stream(self) -> impl Future<Output = Result<ApiStream, Error>> + Send + 'static {
+        Box::pin(async move {
+            let (client, call) = self.into_call()?;
+            client.execute_stream(call).await
+        })
     }
 }

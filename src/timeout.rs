@@ -72,7 +72,12 @@ impl Deadline {
 
     /// Time since the call started.
     pub(crate) fn elapsed(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.start)
+        self.elapsed_at(Instant::now())
+    }
+
+    /// Time from the start of the call to `now`.
+    pub(crate) fn elapsed_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
     }
 
     /// Time left before the deadline (zero once it passed).
@@ -99,7 +104,16 @@ impl Deadline {
     /// The limit for the next attempt: `min(attempt_timeout, time left)`, and the
     /// phase to report if it fires (`Total` when the time left is the smaller).
     pub(crate) fn attempt_limit(&self, attempt_timeout: Duration) -> (Duration, TimeoutPhase) {
-        let left = self.remaining();
+        self.attempt_limit_at(Instant::now(), attempt_timeout)
+    }
+
+    /// [`attempt_limit`](Self::attempt_limit) as of `now`.
+    pub(crate) fn attempt_limit_at(
+        &self,
+        now: Instant,
+        attempt_timeout: Duration,
+    ) -> (Duration, TimeoutPhase) {
+        let left = self.remaining_at(now);
         if left < attempt_timeout {
             (left, TimeoutPhase::Total)
         } else {
