@@ -43,7 +43,10 @@ impl Subject {
 }
 
 fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
+    // The same wire traffic for all: raw reqwest sends the User-Agent our
+    // client sends by default, so the comparison measures the layers only.
     let raw = reqwest::Client::builder()
+        .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)

@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outage = run(1, configure).await?;
         let flaky = run(5, configure).await?;
         println!(
-            "{name:<30} {:>8.3} {:>12.1}% {:>8.3} {:>12.1}%",
+            "{name:<30} {:>10.3} {:>9.1}%   {:>10.3} {:>9.1}%",
             outage.0,
             outage.1 * 100.0,
             flaky.0,
