@@ -154,8 +154,76 @@ pub(crate) struct Call {
     pub(crate) idempotent: bool,
 }
 
+/// How the outcome of a successful pipeline becomes what the caller asked for:
+/// a buffered [`ApiResponse`] or a streamed [`ApiStream`].
+pub(crate) trait Finish: 'static {
+    type Output: Send + 'static;
+    /// Whether the attempt hands over the body unread.
+    const STREAM: bool;
+    fn finish(
+        got: Got,
+        attempts: u32,
+        elapsed: Duration,
+        ctx: CallContext<'_>,
+    ) -> Result<Self::Output, Error>;
+}
+
+/// `send()`: the body is buffered inside the attempt.
+pub(crate) struct Buffer;
+
+impl Finish for Buffer {
+    type Output = ApiResponse;
+    const STREAM: bool = false;
+    fn finish(
+        got: Got,
+        attempts: u32,
+        elapsed: Duration,
+        ctx: CallContext<'_>,
+    ) -> Result<ApiResponse, Error> {
+        match got {
+            Got::Buffered {
+                status,
+                version,
+                headers,
+                body,
+                url,
+            } => Ok(ApiResponse {
+                status,
+                version,
+                headers,
+                body,
+                attempts,
+                elapsed,
+                method: ctx.method,
+                url: url.unwrap_or(ctx.url),
+            }),
+            // Not asked for; cannot happen, but is not worth a panic.
+            Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
+        }
+    }
+}
+
+/// `send_stream()`: the body is handed over unread.
+pub(crate) struct Streamed;
+
+impl Finish for Streamed {
+    type Output = ApiStream;
+    const STREAM: bool = true;
+    fn finish(
+        got: Got,
+        attempts: u32,
+        _elapsed: Duration,
+        ctx: CallContext<'_>,
+    ) -> Result<ApiStream, Error> {
+        match got {
+            Got::Streaming(resp) => Ok(ApiStream::new(resp, attempts, ctx.deadline.end())),
+            Got::Buffered { .. } => Err(Error::decode("stream was buffered", None)),
+        }
+    }
+}
+
 /// What the pipeline knows of the call, for its error context and span.
-struct CallContext<'a> {
+pub(crate) struct CallContext<'a> {
     method: Method,
     url: Url,
     deadline: Deadline,
@@ -215,7 +283,7 @@ impl CallContext<'_> {
 }
 
 /// What one successful attempt yields.
-enum Got {
+pub(crate) enum Got {
     Buffered {
         status: StatusCode,
         version: reqwest::Version,
@@ -378,53 +446,19 @@ impl ApiClient {
         self.patch(path).json(body).send_json().await
     }
 
-    pub(crate) async fn execute(&self, call: Call) -> Result<ApiResponse, Error> {
-        let method = call.request.method().clone();
-        let span = self.span(&call);
-        let (got, attempts, elapsed, call_url) = self
-            .pipeline(call, false, &span)
-            .instrument(span.clone())
-            .await?;
-        match got {
-            Got::Buffered {
-                status,
-                version,
-                headers,
-                body,
-                url,
-            } => Ok(ApiResponse {
-                status,
-                version,
-                headers,
-                body,
-                attempts,
-                elapsed,
-                method,
-                url: url.unwrap_or(call_url),
-            }),
-            // Not asked for; cannot happen, but is not worth a panic.
-            Got::Streaming(resp) => Err(Error::decode("unexpected stream", None).with_call(
-                &method,
-                Some(resp.url()),
-                attempts,
-                elapsed,
-            )),
-        }
-    }
-
-    pub(crate) async fn execute_stream(&self, call: Call) -> Result<ApiStream, Error> {
-        let deadline_end = Instant::now() + call.timeout.unwrap_or(self.inner.total_timeout);
-        let span = self.span(&call);
-        match self
-            .pipeline(call, true, &span)
-            .instrument(span.clone())
-            .await?
-        {
-            (Got::Streaming(resp), attempts, _, _) => {
-                Ok(ApiStream::new(resp, attempts, deadline_end))
-            }
-            (Got::Buffered { .. }, _, _, _) => Err(Error::decode("stream was buffered", None)),
-        }
+    /// Runs a prepared call through the pipeline inside its
+    /// `http.client.request` span. One future, no nesting: the pipeline's
+    /// state is moved as rarely as possible.
+    pub(crate) fn execute<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+    ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
+        let span = match &call {
+            Ok(call) => self.span(call),
+            Err(_) => tracing::Span::none(),
+        };
+        let inner_span = span.clone();
+        self.pipeline::<F>(call, inner_span).instrument(span)
     }
 
     /// The call's `http.client.request` span, with the request's fields.
@@ -456,12 +490,14 @@ impl ApiClient {
         span
     }
 
-    async fn pipeline(
-        &self,
-        call: Call,
-        stream: bool,
-        span: &tracing::Span,
-    ) -> Result<(Got, u32, Duration, Url), Error> {
+    async fn pipeline<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+        span: tracing::Span,
+    ) -> Result<F::Output, Error> {
+        let call = call?;
+        let span = &span;
+        let stream = F::STREAM;
         let inner = &*self.inner;
         let deadline = Deadline::after(call.timeout.unwrap_or(inner.total_timeout));
         let Call {
@@ -486,11 +522,10 @@ impl ApiClient {
         };
         let mut original = Some(request);
         let mut attempts = 0u32;
-        let finish = |err: Error, attempts: u32| ctx.fail(err, attempts);
 
         let (_permit, mut waited) = match inner.limits.concurrency(&deadline).await {
             Ok(p) => p,
-            Err(err) => return Err(finish(err, 0)),
+            Err(err) => return Err(ctx.fail(err, 0)),
         };
         let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
         let mut schedule = None;
@@ -498,7 +533,7 @@ impl ApiClient {
         loop {
             let (permit, now) = match self.admit(breaker.as_deref(), &deadline, &mut waited).await {
                 Ok(admitted) => admitted,
-                Err(err) => return Err(finish(last.take().unwrap_or(err), attempts)),
+                Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
             };
             ctx.waited(waited);
             let request = original
@@ -527,7 +562,7 @@ impl ApiClient {
                     ctx.succeeded(status, attempts);
                     tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
                     let elapsed = ctx.deadline.elapsed_at(now);
-                    return Ok((got, attempts, elapsed, ctx.url));
+                    return F::finish(got, attempts, elapsed, ctx);
                 }
                 Err(err) => {
                     if let Some(p) = permit {
@@ -548,7 +583,7 @@ impl ApiClient {
                         breaker.as_deref(),
                         now,
                     ) else {
-                        return Err(finish(err, attempts));
+                        return Err(ctx.fail(err, attempts));
                     };
                     tokio::time::sleep(delay).await;
                     // The retry happens: a call dropped during the sleep gets it back.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::{bearer, header_pair};
-use crate::client::{ApiClient, Call};
+use crate::client::{ApiClient, Buffer, Call, Streamed};
 use crate::error::{BoxError, Error};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::is_idempotent_method;
@@ -173,7 +173,7 @@ impl RequestBuilder {
         }
     }
 
-    fn into_call(self) -> Result<(ApiClient, Call), Error> {
+    fn into_call(self) -> (ApiClient, Result<Call, Error>) {
         let Self {
             client,
             method,
@@ -183,33 +183,40 @@ impl RequestBuilder {
             idempotent,
             has_key,
         } = self;
-        let mut request = inner
+        let request = inner
             .and_then(|r| r.build().map_err(Error::transport))
-            .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO))?;
+            .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO));
+        let mut request = match request {
+            Ok(request) => request,
+            Err(err) => return (client, Err(err)),
+        };
         *request.body_mut() = body.clone().map(reqwest::Body::from);
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
-        Ok((
+        (
             client,
-            Call {
+            Ok(Call {
                 request,
                 body,
                 timeout,
                 idempotent,
-            },
-        ))
+            }),
+        )
     }
 
     /// Sends the request through the client's pipeline (limits, breaker,
     /// attempts, retries) and buffers the body.
+    ///
+    /// The returned future owns the call (`Send + 'static`), so it can be
+    /// spawned as it is: `tokio::spawn(client.get("x").send())`.
     ///
     /// # Errors
     ///
     /// `Ok` only for a 2xx status. Any other status, a transport failure, a
     /// timeout, a local rejection or an invalid request is an [`Error`] whose
     /// [`kind`](Error::kind) says which.
-    pub async fn send(self) -> Result<ApiResponse, Error> {
-        let (client, call) = self.into_call()?;
-        client.execute(call).await
+    pub fn send(self) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
+        let (client, call) = self.into_call();
+        client.execute::<Buffer>(call)
     }
 
     /// Sends the request and decodes a 2xx JSON body.
@@ -235,9 +242,7 @@ impl RequestBuilder {
     ///
     /// As [`send`](Self::send), for everything up to the headers.
     pub fn send_stream(self) -> impl Future<Output = Result<ApiStream, Error>> + Send + 'static {
-        Box::pin(async move {
-            let (client, call) = self.into_call()?;
-            client.execute_stream(call).await
-        })
+        let (client, call) = self.into_call();
+        client.execute::<Streamed>(call)
     }
 }
