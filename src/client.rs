@@ -261,23 +261,35 @@ impl CallContext<'_> {
         err
     }
 
-    /// Records the time spent waiting for limits.
-    fn waited(&self, waited: Duration) {
-        if !waited.is_zero() && !self.span.is_disabled() {
-            let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
-            self.span.record("limit.wait_ms", ms);
-            tracing::debug!(target: "resilient_http::limit", wait_ms = ms, "waited for limits");
+    /// Reports a wait for one limit (`"concurrency"` or `"rate"`) and records
+    /// the call's total wait so far in the span.
+    fn waited(&self, limit: &'static str, wait: Duration, total: Duration) {
+        if wait.is_zero() || self.span.is_disabled() {
+            return;
         }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.span.record("limit.wait_ms", ms(total));
+        tracing::debug!(target: "resilient_http::limit", limit, wait_ms = ms(wait), "waited for a permit");
     }
 
     /// Records a successful call in the span.
     fn succeeded(&self, status: StatusCode, attempts: u32) {
+        tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
         if !self.span.is_disabled() {
             self.span
                 .record("http.response.status_code", status.as_u16());
             if attempts > 1 {
                 self.span.record("http.request.resend_count", attempts - 1);
             }
+        }
+    }
+}
+
+impl Got {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Buffered { status, .. } => *status,
+            Self::Streaming(r) => r.status(),
         }
     }
 }
@@ -524,18 +536,24 @@ impl ApiClient {
         let mut attempts = 0u32;
 
         let (_permit, mut waited) = match inner.limits.concurrency(&deadline).await {
-            Ok(p) => p,
+            Ok((permit, wait)) => {
+                ctx.waited("concurrency", wait, wait);
+                (permit, wait)
+            }
             Err(err) => return Err(ctx.fail(err, 0)),
         };
         let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
         let mut schedule = None;
         let mut last: Option<Error> = None;
         loop {
-            let (permit, now) = match self.admit(breaker.as_deref(), &deadline, &mut waited).await {
-                Ok(admitted) => admitted,
+            let (permit, now) = match self.admit(breaker.as_deref(), &deadline).await {
+                Ok((permit, now, wait)) => {
+                    waited += wait;
+                    ctx.waited("rate", wait, waited);
+                    (permit, now)
+                }
                 Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
             };
-            ctx.waited(waited);
             let request = original
                 .take()
                 .unwrap_or_else(|| replay.rebuild(&ctx.method, &ctx.url));
@@ -555,12 +573,7 @@ impl ApiClient {
                     if let Some(budget) = &inner.budget {
                         budget.deposit(now);
                     }
-                    let status = match &got {
-                        Got::Buffered { status, .. } => *status,
-                        Got::Streaming(r) => r.status(),
-                    };
-                    ctx.succeeded(status, attempts);
-                    tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
+                    ctx.succeeded(got.status(), attempts);
                     let elapsed = ctx.deadline.elapsed_at(now);
                     return F::finish(got, attempts, elapsed, ctx);
                 }
@@ -598,13 +611,12 @@ impl ApiClient {
 
     /// Admission of one attempt: the breaker first (an open one refuses at
     /// once, before any wait), then a rate-limit permit within the deadline.
-    /// Returns the breaker permit and the current time; adds any wait to `waited`.
+    /// Returns the breaker permit, the current time and the rate-limit wait.
     async fn admit<'b>(
         &self,
         breaker: Option<&'b Breaker>,
         deadline: &Deadline,
-        waited: &mut Duration,
-    ) -> Result<(Option<Permit<'b>>, Instant), Error> {
+    ) -> Result<(Option<Permit<'b>>, Instant, Duration), Error> {
         let now = Instant::now();
         let permit = match breaker.map(|b| b.try_acquire(now)) {
             None => None,
@@ -613,11 +625,8 @@ impl ApiClient {
         };
         match self.inner.limits.rate(deadline).await? {
             // No wait: the clock read above is still current.
-            w if w.is_zero() => Ok((permit, now)),
-            w => {
-                *waited += w;
-                Ok((permit, Instant::now()))
-            }
+            w if w.is_zero() => Ok((permit, now, w)),
+            w => Ok((permit, Instant::now(), w)),
         }
     }
 

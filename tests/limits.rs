@@ -289,3 +289,49 @@ async fn limits_are_shared_by_clones() {
 
     assert!(err.is_rate_limited());
 }
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn waits_for_limits_are_traced_with_their_duration() {
+    let server = InFlightServer::start(Duration::from_millis(1)).await;
+    let client = fast_builder(&server.url)
+        .rate_limit(RateLimit::per_second(10).burst(1))
+        .build()
+        .unwrap();
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    client.get("x").send().await.unwrap();
+    client.get("x").send().await.unwrap();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("waited for a permit"))
+        .unwrap_or_else(|| panic!("no limit event in:\n{text}"));
+    assert!(line.contains(r#"limit="rate""#), "{line}");
+    assert!(line.contains("wait_ms="), "{line}");
+    assert!(
+        line.contains("limit.wait_ms="),
+        "the span records it: {line}"
+    );
+}
