@@ -23,7 +23,7 @@ pub fn classify_status(code: u16) -> Option<ErrorKind> {
 /// The attempt limit of a fresh deadline.
 #[must_use]
 pub fn deadline(total: Duration, attempt: Duration) -> (Duration, TimeoutPhase) {
-    Deadline::after(total).attempt_limit(attempt)
+    Deadline::after(total).attempt_limit_at(Instant::now(), attempt)
 }
 
 /// A circuit breaker with the default configuration.
@@ -165,7 +165,7 @@ impl Layers {
         if self.limits.rate(&deadline).await.is_err() {
             return false;
         }
-        let (_limit, _phase) = deadline.attempt_limit(Duration::from_secs(10));
+        let (_limit, _phase) = deadline.attempt_limit_at(Instant::now(), Duration::from_secs(10));
         let ok = StatusCode::OK.is_success() && classify_status(200) != Some(ErrorKind::Retryable);
         let now = Instant::now();
         admitted.record(Verdict::Success, now);

@@ -511,7 +511,11 @@ impl Breaker {
     }
 
     fn open(&self, m: &mut Machine, now: Instant, reason: Reason) -> Transition {
-        let until = now.checked_add(self.cfg.open_duration).unwrap_or(now);
+        // A duration too long to add means "open until further notice".
+        let until = now
+            .checked_add(self.cfg.open_duration)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         self.set(m, State::Open { until }, Some(reason))
     }
 

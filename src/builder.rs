@@ -362,23 +362,12 @@ impl ApiClientBuilder {
             budget,
             breakers,
             limits,
+            self.headers,
         ))))
     }
 
     fn transport(&self) -> Result<reqwest::Client, Error> {
         let max_redirects = self.max_redirects;
-        // reqwest drops Authorization, Cookie and Proxy-Authorization on a
-        // redirect to another host; other credential headers (x-api-key...)
-        // would follow, so with those a cross-host redirect is not followed.
-        let guard_cross_host = self.headers.keys().any(|name| {
-            redact::is_sensitive_name(name.as_str())
-                && ![
-                    header::AUTHORIZATION,
-                    header::COOKIE,
-                    header::PROXY_AUTHORIZATION,
-                ]
-                .contains(name)
-        });
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if max_redirects == 0 {
                 return attempt.stop();
@@ -387,7 +376,13 @@ impl ApiClientBuilder {
             if attempt.previous().len() > max_redirects {
                 return attempt.error(TooManyRedirects(max_redirects));
             }
-            if guard_cross_host {
+            // reqwest drops Authorization and cookies on a redirect to another
+            // host; a request with other credential headers (x-api-key...) is
+            // not redirected there at all. The flag is set per attempt.
+            if crate::client::REDIRECT_GUARD
+                .try_with(|guard| *guard)
+                .unwrap_or(false)
+            {
                 let same = attempt.previous().first().is_none_or(|first| {
                     first.host_str() == attempt.url().host_str()
                         && first.port_or_known_default() == attempt.url().port_or_known_default()
@@ -404,8 +399,9 @@ impl ApiClientBuilder {
         let mut b = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
-            .default_headers(self.headers.clone())
             .user_agent(user_agent)
+            // The original URL's query may hold credentials.
+            .referer(false)
             .redirect(policy)
             // Attempts are ours to count and decide; reqwest must not add its own.
             .retry(reqwest::retry::never())

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
 use bytes::{Bytes, BytesMut};
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -87,6 +87,15 @@ pub(crate) struct Inner {
     budget: Option<Budget>,
     breakers: Option<Breakers>,
     limits: Limits,
+    /// Sent with every request to the base URL's origin; credential-like ones
+    /// are left out of requests to any other origin.
+    default_headers: HeaderMap,
+}
+
+tokio::task_local! {
+    /// Set while an attempt whose headers would leak on a cross-host redirect
+    /// runs; the redirect policy then refuses such redirects.
+    pub(crate) static REDIRECT_GUARD: bool;
 }
 
 impl Inner {
@@ -101,6 +110,7 @@ impl Inner {
         budget: Option<Budget>,
         breakers: Option<Breakers>,
         limits: Limits,
+        default_headers: HeaderMap,
     ) -> Self {
         let base_host = base
             .as_ref()
@@ -123,6 +133,7 @@ impl Inner {
             budget,
             breakers,
             limits,
+            default_headers,
         }
     }
 }
@@ -152,6 +163,8 @@ pub(crate) struct Call {
     pub(crate) body: Option<Bytes>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) idempotent: bool,
+    /// The request carries credentials a cross-host redirect would forward.
+    pub(crate) guard_redirects: bool,
 }
 
 /// How the outcome of a successful pipeline becomes what the caller asked for:
@@ -358,6 +371,29 @@ impl ApiClient {
             })
     }
 
+    /// Adds the default headers the request does not set itself. A request to
+    /// another origin than the base URL's gets no credential-like ones.
+    pub(crate) fn apply_default_headers(&self, request: &mut reqwest::Request) {
+        let defaults = &self.inner.default_headers;
+        if defaults.is_empty() {
+            return;
+        }
+        let foreign = self.inner.base.as_ref().is_some_and(|base| {
+            base.scheme() != request.url().scheme()
+                || base.host_str() != request.url().host_str()
+                || base.port_or_known_default() != request.url().port_or_known_default()
+        });
+        let headers = request.headers_mut();
+        for name in defaults.keys() {
+            if headers.contains_key(name) || (foreign && redact::is_sensitive_name(name.as_str())) {
+                continue;
+            }
+            for value in defaults.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+
     /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute URL.
     pub(crate) fn url_for(&self, path: &str) -> Result<Url, Error> {
         let url = match &self.inner.base {
@@ -511,27 +547,8 @@ impl ApiClient {
         let span = &span;
         let stream = F::STREAM;
         let inner = &*self.inner;
-        let deadline = Deadline::after(call.timeout.unwrap_or(inner.total_timeout));
-        let Call {
-            request,
-            body,
-            idempotent,
-            ..
-        } = call;
-        let ctx = CallContext {
-            method: request.method().clone(),
-            url: request.url().clone(),
-            deadline,
-            span,
-        };
-        // The first attempt sends the request itself; a retry rebuilds it from
-        // the context, these headers and the shared body bytes.
-        let replay = Replay {
-            headers: (inner.retry.max_attempts > 1 && !request.headers().is_empty())
-                .then(|| request.headers().clone()),
-            body,
-            version: request.version(),
-        };
+        let (ctx, replay, request, idempotent, guard_redirects) = self.prepare(call, span);
+        let deadline = ctx.deadline;
         let mut original = Some(request);
         let mut attempts = 0u32;
 
@@ -545,11 +562,17 @@ impl ApiClient {
         let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
         let mut schedule = None;
         let mut last: Option<Error> = None;
+        // A retry taken from the budget, spent once the retry is admitted;
+        // refunded (on drop) if the breaker or the rate limit refuses it.
+        let mut pending = None;
         loop {
             let (permit, now) = match self.admit(breaker.as_deref(), &deadline).await {
                 Ok((permit, now, wait)) => {
                     waited += wait;
                     ctx.waited("rate", wait, waited);
+                    if let Some(w) = pending.take() {
+                        Withdrawal::spend(w);
+                    }
                     (permit, now)
                 }
                 Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
@@ -560,10 +583,12 @@ impl ApiClient {
             attempts += 1;
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
             let attempt = self.attempt(request, &ctx.url, stream);
-            let outcome = match tokio::time::timeout(limit, attempt).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Error::timeout(phase)),
+            let timed = if guard_redirects {
+                tokio::time::timeout(limit, REDIRECT_GUARD.scope(true, attempt)).await
+            } else {
+                tokio::time::timeout(limit, attempt).await
             };
+            let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
             let now = Instant::now();
             match outcome {
                 Ok(got) => {
@@ -598,15 +623,45 @@ impl ApiClient {
                     ) else {
                         return Err(ctx.fail(err, attempts));
                     };
+                    // Dropped with the call if it is cancelled during the sleep.
+                    pending = withdrawal;
                     tokio::time::sleep(delay).await;
-                    // The retry happens: a call dropped during the sleep gets it back.
-                    if let Some(w) = withdrawal {
-                        w.spend();
-                    }
                     last = Some(err);
                 }
             }
         }
+    }
+
+    /// Splits a call into what the pipeline keeps: the context (method, URL,
+    /// deadline, span), what a retry needs to rebuild the request, the request
+    /// itself, and whether it may be repeated and must not be redirected away.
+    fn prepare<'s>(
+        &self,
+        call: Call,
+        span: &'s tracing::Span,
+    ) -> (CallContext<'s>, Replay, reqwest::Request, bool, bool) {
+        let Call {
+            request,
+            body,
+            timeout,
+            idempotent,
+            guard_redirects,
+        } = call;
+        let ctx = CallContext {
+            method: request.method().clone(),
+            url: request.url().clone(),
+            deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
+            span,
+        };
+        // The first attempt sends the request itself; a retry rebuilds it from
+        // the context, these headers and the shared body bytes.
+        let replay = Replay {
+            headers: (self.inner.retry.max_attempts > 1 && !request.headers().is_empty())
+                .then(|| request.headers().clone()),
+            body,
+            version: request.version(),
+        };
+        (ctx, replay, request, idempotent, guard_redirects)
     }
 
     /// Admission of one attempt: the breaker first (an open one refuses at
@@ -618,15 +673,16 @@ impl ApiClient {
         deadline: &Deadline,
     ) -> Result<(Option<Permit<'b>>, Instant, Duration), Error> {
         let now = Instant::now();
-        let permit = match breaker.map(|b| b.try_acquire(now)) {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            Some(Err(wait)) => return Err(Error::circuit_open(wait)),
-        };
+        let permit = ask_breaker(breaker, now)?;
         match self.inner.limits.rate(deadline).await? {
             // No wait: the clock read above is still current.
             w if w.is_zero() => Ok((permit, now, w)),
-            w => Ok((permit, Instant::now(), w)),
+            w => {
+                // The breaker may have opened during the wait: ask again.
+                let now = Instant::now();
+                drop(permit);
+                Ok((ask_breaker(breaker, now)?, now, w))
+            }
         }
     }
 
@@ -740,6 +796,15 @@ impl ApiClient {
     }
 }
 
+/// The breaker's admission for one attempt (none without a breaker).
+fn ask_breaker(breaker: Option<&Breaker>, now: Instant) -> Result<Option<Permit<'_>>, Error> {
+    match breaker.map(|b| b.try_acquire(now)) {
+        None => Ok(None),
+        Some(Ok(permit)) => Ok(Some(permit)),
+        Some(Err(wait)) => Err(Error::circuit_open(wait)),
+    }
+}
+
 /// What a retry needs, besides method and URL, to rebuild the request.
 struct Replay {
     headers: Option<reqwest::header::HeaderMap>,
@@ -773,10 +838,15 @@ async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, E
     let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
         return Ok(first);
     };
+    let both = first.len().saturating_add(second.len());
+    if both > limit {
+        return Err(Error::too_large(limit));
+    }
     let hint = resp
         .content_length()
         .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-    let mut buf = BytesMut::with_capacity(hint.clamp(first.len() + second.len(), limit));
+    // `both <= limit`, so the bounds are ordered.
+    let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
     buf.extend_from_slice(&first);
     let mut next = Some(second);
     while let Some(chunk) = next {

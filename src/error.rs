@@ -214,8 +214,13 @@ fn transport_class(err: &reqwest::Error) -> Class {
         {
             return class(ErrorKind::Server, What::Protocol);
         }
+        // hyper reports broken framing (a bad chunk-size line) as invalid
+        // data or input; a closed or reset connection is another kind.
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::InvalidData
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            )
         {
             return class(ErrorKind::Server, What::Protocol);
         }

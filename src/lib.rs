@@ -132,7 +132,14 @@
 //! changes under `resilient_http::breaker` (WARN when opening), and a WARN when
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
 //! emitted on the caller's task.
+//!
+//! # Features
+//!
+//! None are needed: TLS (rustls), JSON and HTTP/2 are always on. The one
+//! feature, `bench-internals`, exposes the layers' bookkeeping to the
+//! `hot_path` benchmark and is not a stable API.
 
+#[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;

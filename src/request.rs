@@ -53,6 +53,7 @@ pub struct RequestBuilder {
     method: Method,
     inner: Result<reqwest::RequestBuilder, Error>,
     body: Option<Bytes>,
+    json: bool,
     timeout: Option<Duration>,
     idempotent: Option<bool>,
     has_key: bool,
@@ -78,6 +79,7 @@ impl RequestBuilder {
             method,
             inner,
             body: None,
+            json: false,
             timeout: None,
             idempotent: None,
             has_key: false,
@@ -129,13 +131,9 @@ impl RequestBuilder {
     pub fn json<T: Serialize + ?Sized>(self, body: &T) -> Self {
         match serde_json::to_vec(body) {
             Ok(bytes) => {
-                let mut this = self.map(|r| {
-                    r.header(
-                        reqwest::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    )
-                });
+                let mut this = self;
                 this.body = Some(Bytes::from(bytes));
+                this.json = true;
                 this
             }
             Err(e) => self.fail(Error::config_from("request body is not serializable", e)),
@@ -179,6 +177,7 @@ impl RequestBuilder {
             method,
             inner,
             body,
+            json,
             timeout,
             idempotent,
             has_key,
@@ -191,6 +190,14 @@ impl RequestBuilder {
             Err(err) => return (client, Err(err)),
         };
         *request.body_mut() = body.clone().map(reqwest::Body::from);
+        if json {
+            request
+                .headers_mut()
+                .entry(reqwest::header::CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static("application/json"));
+        }
+        client.apply_default_headers(&mut request);
+        let guard_redirects = crate::redact::would_leak_on_redirect(request.headers());
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         (
             client,
@@ -199,6 +206,7 @@ impl RequestBuilder {
                 body,
                 timeout,
                 idempotent,
+                guard_redirects,
             }),
         )
     }

@@ -407,10 +407,13 @@ impl Budget {
     /// Takes one retry from the budget; `false` when there is none left.
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
         let slot = self.current(now);
-        if self.balance_units() >= UNIT {
-            self.slots[slot].fetch_sub(UNIT, Ordering::Relaxed);
+        // Take first, then check: concurrent withdrawals cannot all spend the
+        // same last token.
+        self.slots[slot].fetch_sub(UNIT, Ordering::AcqRel);
+        if self.balance_units() >= 0 {
             true
         } else {
+            self.slots[slot].fetch_add(UNIT, Ordering::AcqRel);
             false
         }
     }

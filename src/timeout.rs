@@ -103,11 +103,14 @@ impl Deadline {
 
     /// The limit for the next attempt: `min(attempt_timeout, time left)`, and the
     /// phase to report if it fires (`Total` when the time left is the smaller).
+    #[cfg(test)]
     pub(crate) fn attempt_limit(&self, attempt_timeout: Duration) -> (Duration, TimeoutPhase) {
         self.attempt_limit_at(Instant::now(), attempt_timeout)
     }
 
-    /// [`attempt_limit`](Self::attempt_limit) as of `now`.
+    /// The limit for the next attempt as of `now`: `min(attempt_timeout, time
+    /// left)`, and the phase to report if it fires (`Total` when the time left
+    /// is the smaller).
     pub(crate) fn attempt_limit_at(
         &self,
         now: Instant,

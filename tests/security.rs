@@ -220,3 +220,107 @@ async fn follows_ten_redirects_by_default_and_no_more() {
     assert_eq!(err.kind(), ErrorKind::Client);
     assert!(!err.is_retryable());
 }
+
+#[tokio::test]
+async fn default_credentials_are_not_sent_to_another_origin() {
+    let home = MockServer::start().await;
+    Mock::given(path("/mine"))
+        .and(header_exists("authorization"))
+        .and(header_exists("x-api-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&home)
+        .await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(path("/theirs"))
+        .and(header_exists("authorization"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    Mock::given(path("/theirs"))
+        .and(header_exists("x-api-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    Mock::given(path("/theirs"))
+        .and(header_exists("x-request-source"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("clean"))
+        .expect(1)
+        .mount(&elsewhere)
+        .await;
+    let client = fast_builder(&home.uri())
+        .bearer_auth("s3cr3t")
+        .default_header("x-api-key", "k3y")
+        .default_header("x-request-source", "orders")
+        .build()
+        .unwrap();
+
+    client.get("mine").send().await.unwrap();
+    let resp = client
+        .get(format!("{}/theirs", elsewhere.uri()))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        resp.text().unwrap(),
+        "clean",
+        "non-secret defaults still go"
+    );
+}
+
+#[tokio::test]
+async fn a_per_call_api_key_is_not_redirected_to_another_host() {
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .and(header_exists("x-api-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&other)
+        .await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&other)
+        .await;
+    let origin = redirecting_to(&format!("{}/landing", other.uri())).await;
+    let client = fast_builder(&origin.uri()).build().unwrap();
+
+    let err = client
+        .get("start")
+        .header("x-api-key", "k3y")
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.status(), Some(StatusCode::FOUND));
+    // Without the credential the same redirect is followed.
+    assert!(client.get("start").send().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_redirect_does_not_send_the_original_url_as_referer() {
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .and(header_exists("referer"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&other)
+        .await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&other)
+        .await;
+    let origin = redirecting_to(&format!("{}/landing", other.uri())).await;
+    let client = fast_builder(&origin.uri()).build().unwrap();
+
+    client
+        .get("start")
+        .query(&[("api_key", "s3cr3t")])
+        .send()
+        .await
+        .unwrap();
+}

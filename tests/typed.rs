@@ -517,3 +517,31 @@ async fn clones_can_be_used_from_other_tasks() {
         assert_eq!(task.await.unwrap().unwrap(), ada());
     }
 }
+
+#[tokio::test]
+async fn two_chunks_that_together_pass_max_response_bytes_are_a_decode_error() {
+    // Each chunk fits on its own; the first two together do not.
+    let uri = chunked_server(2, 600).await;
+    let client = fast_builder(&uri).max_response_bytes(1000).build().unwrap();
+
+    let err = client.get("stream").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Decode);
+}
+
+#[tokio::test]
+async fn a_chunked_body_with_broken_framing_is_a_server_error() {
+    let uri = raw_server(|mut stream| async move {
+        let out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+        if stream.write_all(out).await.is_ok() {
+            until_peer_closes(stream).await;
+        }
+    })
+    .await;
+    let client = fast_builder(&uri).build().unwrap();
+
+    let err = client.get("broken").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Server, "{err:?}");
+    assert_eq!(err.attempts(), 1, "a broken peer is not retried");
+}
