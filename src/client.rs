@@ -25,6 +25,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -173,11 +174,13 @@ pub(crate) trait Finish: 'static {
     type Output: Send + 'static;
     /// Whether the attempt hands over the body unread.
     const STREAM: bool;
+    /// `slot` is the call's concurrency permit, for outputs that outlive the call.
     fn finish(
         got: Got,
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Self::Output, Error>;
 }
 
@@ -192,6 +195,7 @@ impl Finish for Buffer {
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
+        _slot: Option<OwnedSemaphorePermit>,
     ) -> Result<ApiResponse, Error> {
         match got {
             Got::Buffered {
@@ -227,9 +231,16 @@ impl Finish for Streamed {
         attempts: u32,
         _elapsed: Duration,
         ctx: CallContext<'_>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Result<ApiStream, Error> {
         match got {
-            Got::Streaming(resp) => Ok(ApiStream::new(resp, attempts, ctx.deadline.end())),
+            Got::Streaming(resp) => Ok(ApiStream::new(
+                resp,
+                ctx.method,
+                attempts,
+                ctx.deadline,
+                slot,
+            )),
             Got::Buffered { .. } => Err(Error::decode("stream was buffered", None)),
         }
     }
@@ -351,6 +362,32 @@ impl ApiClient {
 
     /// The state of the base endpoint's circuit breaker (`Closed` when the
     /// breaker is off or there is no base URL).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .no_retry()
+    ///     .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(2))
+    ///     .build()?;
+    /// assert_eq!(client.circuit_state(), CircuitState::Closed);
+    /// for _ in 0..2 {
+    ///     let _ = client.get("health").send().await;
+    /// }
+    /// assert_eq!(client.circuit_state(), CircuitState::Open);
+    /// let err = client.get("health").send().await.unwrap_err();
+    /// assert!(err.is_circuit_open() && err.attempts() == 0);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
     #[must_use]
     pub fn circuit_state(&self) -> CircuitState {
         self.inner
@@ -552,7 +589,7 @@ impl ApiClient {
         let mut original = Some(request);
         let mut attempts = 0u32;
 
-        let (_permit, mut waited) = match inner.limits.concurrency(&deadline).await {
+        let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
             Ok((permit, wait)) => {
                 ctx.waited("concurrency", wait, wait);
                 (permit, wait)
@@ -600,7 +637,7 @@ impl ApiClient {
                     }
                     ctx.succeeded(got.status(), attempts);
                     let elapsed = ctx.deadline.elapsed_at(now);
-                    return F::finish(got, attempts, elapsed, ctx);
+                    return F::finish(got, attempts, elapsed, ctx, slot.take());
                 }
                 Err(err) => {
                     if let Some(p) = permit {

@@ -167,6 +167,11 @@ pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
 pub use timeout::TimeoutPhase;
 
+/// The README's code blocks, compiled as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use bytes::Bytes;
 pub use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 pub use reqwest::{Method, StatusCode, Version};

@@ -13,7 +13,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -75,6 +77,28 @@ impl RateLimit {
     }
 
     /// Reject at once instead of waiting when no permit is free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, RateLimit};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .rate_limit(RateLimit::per_minute(1).fail_fast())
+    ///     .build()?;
+    /// client.get("quota").send().await?;
+    /// let err = client.get("quota").send().await.unwrap_err();
+    /// assert!(err.is_rate_limited());
+    /// assert!(err.retry_after().is_some()); // when a permit frees up
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
     pub fn fail_fast(mut self) -> Self {
         self.wait = false;
         self
@@ -141,7 +165,7 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<T
 #[derive(Debug)]
 pub(crate) struct Limits {
     rate: Option<(Limiter, TokioClock, bool)>,
-    concurrency: Option<Semaphore>,
+    concurrency: Option<Arc<Semaphore>>,
 }
 
 impl Limits {
@@ -154,7 +178,7 @@ impl Limits {
         });
         Self {
             rate,
-            concurrency: max_concurrency.map(Semaphore::new),
+            concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
         }
     }
 
@@ -163,19 +187,20 @@ impl Limits {
     }
 
     /// Takes a concurrency permit, waiting at most until the deadline. Returns
-    /// the permit (none when there is no limit) and the time waited.
+    /// the permit (none when there is no limit) and the time waited. The permit
+    /// is owned, so a streamed response can hold it until its body is read.
     pub(crate) async fn concurrency(
         &self,
         deadline: &Deadline,
-    ) -> Result<(Option<SemaphorePermit<'_>>, Duration), Error> {
+    ) -> Result<(Option<OwnedSemaphorePermit>, Duration), Error> {
         let Some(sem) = &self.concurrency else {
             return Ok((None, Duration::ZERO));
         };
-        if let Ok(permit) = sem.try_acquire() {
+        if let Ok(permit) = Arc::clone(sem).try_acquire_owned() {
             return Ok((Some(permit), Duration::ZERO));
         }
         let start = Instant::now();
-        match tokio::time::timeout_at(deadline.end(), sem.acquire()).await {
+        match tokio::time::timeout_at(deadline.end(), Arc::clone(sem).acquire_owned()).await {
             Ok(Ok(permit)) => Ok((Some(permit), start.elapsed())),
             // Timed out, or the semaphore was closed (never: we do not close it).
             _ => Err(Error::concurrency_limited()),
@@ -206,7 +231,9 @@ impl Limits {
     /// Free concurrency permits (for tests and `Debug`).
     #[cfg(test)]
     pub(crate) fn available(&self) -> Option<usize> {
-        self.concurrency.as_ref().map(Semaphore::available_permits)
+        self.concurrency
+            .as_deref()
+            .map(Semaphore::available_permits)
     }
 }
 

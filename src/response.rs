@@ -10,12 +10,13 @@ use futures_core::Stream;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Version};
 use serde::de::DeserializeOwned;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use crate::error::Error;
 use crate::redact;
-use crate::timeout::TimeoutPhase;
+use crate::timeout::{Deadline, TimeoutPhase};
 
 /// A successful (2xx) response whose body is already buffered.
 ///
@@ -159,13 +160,37 @@ type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// Read it with [`chunk`](Self::chunk) or as a [`Stream`] of `Result<Bytes>`.
 /// Each read is bounded by `read_timeout` and the whole body by the call's total
 /// deadline. Once the headers have arrived nothing is retried: a failure while
-/// streaming is returned to the reader. `max_response_bytes` does not apply;
+/// streaming is returned to the reader. With `max_concurrency`, the call's
+/// permit is held until the stream is dropped. `max_response_bytes` does not apply;
 /// the reader decides how much to take.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("line 1\nline 2\n"))
+/// #     .mount(&server).await;
+/// let client = resilient_http::ApiClient::new(server.uri())?;
+/// let mut stream = client.get("export.ndjson").send_stream().await?;
+/// let mut total = 0;
+/// while let Some(chunk) = stream.chunk().await? {
+///     total += chunk.len();
+/// }
+/// assert_eq!(total, 14);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 pub struct ApiStream {
     status: StatusCode,
     headers: HeaderMap,
     url: Url,
+    method: Method,
     attempts: u32,
+    started: Instant,
+    /// The call's concurrency permit, held until the body is read or dropped.
+    _slot: Option<OwnedSemaphorePermit>,
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     done: bool,
@@ -182,7 +207,13 @@ impl fmt::Debug for ApiStream {
 }
 
 impl ApiStream {
-    pub(crate) fn new(response: reqwest::Response, attempts: u32, deadline: Instant) -> Self {
+    pub(crate) fn new(
+        response: reqwest::Response,
+        method: Method,
+        attempts: u32,
+        deadline: Deadline,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
         let url = response.url().clone();
@@ -190,11 +221,23 @@ impl ApiStream {
             status,
             headers,
             url,
+            method,
             attempts,
+            started: deadline.start(),
+            _slot: slot,
             body: Box::pin(response.bytes_stream()),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline.end())),
             done: false,
         }
+    }
+
+    fn fail(&self, err: Error) -> Error {
+        err.with_call(
+            &self.method,
+            Some(&self.url),
+            self.attempts,
+            self.started.elapsed(),
+        )
     }
 
     /// The status code (always 2xx).
@@ -250,13 +293,13 @@ impl Stream for ApiStream {
                 Some(Ok(bytes)) => Some(Ok(bytes)),
                 Some(Err(e)) => {
                     self.done = true;
-                    Some(Err(Error::transport(e).with_url(&self.url)))
+                    Some(Err(self.fail(Error::transport(e))))
                 }
             });
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.done = true;
-            let err = Error::timeout(TimeoutPhase::Total).with_url(&self.url);
+            let err = self.fail(Error::timeout(TimeoutPhase::Total));
             return Poll::Ready(Some(Err(err)));
         }
         Poll::Pending

@@ -12,6 +12,34 @@ use tokio::time::Instant;
 /// Which limit was binding when a timeout fired.
 ///
 /// Returned by [`Error::timeout_phase`](crate::Error::timeout_phase).
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(500)))
+/// #     .mount(&server).await;
+/// use std::time::Duration;
+/// use resilient_http::{ApiClient, TimeoutPhase};
+///
+/// let client = ApiClient::builder()
+///     .base_url(server.uri())
+///     .attempt_timeout(Duration::from_millis(100))
+///     .no_retry()
+///     .build()?;
+/// let err = client.get("slow").send().await.unwrap_err();
+/// match err.timeout_phase() {
+///     Some(TimeoutPhase::Connect) => eprintln!("the host is unreachable"),
+///     Some(TimeoutPhase::Attempt | TimeoutPhase::Read) => eprintln!("this attempt was slow"),
+///     Some(TimeoutPhase::Total) => eprintln!("the whole call ran out of time"),
+///     _ => eprintln!("not a timeout: {err}"),
+/// }
+/// assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Attempt));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TimeoutPhase {
@@ -88,6 +116,11 @@ impl Deadline {
     /// Time left at `now`.
     pub(crate) fn remaining_at(&self, now: Instant) -> Duration {
         self.end.saturating_duration_since(now)
+    }
+
+    /// The instant the call started.
+    pub(crate) fn start(&self) -> Instant {
+        self.start
     }
 
     /// The instant the deadline passes.

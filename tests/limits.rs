@@ -335,3 +335,25 @@ async fn waits_for_limits_are_traced_with_their_duration() {
         "the span records it: {line}"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_response_holds_its_concurrency_permit_until_dropped() {
+    let server = InFlightServer::start(Duration::from_millis(1)).await;
+    let client = fast_builder(&server.url)
+        .max_concurrency(1)
+        .build()
+        .unwrap();
+    let stream = client.get("x").send_stream().await.unwrap();
+
+    let err = client
+        .get("x")
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await
+        .unwrap_err();
+    drop(stream);
+    let after = client.get("x").send().await;
+
+    assert!(err.is_concurrency_limited());
+    assert!(after.is_ok());
+}
