@@ -93,6 +93,14 @@ impl Budget {
     }
 }
 
+/// A rate limit so high it never makes a call wait.
+fn never_biting_rate() -> Option<(governor::Quota, bool)> {
+    RateLimit::per_second(1_000_000_000)
+        .validate()
+        .ok()
+        .map(|q| (q, true))
+}
+
 /// One limit at a time, for the cost of an uncontended permit.
 #[derive(Debug)]
 pub struct Permits {
@@ -103,10 +111,7 @@ pub struct Permits {
 
 impl Default for Permits {
     fn default() -> Self {
-        let quota = RateLimit::per_second(1_000_000_000)
-            .validate()
-            .ok()
-            .map(|q| (q, true));
+        let quota = never_biting_rate();
         Self {
             rate: Limits::new(quota, None),
             concurrency: Limits::new(None, Some(64)),
@@ -137,10 +142,7 @@ pub struct Layers {
 
 impl Default for Layers {
     fn default() -> Self {
-        let quota = RateLimit::per_second(1_000_000_000)
-            .validate()
-            .ok()
-            .map(|q| (q, true));
+        let quota = never_biting_rate();
         Self {
             limits: Limits::new(quota, Some(64)),
             breaker: Breaker::default(),

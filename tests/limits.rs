@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Sequence, fast_builder, received};
+use common::{Sequence, capture_traces, fast_builder, received};
 use resilient_http::{ApiClient, ErrorKind, RateLimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -290,20 +290,6 @@ async fn limits_are_shared_by_clones() {
     assert!(err.is_rate_limited());
 }
 
-/// Collects what a tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn waits_for_limits_are_traced_with_their_duration() {
     let server = InFlightServer::start(Duration::from_millis(1)).await;
@@ -311,19 +297,12 @@ async fn waits_for_limits_are_traced_with_their_duration() {
         .rate_limit(RateLimit::per_second(10).burst(1))
         .build()
         .unwrap();
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = capture_traces(tracing::Level::DEBUG);
 
     client.get("x").send().await.unwrap();
     client.get("x").send().await.unwrap();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("waited for a permit"))

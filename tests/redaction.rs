@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use resilient_http::{ApiClient, ApiClientBuilder, ApiResponse, ErrorKind};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::{Sequence, fast_builder};
+use common::{Sequence, capture_traces, fast_builder};
 
 const BEARER_TOKEN: &str = "bearer-tok-s3cr3t-1";
 const API_KEY: &str = "x-api-key-s3cr3t-2";
@@ -189,48 +186,11 @@ async fn debug_of_builder_client_request_and_response_hides_every_secret() {
 
 // ---------------------------------------------------------------- tracing
 
-/// A `MakeWriter` target that keeps everything written to it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs a TRACE-level fmt subscriber writing into the returned buffer for
-/// as long as the guard lives (this thread only).
-fn capture_traces() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
-}
-
 #[tokio::test]
 async fn tracing_of_a_successful_call_names_the_span_and_url_but_hides_secrets() {
     let server = server_answering(200).await;
     let client = secret_builder(&server.uri()).build().unwrap();
-    let (captured, guard) = capture_traces();
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
 
     let resp = secret_call(&client).await.unwrap();
     drop(guard);
@@ -252,7 +212,7 @@ async fn tracing_of_a_call_failing_after_retries_warns_but_hides_secrets() {
         .mount(&server)
         .await;
     let client = secret_builder(&server.uri()).build().unwrap();
-    let (captured, guard) = capture_traces();
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
 
     let err = secret_call(&client).await.unwrap_err();
     drop(guard);

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use common::fast_builder;
+use common::{capture_traces, fast_builder};
 use resilient_http::{ApiClient, ErrorKind, StatusCode};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -76,41 +75,19 @@ async fn certificates_are_verified_by_default() {
     assert_eq!(err.kind(), ErrorKind::Retryable);
 }
 
-/// Captures tracing output written while `f` runs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn accepting_invalid_certificates_is_explicit_and_warns() {
     let url = self_signed_server().await;
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-
-    let client = tracing::subscriber::with_default(subscriber, || {
-        fast_builder(&url)
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap()
-    });
+    let (logs, guard) = capture_traces(tracing::Level::WARN);
+    let client = fast_builder(&url)
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    drop(guard);
     let resp = client.get("x").send().await.unwrap();
 
     assert_eq!(resp.text().unwrap(), "ok");
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("WARN"), "{text}");
     assert!(text.contains("certificate verification is OFF"), "{text}");
 }
