@@ -379,7 +379,7 @@ impl ApiClientBuilder {
             // reqwest drops Authorization and cookies on a redirect to another
             // host; a request with other credential headers (x-api-key...) is
             // not redirected there at all. The flag is set per attempt.
-            if crate::client::REDIRECT_GUARD
+            if crate::pipeline::REDIRECT_GUARD
                 .try_with(|guard| *guard)
                 .unwrap_or(false)
             {

@@ -148,6 +148,7 @@ mod builder;
 mod client;
 mod error;
 mod limit;
+mod pipeline;
 mod redact;
 mod request;
 mod response;

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::{bearer, header_pair};
-use crate::client::{ApiClient, Buffer, Call, Streamed};
+use crate::client::ApiClient;
 use crate::error::{BoxError, Error};
+use crate::pipeline::{Buffer, Call, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::is_idempotent_method;
 

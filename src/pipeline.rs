@@ -1,0 +1,598 @@
+//! The call pipeline: one async loop that sequences the layers.
+//!
+//! For each logical call, under one total deadline:
+//!
+//! 1. take a concurrency permit, held for the whole call (never waiting past the deadline);
+//! 2. for each attempt, ask the endpoint's circuit breaker (open: refuse at once,
+//!    no I/O), then take a rate-limit permit (retries are real requests too);
+//! 3. send one attempt under `min(attempt_timeout, time left)`, buffering the body
+//!    (bounded by `max_response_bytes`) inside the attempt;
+//! 4. classify the outcome ([`crate::error`]) and record it in the breaker;
+//! 5. on a retryable outcome, if the method may be repeated and the policy, the
+//!    deadline, the breaker and the budget allow, sleep the backoff (or the
+//!    server's `Retry-After`) and go to 2.
+//!
+//! The breaker is asked before the rate limit so that an open circuit costs
+//! callers nothing, not even a rate-limit wait.
+
+use std::time::{Duration, SystemTime};
+
+use backon::ExponentialBackoff;
+use bytes::{Bytes, BytesMut};
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, StatusCode};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use url::Url;
+
+use crate::breaker::{Breaker, Permit, Verdict};
+use crate::client::ApiClient;
+use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
+use crate::redact;
+use crate::response::{ApiResponse, ApiStream};
+use crate::retry::{Decision, Withdrawal, parse_retry_after};
+use crate::timeout::Deadline;
+
+tokio::task_local! {
+    /// Set while an attempt whose headers would leak on a cross-host redirect
+    /// runs; the redirect policy then refuses such redirects.
+    pub(crate) static REDIRECT_GUARD: bool;
+}
+
+/// A prepared call: the request (body already `Bytes`) and its options.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) request: reqwest::Request,
+    /// The body, also in `request`; kept to replay it without a copy.
+    pub(crate) body: Option<Bytes>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) idempotent: bool,
+    /// The request carries credentials a cross-host redirect would forward.
+    pub(crate) guard_redirects: bool,
+}
+
+/// How the outcome of a successful pipeline becomes what the caller asked for:
+/// a buffered [`ApiResponse`] or a streamed [`ApiStream`].
+pub(crate) trait Finish: 'static {
+    type Output: Send + 'static;
+    /// Whether the attempt hands over the body unread.
+    const STREAM: bool;
+    /// `slot` is the call's concurrency permit, for outputs that outlive the call.
+    fn finish(
+        got: Got,
+        attempts: u32,
+        elapsed: Duration,
+        ctx: CallContext<'_>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<Self::Output, Error>;
+}
+
+/// `send()`: the body is buffered inside the attempt.
+pub(crate) struct Buffer;
+
+impl Finish for Buffer {
+    type Output = ApiResponse;
+    const STREAM: bool = false;
+    fn finish(
+        got: Got,
+        attempts: u32,
+        elapsed: Duration,
+        ctx: CallContext<'_>,
+        _slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<ApiResponse, Error> {
+        match got {
+            Got::Buffered {
+                status,
+                version,
+                headers,
+                body,
+                url,
+            } => Ok(ApiResponse {
+                status,
+                version,
+                headers,
+                body,
+                attempts,
+                elapsed,
+                method: ctx.method,
+                url: url.unwrap_or(ctx.url),
+            }),
+            // Not asked for; cannot happen, but is not worth a panic.
+            Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
+        }
+    }
+}
+
+/// `send_stream()`: the body is handed over unread.
+pub(crate) struct Streamed;
+
+impl Finish for Streamed {
+    type Output = ApiStream;
+    const STREAM: bool = true;
+    fn finish(
+        got: Got,
+        attempts: u32,
+        _elapsed: Duration,
+        ctx: CallContext<'_>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<ApiStream, Error> {
+        match got {
+            Got::Streaming(resp) => Ok(ApiStream::new(
+                resp,
+                ctx.method,
+                attempts,
+                ctx.deadline,
+                slot,
+            )),
+            Got::Buffered { .. } => Err(Error::decode("stream was buffered", None)),
+        }
+    }
+}
+
+/// What the pipeline knows of the call, for its error context and span.
+pub(crate) struct CallContext<'a> {
+    method: Method,
+    url: Url,
+    deadline: Deadline,
+    span: &'a tracing::Span,
+}
+
+impl CallContext<'_> {
+    /// Enriches the final error with the call's context and reports it.
+    fn fail(&self, err: Error, attempts: u32) -> Error {
+        let err = err.with_call(
+            &self.method,
+            Some(&self.url),
+            attempts,
+            self.deadline.elapsed(),
+        );
+        let span = self.span;
+        if !span.is_disabled() {
+            if let Some(status) = err.status() {
+                span.record("http.response.status_code", status.as_u16());
+            }
+            if attempts > 1 {
+                span.record("http.request.resend_count", attempts - 1);
+            }
+            span.record("error.type", &*err.type_name());
+        }
+        if matches!(err.kind(), ErrorKind::Server | ErrorKind::Retryable) {
+            tracing::warn!(
+                target: "resilient_http",
+                kind = err.kind().as_str(),
+                attempts,
+                error = %err,
+                "call failed"
+            );
+        }
+        err
+    }
+
+    /// Reports a wait for one limit (`"concurrency"` or `"rate"`) and records
+    /// the call's total wait so far in the span.
+    fn waited(&self, limit: &'static str, wait: Duration, total: Duration) {
+        if wait.is_zero() || self.span.is_disabled() {
+            return;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.span.record("limit.wait_ms", ms(total));
+        tracing::debug!(target: "resilient_http::limit", limit, wait_ms = ms(wait), "waited for a permit");
+    }
+
+    /// Records a successful call in the span.
+    fn succeeded(&self, status: StatusCode, attempts: u32) {
+        tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
+        if !self.span.is_disabled() {
+            self.span
+                .record("http.response.status_code", status.as_u16());
+            if attempts > 1 {
+                self.span.record("http.request.resend_count", attempts - 1);
+            }
+        }
+    }
+}
+
+impl Got {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Buffered { status, .. } => *status,
+            Self::Streaming(r) => r.status(),
+        }
+    }
+}
+
+/// What one successful attempt yields.
+pub(crate) enum Got {
+    Buffered {
+        status: StatusCode,
+        version: reqwest::Version,
+        headers: reqwest::header::HeaderMap,
+        body: Bytes,
+        /// The final URL when a redirect changed it.
+        url: Option<Url>,
+    },
+    Streaming(reqwest::Response),
+}
+
+impl ApiClient {
+    /// Runs a prepared call through the pipeline inside its
+    /// `http.client.request` span. One future, no nesting: the pipeline's
+    /// state is moved as rarely as possible.
+    pub(crate) fn execute<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+    ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
+        let span = match &call {
+            Ok(call) => self.span(call),
+            Err(_) => tracing::Span::none(),
+        };
+        let inner_span = span.clone();
+        self.pipeline::<F>(call, inner_span).instrument(span)
+    }
+
+    /// The call's `http.client.request` span, with the request's fields.
+    fn span(&self, call: &Call) -> tracing::Span {
+        let span = tracing::info_span!(
+            target: "resilient_http",
+            "http.client.request",
+            otel.kind = "client",
+            http.request.method = %call.request.method(),
+            url.full = Empty,
+            server.address = Empty,
+            server.port = Empty,
+            http.response.status_code = Empty,
+            http.request.resend_count = Empty,
+            error.type = Empty,
+            limit.wait_ms = Empty,
+        );
+        if !span.is_disabled() {
+            let url = call.request.url();
+            span.record("url.full", tracing::field::display(redact::url(url)));
+            if url.host_str() == Some(&*self.inner.base_host) {
+                span.record("server.address", &*self.inner.base_host);
+                span.record("server.port", self.inner.base_port);
+            } else {
+                span.record("server.address", url.host_str().unwrap_or_default());
+                span.record("server.port", url.port_or_known_default().unwrap_or(0));
+            }
+        }
+        span
+    }
+
+    async fn pipeline<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+        span: tracing::Span,
+    ) -> Result<F::Output, Error> {
+        let call = call?;
+        let span = &span;
+        let stream = F::STREAM;
+        let inner = &*self.inner;
+        let (ctx, replay, request, idempotent, guard_redirects) = self.prepare(call, span);
+        let deadline = ctx.deadline;
+        let mut original = Some(request);
+        let mut attempts = 0u32;
+
+        let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
+            Ok((permit, wait)) => {
+                ctx.waited("concurrency", wait, wait);
+                (permit, wait)
+            }
+            Err(err) => return Err(ctx.fail(err, 0)),
+        };
+        let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
+        let mut schedule = None;
+        let mut last: Option<Error> = None;
+        // A retry taken from the budget, spent once the retry is admitted;
+        // refunded (on drop) if the breaker or the rate limit refuses it.
+        let mut pending = None;
+        loop {
+            let (permit, now) = match self.admit(breaker.as_deref(), &deadline).await {
+                Ok((permit, now, wait)) => {
+                    waited += wait;
+                    ctx.waited("rate", wait, waited);
+                    if let Some(w) = pending.take() {
+                        Withdrawal::spend(w);
+                    }
+                    (permit, now)
+                }
+                Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
+            };
+            let request = original
+                .take()
+                .unwrap_or_else(|| replay.rebuild(&ctx.method, &ctx.url));
+            attempts += 1;
+            let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
+            let attempt = self.attempt(request, &ctx.url, stream);
+            let timed = if guard_redirects {
+                tokio::time::timeout(limit, REDIRECT_GUARD.scope(true, attempt)).await
+            } else {
+                tokio::time::timeout(limit, attempt).await
+            };
+            let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+            let now = Instant::now();
+            match outcome {
+                Ok(got) => {
+                    if let Some(p) = permit {
+                        p.record(Verdict::Success, now);
+                    }
+                    if let Some(budget) = &inner.budget {
+                        budget.deposit(now);
+                    }
+                    ctx.succeeded(got.status(), attempts);
+                    let elapsed = ctx.deadline.elapsed_at(now);
+                    return F::finish(got, attempts, elapsed, ctx, slot.take());
+                }
+                Err(err) => {
+                    if let Some(p) = permit {
+                        p.record(Verdict::of(err.kind()), now);
+                    }
+                    tracing::debug!(
+                        target: "resilient_http",
+                        attempt = attempts,
+                        error.type = &*err.type_name(),
+                        "attempt failed"
+                    );
+                    let Some((delay, withdrawal)) = self.retry_delay(
+                        &err,
+                        attempts,
+                        idempotent,
+                        &mut schedule,
+                        &deadline,
+                        breaker.as_deref(),
+                        now,
+                    ) else {
+                        return Err(ctx.fail(err, attempts));
+                    };
+                    // Dropped with the call if it is cancelled during the sleep.
+                    pending = withdrawal;
+                    tokio::time::sleep(delay).await;
+                    last = Some(err);
+                }
+            }
+        }
+    }
+
+    /// Splits a call into what the pipeline keeps: the context (method, URL,
+    /// deadline, span), what a retry needs to rebuild the request, the request
+    /// itself, and whether it may be repeated and must not be redirected away.
+    fn prepare<'s>(
+        &self,
+        call: Call,
+        span: &'s tracing::Span,
+    ) -> (CallContext<'s>, Replay, reqwest::Request, bool, bool) {
+        let Call {
+            request,
+            body,
+            timeout,
+            idempotent,
+            guard_redirects,
+        } = call;
+        let ctx = CallContext {
+            method: request.method().clone(),
+            url: request.url().clone(),
+            deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
+            span,
+        };
+        // The first attempt sends the request itself; a retry rebuilds it from
+        // the context, these headers and the shared body bytes.
+        let replay = Replay {
+            headers: (self.inner.retry.max_attempts > 1 && !request.headers().is_empty())
+                .then(|| request.headers().clone()),
+            body,
+            version: request.version(),
+        };
+        (ctx, replay, request, idempotent, guard_redirects)
+    }
+
+    /// Admission of one attempt: the breaker first (an open one refuses at
+    /// once, before any wait), then a rate-limit permit within the deadline.
+    /// Returns the breaker permit, the current time and the rate-limit wait.
+    async fn admit<'b>(
+        &self,
+        breaker: Option<&'b Breaker>,
+        deadline: &Deadline,
+    ) -> Result<(Option<Permit<'b>>, Instant, Duration), Error> {
+        let now = Instant::now();
+        let permit = ask_breaker(breaker, now)?;
+        match self.inner.limits.rate(deadline).await? {
+            // No wait: the clock read above is still current.
+            w if w.is_zero() => Ok((permit, now, w)),
+            w => {
+                // The breaker may have opened during the wait: ask again.
+                let now = Instant::now();
+                drop(permit);
+                Ok((ask_breaker(breaker, now)?, now, w))
+            }
+        }
+    }
+
+    /// After a failed attempt: the delay before the next one, or `None` to stop.
+    /// Asks, in order, the policy (kind, idempotency, attempts, Retry-After,
+    /// deadline), the breaker (an open breaker ends the loop) and the budget.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_delay(
+        &self,
+        err: &Error,
+        attempts: u32,
+        idempotent: bool,
+        schedule: &mut Option<ExponentialBackoff>,
+        deadline: &Deadline,
+        breaker: Option<&Breaker>,
+        now: Instant,
+    ) -> Option<(Duration, Option<Withdrawal<'_>>)> {
+        let retry = &self.inner.retry;
+        let scheduled = schedule
+            .get_or_insert_with(|| retry.schedule())
+            .next()
+            .unwrap_or(retry.max_backoff);
+        let proposed = retry.jittered(scheduled);
+        let delay = match retry.decide(err, attempts, idempotent, proposed, deadline.remaining()) {
+            Decision::Retry(delay) => delay,
+            Decision::Stop(reason) => {
+                tracing::debug!(
+                    target: "resilient_http::retry",
+                    attempt = attempts,
+                    reason = reason.as_str(),
+                    "not retrying"
+                );
+                return None;
+            }
+        };
+        if let Some(open_for) = breaker.and_then(|b| b.open_for(now)) {
+            tracing::debug!(
+                target: "resilient_http::retry",
+                attempt = attempts,
+                open_for_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX),
+                "not retrying: circuit breaker is open"
+            );
+            return None;
+        }
+        let withdrawal = match &self.inner.budget {
+            None => None,
+            Some(budget) => {
+                let Some(w) = budget.try_withdraw(now) else {
+                    tracing::debug!(
+                        target: "resilient_http::retry",
+                        attempt = attempts,
+                        "not retrying: retry budget exhausted"
+                    );
+                    return None;
+                };
+                Some(w)
+            }
+        };
+        tracing::debug!(
+            target: "resilient_http::retry",
+            attempt = attempts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            reason = &*err.type_name(),
+            "retrying"
+        );
+        Some((delay, withdrawal))
+    }
+
+    /// One attempt: send, then buffer the body (or hand the stream over).
+    async fn attempt(
+        &self,
+        request: reqwest::Request,
+        sent_to: &Url,
+        stream: bool,
+    ) -> Result<Got, Error> {
+        let mut resp = self
+            .inner
+            .http
+            .execute(request)
+            .await
+            .map_err(Error::transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            if stream {
+                return Ok(Got::Streaming(resp));
+            }
+            let headers = std::mem::take(resp.headers_mut());
+            let version = resp.version();
+            // Keep the call's URL (no copy) unless a redirect changed it.
+            let url = (resp.url() != sent_to).then(|| resp.url().clone());
+            let body = read_body(resp, self.inner.max_response_bytes).await?;
+            return Ok(Got::Buffered {
+                status,
+                version,
+                headers,
+                body,
+                url,
+            });
+        }
+        let headers = std::mem::take(resp.headers_mut());
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Read a bounded prefix for `body_text`; a broken body does not hide the status.
+        let cap = self
+            .inner
+            .max_response_bytes
+            .clamp(BODY_TEXT_LIMIT, 64 * 1024);
+        let body = read_prefix(resp, cap).await;
+        Err(Error::from_status(status, headers, &body, retry_after))
+    }
+}
+
+/// The breaker's admission for one attempt (none without a breaker).
+fn ask_breaker(breaker: Option<&Breaker>, now: Instant) -> Result<Option<Permit<'_>>, Error> {
+    match breaker.map(|b| b.try_acquire(now)) {
+        None => Ok(None),
+        Some(Ok(permit)) => Ok(Some(permit)),
+        Some(Err(wait)) => Err(Error::circuit_open(wait)),
+    }
+}
+
+/// What a retry needs, besides method and URL, to rebuild the request.
+struct Replay {
+    headers: Option<reqwest::header::HeaderMap>,
+    body: Option<Bytes>,
+    version: reqwest::Version,
+}
+
+impl Replay {
+    fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
+        let mut request = reqwest::Request::new(method.clone(), url.clone());
+        if let Some(headers) = &self.headers {
+            request.headers_mut().clone_from(headers);
+        }
+        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
+        *request.version_mut() = self.version;
+        request
+    }
+}
+
+/// Reads the whole body, failing with `Decode` past `limit` bytes.
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
+    if resp.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(Error::too_large(limit));
+    }
+    let Some(first) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(Error::too_large(limit));
+    }
+    let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(first);
+    };
+    let both = first.len().saturating_add(second.len());
+    if both > limit {
+        return Err(Error::too_large(limit));
+    }
+    let hint = resp
+        .content_length()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    // `both <= limit`, so the bounds are ordered.
+    let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
+    buf.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        if buf.len() + chunk.len() > limit {
+            return Err(Error::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+        next = resp.chunk().await.map_err(Error::transport)?;
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads up to `cap` bytes of an error body, ignoring read failures.
+async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf
+}
