@@ -152,7 +152,8 @@ impl ApiClientBuilder {
     /// both give `http://h/api/users` for the path `users`. Paths are joined as
     /// a browser resolves a link (RFC 3986): a path that starts with `/`
     /// replaces the base path, and an absolute URL replaces the base.
-    /// Without a base URL every request needs an absolute URL.
+    /// Without a base URL every request needs an absolute URL. Credential-like
+    /// default headers are only sent to the base URL's origin.
     pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
         self.base_url = Some(url.as_ref().to_owned());
         self
