@@ -183,7 +183,6 @@ impl CallContext<'_> {
 
     /// Records a successful call in the span.
     fn succeeded(&self, status: StatusCode, attempts: u32) {
-        tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
         if !self.span.is_disabled() {
             self.span
                 .record("http.response.status_code", status.as_u16());
@@ -191,6 +190,7 @@ impl CallContext<'_> {
                 self.span.record("http.request.resend_count", attempts - 1);
             }
         }
+        tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
     }
 }
 

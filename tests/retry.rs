@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Sequence, fast_builder, received};
+use common::{Sequence, capture_traces, fast_builder, received};
 use resilient_http::{ApiClient, ErrorKind, RetryBudget, RetryPolicy, StatusCode};
 use wiremock::matchers::{any, header, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -459,4 +459,39 @@ async fn an_unlimited_budget_retries_every_failed_call() {
     run_calls(&client, calls, 4).await;
 
     assert_eq!(received(&server).await, calls * 3);
+}
+
+#[tokio::test]
+async fn each_retry_is_traced_and_the_span_counts_resends() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 200])).await;
+    let client = client(&server);
+    let (logs, guard) = capture_traces(tracing::Level::DEBUG);
+
+    client.get("x").send().await.unwrap();
+    drop(guard);
+
+    let text = logs.text();
+    let retry = text
+        .lines()
+        .find(|l| l.contains("retrying"))
+        .unwrap_or_else(|| panic!("no retry event in:\n{text}"));
+    assert!(retry.contains("attempt=1"), "{retry}");
+    assert!(retry.contains("delay_ms="), "{retry}");
+    assert!(retry.contains("reason=\"503\""), "{retry}");
+    let done = text
+        .lines()
+        .find(|l| l.contains("attempt succeeded"))
+        .unwrap_or_else(|| panic!("no success event in:\n{text}"));
+    for field in [
+        "http.client.request",
+        "http.request.method=GET",
+        "url.full=",
+        "server.address=\"127.0.0.1\"",
+        "server.port=",
+        "http.response.status_code=200",
+        "http.request.resend_count=1",
+    ] {
+        assert!(done.contains(field), "{field} missing in {done}");
+    }
 }
