@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Sequence, fast_builder, received};
+use common::{Sequence, capture_traces, fast_builder, received};
 use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState, ErrorKind, RetryPolicy, Url};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -318,4 +318,38 @@ async fn half_open_admits_no_more_probes_than_configured() {
     assert_eq!(ok, 2, "two probes went through");
     assert_eq!(rejected, 18);
     assert_eq!(received(&server).await, 3 + 2);
+}
+
+#[tokio::test]
+async fn opening_is_a_warn_event_and_closing_an_info_event() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503, 503, 503, 200])).await;
+    let client = client(&server, breaker());
+    let (logs, guard) = capture_traces(tracing::Level::INFO);
+
+    trip(&client, 3).await;
+    wait_out_open_duration().await;
+    client.get("x").send().await.unwrap();
+    drop(guard);
+
+    let text = logs.text();
+    let port = Url::parse(&server.uri()).unwrap().port().unwrap();
+    let opened = text
+        .lines()
+        .find(|l| l.contains("circuit breaker opened"))
+        .unwrap_or_else(|| panic!("no open event in:\n{text}"));
+    assert!(opened.contains("WARN"), "{opened}");
+    assert!(
+        opened.contains("reason=\"consecutive failures\""),
+        "{opened}"
+    );
+    assert!(
+        opened.contains(&format!(":{port}")),
+        "the endpoint: {opened}"
+    );
+    let closed = text
+        .lines()
+        .find(|l| l.contains("circuit breaker closed"))
+        .unwrap_or_else(|| panic!("no close event in:\n{text}"));
+    assert!(closed.contains("INFO"), "{closed}");
 }
