@@ -544,10 +544,19 @@ impl fmt::Display for Error {
             (None, None) => {}
         }
         write!(f, "{}", inner.what)?;
-        if let Some(e) = &inner.source
-            && (inner.kind == ErrorKind::Config || inner.kind == ErrorKind::Decode)
-        {
-            write!(f, " ({e})")?;
+        if let Some(e) = &inner.source {
+            if inner.kind == ErrorKind::Config || inner.kind == ErrorKind::Decode {
+                write!(f, " ({e})")?;
+            } else {
+                // The transport's own wording is layered ("error sending
+                // request" > "client error" > ...); its root cause is the part
+                // worth a log line ("Connection refused (os error 111)").
+                let mut root: &(dyn std::error::Error + 'static) = &**e;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                write!(f, " ({root})")?;
+            }
         }
         if inner.attempts > 0 || inner.elapsed.is_some() {
             let plural = if inner.attempts == 1 { "" } else { "s" };
