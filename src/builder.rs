@@ -380,12 +380,20 @@ impl ApiClientBuilder {
             // reqwest drops Authorization and cookies on a redirect to another
             // host; a request with other credential headers (x-api-key...) is
             // not redirected there at all. The flag is set per attempt.
+            // Only http(s) is followed; any other scheme comes back as the 3xx.
+            if !matches!(attempt.url().scheme(), "http" | "https") {
+                return attempt.stop();
+            }
+            // reqwest drops Authorization and cookies on a redirect to another
+            // origin; a request with other credential headers (x-api-key...) is
+            // not redirected there at all. The flag is set per attempt.
             if crate::pipeline::REDIRECT_GUARD
                 .try_with(|guard| *guard)
                 .unwrap_or(false)
             {
                 let same = attempt.previous().first().is_none_or(|first| {
-                    first.host_str() == attempt.url().host_str()
+                    first.scheme() == attempt.url().scheme()
+                        && first.host_str() == attempt.url().host_str()
                         && first.port_or_known_default() == attempt.url().port_or_known_default()
                 });
                 if !same {

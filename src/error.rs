@@ -102,7 +102,7 @@ pub(crate) enum What {
     #[error("response body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("could not decode the response body: {0}")]
-    Decode(&'static str),
+    Decode(Cow<'static, str>),
     #[error("invalid configuration: {0}")]
     Config(Cow<'static, str>),
 }
@@ -349,8 +349,8 @@ impl Error {
     }
 
     /// A 2xx body that cannot be used as asked.
-    pub(crate) fn decode(detail: &'static str, source: Option<BoxError>) -> Self {
-        let mut err = Self::simple(ErrorKind::Decode, What::Decode(detail));
+    pub(crate) fn decode(detail: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
+        let mut err = Self::simple(ErrorKind::Decode, What::Decode(detail.into()));
         err.inner.source = source;
         err
     }
@@ -545,8 +545,11 @@ impl fmt::Display for Error {
         }
         write!(f, "{}", inner.what)?;
         if let Some(e) = &inner.source {
-            if inner.kind == ErrorKind::Config || inner.kind == ErrorKind::Decode {
+            if inner.kind == ErrorKind::Config {
                 write!(f, " ({e})")?;
+            } else if inner.kind == ErrorKind::Decode {
+                // A decoder's message can quote the body (a mistyped token
+                // field, say): it stays in `source()`, out of the log line.
             } else {
                 // The transport's own wording is layered ("error sending
                 // request" > "client error" > ...); its root cause is the part

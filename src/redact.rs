@@ -39,7 +39,11 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "private",
     ];
     let lower = name.to_ascii_lowercase();
-    EXACT.contains(&lower.as_str()) || PARTS.iter().any(|part| lower.contains(part))
+    EXACT.contains(&lower.as_str())
+        || PARTS.iter().any(|part| lower.contains(part))
+        // x-auth-key, ocp-apim-subscription-key, x-functions-key, x-access-key...
+        || (lower.ends_with("key") && lower != "idempotency-key")
+        || lower.contains("auth")
 }
 
 /// Whether reqwest itself drops this header on a redirect to another host.
@@ -104,10 +108,20 @@ mod tests {
             "access_token",
             "Cookie",
             "client_secret",
+            "X-Auth-Key",
+            "Ocp-Apim-Subscription-Key",
+            "x-functions-key",
+            "x-access-key",
         ] {
             assert!(is_sensitive_name(name), "{name}");
         }
-        for name in ["accept", "page", "x-request-id", "content-type"] {
+        for name in [
+            "accept",
+            "page",
+            "x-request-id",
+            "content-type",
+            "idempotency-key",
+        ] {
             assert!(!is_sensitive_name(name), "{name}");
         }
     }

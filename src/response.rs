@@ -134,13 +134,27 @@ impl ApiResponse {
     /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) when the body is not JSON
     /// of the requested shape.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| self.decode_error("body is not the expected JSON", e))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            // Where and what kind, but not serde's wording, which can quote
+            // the body; the full message stays in `source()`.
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "I/O",
+                serde_json::error::Category::Syntax => "syntax",
+                serde_json::error::Category::Data => "type",
+                serde_json::error::Category::Eof => "end of input",
+            };
+            let detail = format!(
+                "body is not the expected JSON ({what} error at line {} column {})",
+                e.line(),
+                e.column()
+            );
+            self.decode_error(detail, e)
+        })
     }
 
     fn decode_error(
         &self,
-        detail: &'static str,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Error {
         Error::decode(detail, Some(Box::new(source))).with_call(
@@ -189,8 +203,8 @@ pub struct ApiStream {
     method: Method,
     attempts: u32,
     started: Instant,
-    /// The call's concurrency permit, held until the body is read or dropped.
-    _slot: Option<OwnedSemaphorePermit>,
+    /// The call's concurrency permit, held until the body ends or the stream is dropped.
+    slot: Option<OwnedSemaphorePermit>,
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     done: bool,
@@ -224,11 +238,18 @@ impl ApiStream {
             method,
             attempts,
             started: deadline.start(),
-            _slot: slot,
+            slot,
             body: Box::pin(response.bytes_stream()),
             deadline: Box::pin(tokio::time::sleep_until(deadline.end())),
             done: false,
         }
+    }
+
+    /// The body ended or failed: nothing more comes, and the call's
+    /// concurrency permit goes back even if the stream is kept.
+    fn finish(&mut self) {
+        self.done = true;
+        self.slot = None;
     }
 
     fn fail(&self, err: Error) -> Error {
@@ -287,18 +308,18 @@ impl Stream for ApiStream {
         if let Poll::Ready(item) = self.body.as_mut().poll_next(cx) {
             return Poll::Ready(match item {
                 None => {
-                    self.done = true;
+                    self.finish();
                     None
                 }
                 Some(Ok(bytes)) => Some(Ok(bytes)),
                 Some(Err(e)) => {
-                    self.done = true;
+                    self.finish();
                     Some(Err(self.fail(Error::transport(e))))
                 }
             });
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.done = true;
+            self.finish();
             let err = self.fail(Error::timeout(TimeoutPhase::Total));
             return Poll::Ready(Some(Err(err)));
         }

@@ -322,10 +322,10 @@ async fn half_open_admits_no_more_probes_than_configured() {
 
 #[tokio::test]
 async fn opening_is_a_warn_event_and_closing_an_info_event() {
+    let (logs, guard) = capture_traces(tracing::Level::INFO);
     let server = MockServer::start().await;
     serve(&server, &Sequence::statuses(&[503, 503, 503, 200])).await;
     let client = client(&server, breaker());
-    let (logs, guard) = capture_traces(tracing::Level::INFO);
 
     trip(&client, 3).await;
     wait_out_open_duration().await;

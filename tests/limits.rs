@@ -292,12 +292,12 @@ async fn limits_are_shared_by_clones() {
 
 #[tokio::test]
 async fn waits_for_limits_are_traced_with_their_duration() {
+    let (logs, _guard) = capture_traces(tracing::Level::DEBUG);
     let server = InFlightServer::start(Duration::from_millis(1)).await;
     let client = fast_builder(&server.url)
         .rate_limit(RateLimit::per_second(10).burst(1))
         .build()
         .unwrap();
-    let (logs, _guard) = capture_traces(tracing::Level::DEBUG);
 
     client.get("x").send().await.unwrap();
     client.get("x").send().await.unwrap();
@@ -335,4 +335,24 @@ async fn a_streamed_response_holds_its_concurrency_permit_until_dropped() {
 
     assert!(err.is_concurrency_limited());
     assert!(after.is_ok());
+}
+
+#[tokio::test]
+async fn a_streamed_response_read_to_its_end_gives_its_permit_back() {
+    let server = InFlightServer::start(Duration::from_millis(1)).await;
+    let client = fast_builder(&server.url)
+        .max_concurrency(1)
+        .build()
+        .unwrap();
+    let mut stream = client.get("x").send_stream().await.unwrap();
+    while stream.chunk().await.unwrap().is_some() {}
+
+    let next = client
+        .get("x")
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+
+    assert!(next.is_ok(), "{next:?}");
+    drop(stream);
 }

@@ -135,6 +135,30 @@ async fn decode_error_display_and_debug_hide_every_secret() {
     assert_no_secret("Debug", &format!("{err:?}"));
 }
 
+/// A token whose field has the wrong type, to make serde quote the value.
+#[derive(Debug, serde::Deserialize)]
+struct Token {
+    #[allow(dead_code)]
+    token: u64,
+}
+
+#[tokio::test]
+async fn a_decode_error_does_not_quote_the_body_in_its_log_line() {
+    let server = MockServer::start().await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"token":"bodys3cr3t"}"#))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+
+    let err = client.get_json::<Token>("token").await.unwrap_err();
+
+    let line = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(!line.contains("bodys3cr3t"), "{line}");
+    assert!(line.contains("line 1"), "where it failed: {line}");
+}
+
 #[tokio::test]
 async fn config_error_for_a_request_url_hides_its_secrets() {
     let server = MockServer::start().await;
@@ -188,9 +212,9 @@ async fn debug_of_builder_client_request_and_response_hides_every_secret() {
 
 #[tokio::test]
 async fn tracing_of_a_successful_call_names_the_span_and_url_but_hides_secrets() {
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
     let server = server_answering(200).await;
     let client = secret_builder(&server.uri()).build().unwrap();
-    let (captured, guard) = capture_traces(tracing::Level::TRACE);
 
     let resp = secret_call(&client).await.unwrap();
     drop(guard);
@@ -205,6 +229,7 @@ async fn tracing_of_a_successful_call_names_the_span_and_url_but_hides_secrets()
 
 #[tokio::test]
 async fn tracing_of_a_call_failing_after_retries_warns_but_hides_secrets() {
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
     let server = MockServer::start().await;
     let replies = Sequence::statuses(&[503]);
     Mock::given(path("/api/orders"))
@@ -212,7 +237,6 @@ async fn tracing_of_a_call_failing_after_retries_warns_but_hides_secrets() {
         .mount(&server)
         .await;
     let client = secret_builder(&server.uri()).build().unwrap();
-    let (captured, guard) = capture_traces(tracing::Level::TRACE);
 
     let err = secret_call(&client).await.unwrap_err();
     drop(guard);

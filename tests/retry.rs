@@ -463,10 +463,10 @@ async fn an_unlimited_budget_retries_every_failed_call() {
 
 #[tokio::test]
 async fn each_retry_is_traced_and_the_span_counts_resends() {
+    let (logs, guard) = capture_traces(tracing::Level::DEBUG);
     let server = MockServer::start().await;
     serve(&server, &Sequence::statuses(&[503, 200])).await;
     let client = client(&server);
-    let (logs, guard) = capture_traces(tracing::Level::DEBUG);
 
     client.get("x").send().await.unwrap();
     drop(guard);

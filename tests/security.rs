@@ -77,8 +77,8 @@ async fn certificates_are_verified_by_default() {
 
 #[tokio::test]
 async fn accepting_invalid_certificates_is_explicit_and_warns() {
-    let url = self_signed_server().await;
     let (logs, guard) = capture_traces(tracing::Level::WARN);
+    let url = self_signed_server().await;
     let client = fast_builder(&url)
         .danger_accept_invalid_certs(true)
         .build()
@@ -222,6 +222,12 @@ async fn default_credentials_are_not_sent_to_another_origin() {
         .mount(&elsewhere)
         .await;
     Mock::given(path("/theirs"))
+        .and(header_exists("ocp-apim-subscription-key"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    Mock::given(path("/theirs"))
         .and(header_exists("x-request-source"))
         .respond_with(ResponseTemplate::new(200).set_body_string("clean"))
         .expect(1)
@@ -230,6 +236,7 @@ async fn default_credentials_are_not_sent_to_another_origin() {
     let client = fast_builder(&home.uri())
         .bearer_auth("s3cr3t")
         .default_header("x-api-key", "k3y")
+        .default_header("ocp-apim-subscription-key", "k3y")
         .default_header("x-request-source", "orders")
         .build()
         .unwrap();
@@ -300,4 +307,15 @@ async fn a_redirect_does_not_send_the_original_url_as_referer() {
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_scheme_is_not_followed() {
+    let server = redirecting_to("ftp://127.0.0.1/file").await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+
+    let err = client.get("start").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Client, "{err:?}");
+    assert_eq!(err.status(), Some(StatusCode::FOUND));
 }

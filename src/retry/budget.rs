@@ -152,16 +152,23 @@ impl Budget {
     }
 
     /// Takes one retry from the budget; `false` when there is none left.
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
-        let slot = self.current(now);
+        self.take(now).is_some()
+    }
+
+    /// Takes one retry; returns the generation of the slot it was taken from.
+    fn take(&self, now: Instant) -> Option<u64> {
+        let generation = self.rotate(now);
+        let slot = &self.slots[slot_index(generation)];
         // Take first, then check: concurrent withdrawals cannot all spend the
         // same last token.
-        self.slots[slot].fetch_sub(UNIT, Ordering::AcqRel);
+        slot.fetch_sub(UNIT, Ordering::AcqRel);
         if self.balance_units() >= 0 {
-            true
+            Some(generation)
         } else {
-            self.slots[slot].fetch_add(UNIT, Ordering::AcqRel);
-            false
+            slot.fetch_add(UNIT, Ordering::AcqRel);
+            None
         }
     }
 
@@ -169,19 +176,20 @@ impl Budget {
     /// [`Withdrawal::spend`] (a call cancelled during its backoff).
     pub(crate) fn try_withdraw(&self, now: Instant) -> Option<Withdrawal<'_>> {
         // Not `then_some`: building a guard that is then dropped would refund.
-        if self.withdraw(now) {
-            Some(Withdrawal {
-                budget: self,
-                spent: false,
-            })
-        } else {
-            None
-        }
+        self.take(now).map(|generation| Withdrawal {
+            budget: self,
+            generation,
+            spent: false,
+        })
     }
 
-    fn refund(&self, now: Instant) {
-        let slot = self.current(now);
-        self.slots[slot].fetch_add(UNIT, Ordering::Relaxed);
+    /// Gives back a retry taken from `generation`'s slot, if that slot is
+    /// still in the window; an expired debit has already come back.
+    fn refund(&self, generation: u64, now: Instant) {
+        let current = self.rotate(now);
+        if current.saturating_sub(generation) < SLOTS as u64 {
+            self.slots[slot_index(generation)].fetch_add(UNIT, Ordering::AcqRel);
+        }
     }
 
     /// Retries that could be made now (whole units).
@@ -200,6 +208,11 @@ impl Budget {
 
     /// Expires old slots and returns the index of the current one.
     fn current(&self, now: Instant) -> usize {
+        slot_index(self.rotate(now))
+    }
+
+    /// Expires old slots and returns the current generation.
+    fn rotate(&self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.start).as_nanos();
         let generation = u64::try_from(elapsed / u128::from(self.slot_nanos)).unwrap_or(u64::MAX);
         let seen = self.generation.load(Ordering::Acquire);
@@ -219,7 +232,7 @@ impl Budget {
                 self.generation.store(generation, Ordering::Release);
             }
         }
-        slot_index(generation.max(seen))
+        generation.max(seen)
     }
 }
 
@@ -227,6 +240,7 @@ impl Budget {
 #[derive(Debug)]
 pub(crate) struct Withdrawal<'a> {
     budget: &'a Budget,
+    generation: u64,
     spent: bool,
 }
 
@@ -240,7 +254,7 @@ impl Withdrawal<'_> {
 impl Drop for Withdrawal<'_> {
     fn drop(&mut self) {
         if !self.spent {
-            self.budget.refund(Instant::now());
+            self.budget.refund(self.generation, Instant::now());
         }
     }
 }
@@ -307,6 +321,19 @@ mod tests {
         let w = b.try_withdraw(t0).unwrap();
         w.spend();
         assert!(b.try_withdraw(t0).is_none(), "a spent retry stays spent");
+    }
+
+    #[test]
+    fn a_refund_after_its_slot_expired_adds_nothing() {
+        let t0 = Instant::now();
+        let b = Budget::new(0.2, 1, Duration::from_secs(1), t0);
+        let w = b.try_withdraw(t0).unwrap();
+        // The window has passed: the debit expired, so the floor is back...
+        assert_eq!(b.balance(at(t0, 1_500)), 1);
+        // ...and a late refund must not add a second retry to the window.
+        b.refund(w.generation, at(t0, 1_500));
+        w.spend();
+        assert_eq!(b.balance(at(t0, 1_500)), 1);
     }
 
     #[test]

@@ -137,27 +137,27 @@ pub async fn until_peer_closes(mut stream: tokio::net::TcpStream) {
     }
 }
 
-/// A `MakeWriter` target that keeps everything a tracing subscriber writes.
-#[derive(Clone, Default)]
-pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+// ---------------------------------------------------------------- tracing
+//
+// One global subscriber per test binary, writing into a buffer of the thread
+// that emitted the event, and only while that thread captures. A global
+// subscriber keeps callsite interest consistent across the parallel tests of
+// a binary (thread-scoped subscribers can miss events then); per-thread
+// buffers keep each test's output its own (a `#[tokio::test]` runs its calls
+// on its own thread).
 
-impl Captured {
-    /// Everything written so far.
-    pub fn text(&self) -> String {
-        let bytes = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
+thread_local! {
+    static CAPTURE_LEVEL: std::cell::Cell<Option<tracing::Level>> =
+        const { std::cell::Cell::new(None) };
+    static CAPTURED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl std::io::Write for Captured {
+/// Writes into the emitting thread's capture buffer.
+struct ThreadBuffer;
+
+impl std::io::Write for ThreadBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
+        CAPTURED.with(|c| c.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
 
@@ -166,15 +166,57 @@ impl std::io::Write for Captured {
     }
 }
 
-/// Installs a plain-text fmt subscriber at `level` writing into the returned
-/// buffer for as long as the guard lives (this thread only).
-pub fn capture_traces(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
+/// What a thread captured since [`capture_traces`]; read it on that thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Captured {
+    thread: std::thread::ThreadId,
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(self) -> String {
+        assert_eq!(
+            self.thread,
+            std::thread::current().id(),
+            "read the capture on the thread that made it"
+        );
+        CAPTURED.with(|c| String::from_utf8_lossy(&c.borrow()).into_owned())
+    }
+}
+
+/// Stops this thread's capture when dropped.
+#[derive(Debug)]
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE_LEVEL.with(|l| l.set(None));
+    }
+}
+
+/// Captures this thread's tracing output at `level` and above (plain text)
+/// until the guard is dropped. Call it first in a test: a thread that used
+/// tracing before the global subscriber existed keeps a no-op dispatcher.
+pub fn capture_traces(level: tracing::Level) -> (Captured, CaptureGuard) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| ThreadBuffer)
+            // Dynamic (not `filter_fn`, whose answer is cached per callsite):
+            // asked on every event, on the emitting thread.
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+                CAPTURE_LEVEL.with(|l| l.get().is_some_and(|max| *meta.level() <= max))
+            }));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    });
+    CAPTURED.with(|c| c.borrow_mut().clear());
+    CAPTURE_LEVEL.with(|l| l.set(Some(level)));
+    let captured = Captured {
+        thread: std::thread::current().id(),
+    };
+    (captured, CaptureGuard)
 }
