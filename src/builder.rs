@@ -391,11 +391,10 @@ impl ApiClientBuilder {
                 .try_with(|guard| *guard)
                 .unwrap_or(false)
             {
-                let same = attempt.previous().first().is_none_or(|first| {
-                    first.scheme() == attempt.url().scheme()
-                        && first.host_str() == attempt.url().host_str()
-                        && first.port_or_known_default() == attempt.url().port_or_known_default()
-                });
+                let same = attempt
+                    .previous()
+                    .first()
+                    .is_none_or(|first| redact::same_origin(first, attempt.url()));
                 if !same {
                     return attempt.stop();
                 }

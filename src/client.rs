@@ -57,9 +57,6 @@ pub struct ApiClient {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base: Option<Url>,
-    /// `server.address` / `server.port` of the base URL, for the span.
-    pub(crate) base_host: Box<str>,
-    pub(crate) base_port: u16,
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
     pub(crate) max_response_bytes: usize,
@@ -86,20 +83,9 @@ impl Inner {
         limits: Limits,
         default_headers: HeaderMap,
     ) -> Self {
-        let base_host = base
-            .as_ref()
-            .and_then(Url::host_str)
-            .unwrap_or_default()
-            .into();
-        let base_port = base
-            .as_ref()
-            .and_then(Url::port_or_known_default)
-            .unwrap_or(0);
         Self {
             http,
             base,
-            base_host,
-            base_port,
             attempt_timeout,
             total_timeout,
             max_response_bytes,
@@ -213,11 +199,11 @@ impl ApiClient {
         if defaults.is_empty() {
             return;
         }
-        let foreign = self.inner.base.as_ref().is_some_and(|base| {
-            base.scheme() != request.url().scheme()
-                || base.host_str() != request.url().host_str()
-                || base.port_or_known_default() != request.url().port_or_known_default()
-        });
+        let foreign = self
+            .inner
+            .base
+            .as_ref()
+            .is_some_and(|base| !redact::same_origin(base, request.url()));
         let headers = request.headers_mut();
         for name in defaults.keys() {
             if headers.contains_key(name) || (foreign && redact::is_sensitive_name(name.as_str())) {

@@ -225,40 +225,11 @@ impl ApiClient {
         call: Result<Call, Error>,
     ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
         let span = match &call {
-            Ok(call) => self.span(call),
+            Ok(call) => call_span(call),
             Err(_) => tracing::Span::none(),
         };
         let inner_span = span.clone();
         self.pipeline::<F>(call, inner_span).instrument(span)
-    }
-
-    /// The call's `http.client.request` span, with the request's fields.
-    fn span(&self, call: &Call) -> tracing::Span {
-        let span = tracing::info_span!(
-            target: "resilient_http",
-            "http.client.request",
-            otel.kind = "client",
-            http.request.method = %call.request.method(),
-            url.full = Empty,
-            server.address = Empty,
-            server.port = Empty,
-            http.response.status_code = Empty,
-            http.request.resend_count = Empty,
-            error.type = Empty,
-            limit.wait_ms = Empty,
-        );
-        if !span.is_disabled() {
-            let url = call.request.url();
-            span.record("url.full", tracing::field::display(redact::url(url)));
-            if url.host_str() == Some(&*self.inner.base_host) {
-                span.record("server.address", &*self.inner.base_host);
-                span.record("server.port", self.inner.base_port);
-            } else {
-                span.record("server.address", url.host_str().unwrap_or_default());
-                span.record("server.port", url.port_or_known_default().unwrap_or(0));
-            }
-        }
-        span
     }
 
     async fn pipeline<F: Finish>(
@@ -517,6 +488,30 @@ impl ApiClient {
         let body = read_prefix(resp, cap).await;
         Err(Error::from_status(status, headers, &body, retry_after))
     }
+}
+
+/// The call's `http.client.request` span, with the request's fields.
+fn call_span(call: &Call) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "resilient_http",
+        "http.client.request",
+        otel.kind = "client",
+        http.request.method = %call.request.method(),
+        url.full = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        http.response.status_code = Empty,
+        http.request.resend_count = Empty,
+        error.type = Empty,
+        limit.wait_ms = Empty,
+    );
+    if !span.is_disabled() {
+        let url = call.request.url();
+        span.record("url.full", tracing::field::display(redact::url(url)));
+        span.record("server.address", url.host_str().unwrap_or_default());
+        span.record("server.port", url.port_or_known_default().unwrap_or(0));
+    }
+    span
 }
 
 /// The breaker's admission for one attempt (none without a breaker).

@@ -38,12 +38,26 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "x-amz-signature",
         "private",
     ];
-    let lower = name.to_ascii_lowercase();
-    EXACT.contains(&lower.as_str())
+    // Header names are lowercase already: allocate only for other input.
+    let lower: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    let lower = &*lower;
+    EXACT.contains(&lower)
         || PARTS.iter().any(|part| lower.contains(part))
         // x-auth-key, ocp-apim-subscription-key, x-functions-key, x-access-key...
         || (lower.ends_with("key") && lower != "idempotency-key")
         || lower.contains("auth")
+}
+
+/// Whether two URLs share an origin (scheme, host, port): credentials given
+/// for one may go to the other.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Whether reqwest itself drops this header on a redirect to another host.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Sequence, capture_traces, fast_builder, received};
+use common::{Sequence, capture_traces, fast_builder, read_request_head, received};
 use resilient_http::{ApiClient, ErrorKind, RateLimit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -45,14 +45,9 @@ impl InFlightServer {
                 };
                 let (n, p, s) = (n.clone(), p.clone(), s.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
                     // One request per connection: read the head, answer, close.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                        }
+                    if !read_request_head(&mut sock).await {
+                        return;
                     }
                     let inflight = n.fetch_add(1, Ordering::SeqCst) + 1;
                     p.fetch_max(inflight, Ordering::SeqCst);
