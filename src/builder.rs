@@ -7,8 +7,10 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
+use crate::balance::{Endpoint, LoadBalance, parse_endpoint};
 use crate::breaker::{Breakers, CircuitBreakerConfig};
 use crate::client::{ApiClient, Inner};
+use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
 use crate::limit::{Limits, RateLimit};
 use crate::redact;
@@ -64,6 +66,10 @@ pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 #[must_use]
 pub struct ApiClientBuilder {
     base_url: Option<String>,
+    endpoints: Vec<Endpoint>,
+    load_balance: LoadBalance,
+    resolver: Option<Arc<dyn Resolver>>,
+    resolver_refresh: Duration,
     connect_timeout: Duration,
     read_timeout: Duration,
     attempt_timeout: Duration,
@@ -99,6 +105,9 @@ impl fmt::Debug for ApiClientBuilder {
             .map(|u| redact::url(&u).to_string());
         f.debug_struct("ApiClientBuilder")
             .field("base_url", &base)
+            .field("endpoints", &self.endpoints)
+            .field("load_balance", &self.load_balance)
+            .field("resolver", &self.resolver.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
@@ -118,6 +127,10 @@ impl ApiClientBuilder {
     pub fn new() -> Self {
         Self {
             base_url: None,
+            endpoints: Vec::new(),
+            load_balance: LoadBalance::default(),
+            resolver: None,
+            resolver_refresh: DEFAULT_RESOLVER_REFRESH,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
@@ -156,6 +169,62 @@ impl ApiClientBuilder {
     /// default headers are only sent to the base URL's origin.
     pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
         self.base_url = Some(url.as_ref().to_owned());
+        self
+    }
+
+    /// Several instances of the service instead of one `base_url`: request
+    /// paths are joined onto whichever instance an attempt goes to. Takes URLs
+    /// (`&str`, `String`, [`Url`]) or weighted [`Endpoint`]s; calling it again
+    /// adds more. [`load_balance`](Self::load_balance) says how attempts are
+    /// spread; an endpoint whose circuit breaker is open is skipped while
+    /// others can take the attempt, and a retry goes to another endpoint when
+    /// one is available. Setting both `base_url` and endpoints is a `Config`
+    /// error.
+    ///
+    /// Credential-like default headers go to every endpoint. A request to an
+    /// absolute URL goes where it says, not through the balancer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, Endpoint};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .endpoints(["http://10.0.0.1:8080/api/", "http://10.0.0.2:8080/api/"])
+    ///     .endpoints([Endpoint::new("http://10.0.0.3:8080/api/").weight(3)])
+    ///     .build()?;
+    /// // client.get("users/42") goes to http://10.0.0.x:8080/api/users/42
+    /// assert_eq!(client.endpoints().len(), 3);
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn endpoints<I, E>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<Endpoint>,
+    {
+        self.endpoints.extend(endpoints.into_iter().map(Into::into));
+        self
+    }
+
+    /// How attempts are spread over the endpoints (default
+    /// [`LoadBalance::LeastOutstanding`]).
+    pub fn load_balance(mut self, strategy: LoadBalance) -> Self {
+        self.load_balance = strategy;
+        self
+    }
+
+    /// Where the endpoint list comes from, kept current in the background
+    /// (see [`Resolver`]). Endpoints given with [`endpoints`](Self::endpoints)
+    /// serve until the resolver first answers.
+    pub fn resolver(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Time between two resolutions of the endpoint list (default 10 s). A
+    /// failed resolution is retried sooner (from 250 ms, doubling).
+    pub fn resolver_refresh(mut self, every: Duration) -> Self {
+        self.resolver_refresh = every;
         self
     }
 
@@ -326,8 +395,24 @@ impl ApiClientBuilder {
         if let Some(err) = self.error {
             return Err(err);
         }
-        let base = self.base_url.as_deref().map(parse_base).transpose()?;
+        let base = self
+            .base_url
+            .as_deref()
+            .map(|raw| parse_base(raw, "base_url"))
+            .transpose()?;
+        let has_endpoints = !self.endpoints.is_empty() || self.resolver.is_some();
+        if base.is_some() && has_endpoints {
+            return Err(Error::config(
+                "set either base_url or endpoints/resolver, not both",
+            ));
+        }
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(parse_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
         for (name, value) in [
+            ("resolver_refresh", self.resolver_refresh),
             ("connect_timeout", self.connect_timeout),
             ("read_timeout", self.read_timeout),
             ("attempt_timeout", self.attempt_timeout),
@@ -350,12 +435,22 @@ impl ApiClientBuilder {
         }
 
         let http = self.transport()?;
+        let balancer = has_endpoints.then(|| {
+            Balancer::new(
+                endpoints,
+                self.load_balance,
+                self.breaker.clone(),
+                self.resolver.clone(),
+                self.resolver_refresh,
+            )
+        });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
         let budget = self.retry.budget.start();
         let limits = Limits::new(rate, self.max_concurrency);
         Ok(ApiClient::from_inner(Arc::new(Inner::new(
             http,
             base,
+            balancer,
             self.attempt_timeout,
             self.total_timeout,
             self.max_response_bytes,
@@ -443,13 +538,16 @@ impl ApiClientBuilder {
 #[error("more than {0} redirects")]
 struct TooManyRedirects(usize);
 
-fn parse_base(raw: &str) -> Result<Url, Error> {
-    let mut url = Url::parse(raw).map_err(|e| Error::config_from("invalid base_url", e))?;
+pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
+    let mut url =
+        Url::parse(raw).map_err(|e| Error::config(format!("invalid {what}")).with_source(e))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::config("base_url must be an http or https URL"));
+        return Err(Error::config(format!(
+            "{what} must be an http or https URL"
+        )));
     }
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::config("base_url must have a host"));
+        return Err(Error::config(format!("{what} must have a host")));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());

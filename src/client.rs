@@ -12,8 +12,10 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::balance::EndpointStatus;
 use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
+use crate::discovery::Balancer;
 use crate::error::Error;
 use crate::limit::Limits;
 use crate::redact;
@@ -57,6 +59,8 @@ pub struct ApiClient {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) base: Option<Url>,
+    /// The endpoints, for a client built with `endpoints` or a resolver.
+    pub(crate) balancer: Option<Balancer>,
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
     pub(crate) max_response_bytes: usize,
@@ -74,6 +78,7 @@ impl Inner {
     pub(crate) fn new(
         http: reqwest::Client,
         base: Option<Url>,
+        balancer: Option<Balancer>,
         attempt_timeout: Duration,
         total_timeout: Duration,
         max_response_bytes: usize,
@@ -86,6 +91,7 @@ impl Inner {
         Self {
             http,
             base,
+            balancer,
             attempt_timeout,
             total_timeout,
             max_response_bytes,
@@ -106,6 +112,7 @@ impl fmt::Debug for ApiClient {
                 "base_url",
                 &inner.base.as_ref().map(|u| redact::url(u).to_string()),
             )
+            .field("balancer", &inner.balancer)
             .field("attempt_timeout", &inner.attempt_timeout)
             .field("total_timeout", &inner.total_timeout)
             .field("retry", &inner.retry)
@@ -172,8 +179,16 @@ impl ApiClient {
     /// # Ok(()) }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
+    ///
+    /// For a client with endpoints: `Open` when every endpoint's breaker is
+    /// open (calls fail at once), `HalfOpen` when none is closed but some
+    /// admit probes, else `Closed`; see [`endpoints`](Self::endpoints) for
+    /// each one.
     #[must_use]
     pub fn circuit_state(&self) -> CircuitState {
+        if let Some(balancer) = &self.inner.balancer {
+            return balancer.snapshot().state(Instant::now());
+        }
         self.inner
             .breakers
             .as_ref()
@@ -184,6 +199,14 @@ impl ApiClient {
     /// The state of the circuit breaker of `url`'s endpoint (scheme, host, port).
     #[must_use]
     pub fn circuit_state_of(&self, url: &Url) -> CircuitState {
+        if let Some(balancer) = &self.inner.balancer {
+            let set = balancer.snapshot();
+            if let Some(instance) = set.find_origin(url) {
+                return instance
+                    .breaker()
+                    .map_or(CircuitState::Closed, |b| b.state(Instant::now()));
+            }
+        }
         self.inner
             .breakers
             .as_ref()
@@ -194,16 +217,19 @@ impl ApiClient {
 
     /// Adds the default headers the request does not set itself. A request to
     /// another origin than the base URL's gets no credential-like ones.
-    pub(crate) fn apply_default_headers(&self, request: &mut reqwest::Request) {
+    /// `routed`: the request goes to one of the client's endpoints.
+    pub(crate) fn apply_default_headers(&self, request: &mut reqwest::Request, routed: bool) {
         let defaults = &self.inner.default_headers;
         if defaults.is_empty() {
             return;
         }
-        let foreign = self
-            .inner
-            .base
-            .as_ref()
-            .is_some_and(|base| !redact::same_origin(base, request.url()));
+        let inner = &*self.inner;
+        let foreign = !routed
+            && match (&inner.base, &inner.balancer) {
+                (Some(base), _) => !redact::same_origin(base, request.url()),
+                (None, Some(b)) => b.snapshot().find_origin(request.url()).is_none(),
+                (None, None) => false,
+            };
         let headers = request.headers_mut();
         for name in defaults.keys() {
             if headers.contains_key(name) || (foreign && redact::is_sensitive_name(name.as_str())) {
@@ -215,17 +241,66 @@ impl ApiClient {
         }
     }
 
-    /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute URL.
-    pub(crate) fn url_for(&self, path: &str) -> Result<Url, Error> {
-        let url = match &self.inner.base {
-            Some(base) => base.join(path),
-            None => Url::parse(path),
-        }
-        .map_err(|e| Error::config_from("invalid request URL", e))?;
+    /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute
+    /// URL. For a client with endpoints, a relative `path` is returned too: the
+    /// URL is then a placeholder, joined onto an endpoint per attempt.
+    pub(crate) fn url_for(&self, path: &str) -> Result<(Url, Option<Box<str>>), Error> {
+        let (url, routed) = match (&self.inner.base, &self.inner.balancer) {
+            (Some(base), _) => (base.join(path), None),
+            (None, Some(balancer)) => match Url::parse(path) {
+                Ok(url) => (Ok(url), None),
+                Err(_) => (balancer.placeholder().join(path), Some(path.into())),
+            },
+            (None, None) => (Url::parse(path), None),
+        };
+        let url = url.map_err(|e| Error::config_from("invalid request URL", e))?;
         if matches!(url.scheme(), "http" | "https") {
-            Ok(url)
+            Ok((url, routed))
         } else {
             Err(Error::config("request URL must be http or https").with_url(&url))
+        }
+    }
+
+    /// The endpoints of a client built with
+    /// [`endpoints`](ApiClientBuilder::endpoints) or a
+    /// [`resolver`](ApiClientBuilder::resolver): each one's URL, weight,
+    /// circuit state and attempts in flight. Empty for a client with a
+    /// `base_url` (see [`circuit_state`](Self::circuit_state)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, CircuitState};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .endpoints(["http://10.0.0.1:8080/", "http://10.0.0.2:8080/"])
+    ///     .build()?;
+    /// for ep in client.endpoints() {
+    ///     assert_eq!((ep.weight, ep.state, ep.in_flight), (1, CircuitState::Closed, 0));
+    /// }
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.inner
+            .balancer
+            .as_ref()
+            .map_or_else(Vec::new, Balancer::statuses)
+    }
+
+    /// Asks the resolver for the endpoint list now and applies it, instead of
+    /// waiting for the next background refresh; returns how many endpoints
+    /// the client has. Useful at startup, to fail fast when discovery is
+    /// broken. Without a resolver it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) when the resolver
+    /// fails or returns no usable endpoint; the last good list is kept.
+    pub async fn refresh_endpoints(&self) -> Result<usize, Error> {
+        match &self.inner.balancer {
+            Some(balancer) => balancer.refresh().await,
+            None => Ok(0),
         }
     }
 

@@ -99,6 +99,8 @@ pub(crate) enum What {
     RateLimited,
     #[error("concurrency limit reached")]
     ConcurrencyLimited,
+    #[error("no endpoint available: {0}")]
+    NoEndpoints(Cow<'static, str>),
     #[error("response body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("could not decode the response body: {0}")]
@@ -379,6 +381,12 @@ impl Error {
         Self::simple(ErrorKind::Rejected, What::ConcurrencyLimited)
     }
 
+    /// A client with endpoints has none to send to (`why`: the resolver's
+    /// error, or that it has not answered yet).
+    pub(crate) fn no_endpoints(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::simple(ErrorKind::Rejected, What::NoEndpoints(why.into()))
+    }
+
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.inner.source = Some(source.into());
         self
@@ -527,6 +535,7 @@ impl Error {
             What::CircuitOpen => Cow::Borrowed("circuit_open"),
             What::RateLimited => Cow::Borrowed("rate_limited"),
             What::ConcurrencyLimited => Cow::Borrowed("concurrency_limited"),
+            What::NoEndpoints(_) => Cow::Borrowed("no_endpoints"),
             What::TooLarge(_) => Cow::Borrowed("too_large"),
             What::Decode(_) => Cow::Borrowed("decode"),
             What::Config(_) => Cow::Borrowed("config"),

@@ -143,10 +143,14 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod balance;
 mod breaker;
 mod builder;
 mod client;
+mod discovery;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod limit;
 mod pipeline;
 mod redact;
@@ -155,13 +159,19 @@ mod response;
 mod retry;
 mod timeout;
 
+pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState};
 pub use builder::{
     ApiClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
 };
 pub use client::ApiClient;
+pub use discovery::{
+    DEFAULT_RESOLVER_REFRESH, ResolveError, ResolveFuture, Resolver, StaticResolver,
+};
 pub use error::{Error, ErrorKind, Result};
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdResolver;
 pub use limit::RateLimit;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};

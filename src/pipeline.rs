@@ -15,6 +15,7 @@
 //! The breaker is asked before the rate limit so that an open circuit costs
 //! callers nothing, not even a rate-limit wait.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
@@ -27,8 +28,10 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use url::Url;
 
+use crate::balance::{EndpointSet, Instance};
 use crate::breaker::{Breaker, Permit, Verdict};
 use crate::client::ApiClient;
+use crate::discovery::Balancer;
 use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
 use crate::redact;
 use crate::response::{ApiResponse, ApiStream};
@@ -51,6 +54,9 @@ pub(crate) struct Call {
     pub(crate) idempotent: bool,
     /// The request carries credentials a cross-host redirect would forward.
     pub(crate) guard_redirects: bool,
+    /// For a client with endpoints: the relative path, joined onto the
+    /// endpoint each attempt goes to (the request's URL is a placeholder).
+    pub(crate) routed: Option<Box<str>>,
 }
 
 /// How the outcome of a successful pipeline becomes what the caller asked for:
@@ -181,6 +187,20 @@ impl CallContext<'_> {
         tracing::debug!(target: "resilient_http::limit", limit, wait_ms = ms(wait), "waited for a permit");
     }
 
+    /// Points a routed call at `instance`: its URL for `path` and `query`,
+    /// recorded in the span.
+    fn aim(&mut self, instance: &Instance, path: &str, query: Option<&str>) -> Result<(), Error> {
+        self.url = instance.url_for(path, query)?;
+        let span = self.span;
+        if !span.is_disabled() {
+            let base = &instance.base;
+            span.record("url.full", tracing::field::display(redact::url(&self.url)));
+            span.record("server.address", base.host_str().unwrap_or_default());
+            span.record("server.port", base.port_or_known_default().unwrap_or(0));
+        }
+        Ok(())
+    }
+
     /// Records a successful call in the span.
     fn succeeded(&self, status: StatusCode, attempts: u32) {
         if !self.span.is_disabled() {
@@ -237,12 +257,15 @@ impl ApiClient {
         call: Result<Call, Error>,
         span: tracing::Span,
     ) -> Result<F::Output, Error> {
-        let call = call?;
-        let span = &span;
-        let stream = F::STREAM;
-        let inner = &*self.inner;
-        let (ctx, replay, request, idempotent, guard_redirects) = self.prepare(call, span);
+        let (call, span, inner) = (call?, &span, &*self.inner);
+        let (mut ctx, replay, request, idempotent, guard_redirects, routed) =
+            self.prepare(call, span);
         let deadline = ctx.deadline;
+        // For a routed call: the balancer, the path and the query to put on
+        // each endpoint's URL.
+        let balancer = routed.as_ref().and(inner.balancer.as_ref());
+        let query: Option<Box<str>> = routed.as_ref().and(ctx.url.query().map(Into::into));
+        let mut tried: Option<Arc<Instance>> = None;
         let mut original = Some(request);
         let mut attempts = 0u32;
 
@@ -253,36 +276,54 @@ impl ApiClient {
             }
             Err(err) => return Err(ctx.fail(err, 0)),
         };
-        let breaker = inner.breakers.as_ref().map(|b| b.for_url(&ctx.url));
+        let breaker = match (&inner.breakers, balancer) {
+            (Some(b), None) => Some(b.for_url(&ctx.url)),
+            _ => None,
+        };
         let mut schedule = None;
         let mut last: Option<Error> = None;
         // A retry taken from the budget, spent once the retry is admitted;
         // refunded (on drop) if the breaker or the rate limit refuses it.
         let mut pending = None;
         loop {
-            let (permit, now) = match self.admit(breaker.as_deref(), &deadline).await {
-                Ok((permit, now, wait)) => {
+            // A routed call takes the current endpoint set for each attempt.
+            let set = match balancer {
+                Some(b) => Some(b.current(&deadline).await),
+                None => None,
+            }
+            .transpose()
+            .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
+            let avoid = tried.take();
+            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker.as_deref());
+            let (permit, now, target) = match self.admit(&route, &deadline).await {
+                Ok((permit, now, wait, target)) => {
                     waited += wait;
                     ctx.waited("rate", wait, waited);
                     if let Some(w) = pending.take() {
                         Withdrawal::spend(w);
                     }
-                    (permit, now)
+                    (permit, now, target)
                 }
                 Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
             };
-            let request = original
-                .take()
-                .unwrap_or_else(|| replay.rebuild(&ctx.method, &ctx.url));
+            if let (Some(instance), Some(path)) = (target, &routed) {
+                if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
+                    return Err(ctx.fail(err, attempts));
+                }
+                tried = Some(Arc::clone(instance));
+            }
+            let flight = target.map(|i| i.start());
+            let request = replay.next(&mut original, &ctx, target.is_some());
             attempts += 1;
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let attempt = self.attempt(request, &ctx.url, stream);
+            let attempt = self.attempt(request, &ctx.url, F::STREAM);
             let timed = if guard_redirects {
                 tokio::time::timeout(limit, REDIRECT_GUARD.scope(true, attempt)).await
             } else {
                 tokio::time::timeout(limit, attempt).await
             };
             let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+            drop(flight);
             let now = Instant::now();
             match outcome {
                 Ok(got) => {
@@ -300,19 +341,14 @@ impl ApiClient {
                     if let Some(p) = permit {
                         p.record(Verdict::of(err.kind()), now);
                     }
-                    tracing::debug!(
-                        target: "resilient_http",
-                        attempt = attempts,
-                        error.type = &*err.type_name(),
-                        "attempt failed"
-                    );
+                    attempt_failed(attempts, &err);
                     let Some((delay, withdrawal)) = self.retry_delay(
                         &err,
                         attempts,
                         idempotent,
                         &mut schedule,
                         &deadline,
-                        breaker.as_deref(),
+                        |now| route.open_for(now),
                         now,
                     ) else {
                         return Err(ctx.fail(err, attempts));
@@ -333,13 +369,21 @@ impl ApiClient {
         &self,
         call: Call,
         span: &'s tracing::Span,
-    ) -> (CallContext<'s>, Replay, reqwest::Request, bool, bool) {
+    ) -> (
+        CallContext<'s>,
+        Replay,
+        reqwest::Request,
+        bool,
+        bool,
+        Option<Box<str>>,
+    ) {
         let Call {
             request,
             body,
             timeout,
             idempotent,
             guard_redirects,
+            routed,
         } = call;
         let ctx = CallContext {
             method: request.method().clone(),
@@ -355,27 +399,29 @@ impl ApiClient {
             body,
             version: request.version(),
         };
-        (ctx, replay, request, idempotent, guard_redirects)
+        (ctx, replay, request, idempotent, guard_redirects, routed)
     }
 
     /// Admission of one attempt: the breaker first (an open one refuses at
-    /// once, before any wait), then a rate-limit permit within the deadline.
-    /// Returns the breaker permit, the current time and the rate-limit wait.
+    /// once, before any wait; for a routed call, the endpoint is chosen with
+    /// it), then a rate-limit permit within the deadline. Returns the breaker
+    /// permit, the current time, the rate-limit wait and the chosen endpoint.
     async fn admit<'b>(
         &self,
-        breaker: Option<&'b Breaker>,
+        route: &Route<'b>,
         deadline: &Deadline,
-    ) -> Result<(Option<Permit<'b>>, Instant, Duration), Error> {
+    ) -> Result<Admitted<'b>, Error> {
         let now = Instant::now();
-        let permit = ask_breaker(breaker, now)?;
+        let (target, permit) = route.choose(now)?;
         match self.inner.limits.rate(deadline).await? {
             // No wait: the clock read above is still current.
-            w if w.is_zero() => Ok((permit, now, w)),
+            w if w.is_zero() => Ok((permit, now, w, target)),
             w => {
                 // The breaker may have opened during the wait: ask again.
                 let now = Instant::now();
                 drop(permit);
-                Ok((ask_breaker(breaker, now)?, now, w))
+                let (target, permit) = route.choose(now)?;
+                Ok((permit, now, w, target))
             }
         }
     }
@@ -391,7 +437,7 @@ impl ApiClient {
         idempotent: bool,
         schedule: &mut Option<ExponentialBackoff>,
         deadline: &Deadline,
-        breaker: Option<&Breaker>,
+        open_for: impl FnOnce(Instant) -> Option<Duration>,
         now: Instant,
     ) -> Option<(Duration, Option<Withdrawal<'_>>)> {
         let retry = &self.inner.retry;
@@ -412,7 +458,7 @@ impl ApiClient {
                 return None;
             }
         };
-        if let Some(open_for) = breaker.and_then(|b| b.open_for(now)) {
+        if let Some(open_for) = open_for(now) {
             tracing::debug!(
                 target: "resilient_http::retry",
                 attempt = attempts,
@@ -505,7 +551,7 @@ fn call_span(call: &Call) -> tracing::Span {
         error.type = Empty,
         limit.wait_ms = Empty,
     );
-    if !span.is_disabled() {
+    if !span.is_disabled() && call.routed.is_none() {
         let url = call.request.url();
         span.record("url.full", tracing::field::display(redact::url(url)));
         span.record("server.address", url.host_str().unwrap_or_default());
@@ -523,6 +569,81 @@ fn ask_breaker(breaker: Option<&Breaker>, now: Instant) -> Result<Option<Permit<
     }
 }
 
+/// What admission yields: the breaker permit, the time, the rate-limit wait
+/// and, for a routed call, the endpoint chosen.
+type Admitted<'b> = (
+    Option<Permit<'b>>,
+    Instant,
+    Duration,
+    Option<&'b Arc<Instance>>,
+);
+
+/// Where an attempt goes.
+enum Route<'b> {
+    /// To the request's own URL, under this breaker.
+    Fixed(Option<&'b Breaker>),
+    /// To an endpoint of `set`, chosen by the balancer, avoiding the one the
+    /// previous attempt went to when another is available.
+    Balanced {
+        set: &'b EndpointSet,
+        balancer: &'b Balancer,
+        avoid: Option<&'b Arc<Instance>>,
+    },
+}
+
+impl<'b> Route<'b> {
+    fn new(
+        set: Option<&'b EndpointSet>,
+        balancer: Option<&'b Balancer>,
+        avoid: Option<&'b Arc<Instance>>,
+        breaker: Option<&'b Breaker>,
+    ) -> Self {
+        match (set, balancer) {
+            (Some(set), Some(balancer)) => Self::Balanced {
+                set,
+                balancer,
+                avoid,
+            },
+            _ => Self::Fixed(breaker),
+        }
+    }
+
+    /// `None` when an attempt could be admitted now, else the time until a
+    /// breaker lets one through.
+    fn open_for(&self, now: Instant) -> Option<Duration> {
+        match self {
+            Self::Fixed(breaker) => breaker.and_then(|b| b.open_for(now)),
+            Self::Balanced { set, .. } => set.all_open_for(now),
+        }
+    }
+
+    /// The endpoint (routed calls) and the breaker permit for an attempt now.
+    fn choose(&self, now: Instant) -> ChooseResult<'b> {
+        match *self {
+            Self::Fixed(breaker) => ask_breaker(breaker, now).map(|p| (None, p)),
+            Self::Balanced {
+                set,
+                balancer,
+                avoid,
+            } => set
+                .pick(balancer.strategy(), balancer.rr(), now, avoid)
+                .map(|(i, p)| (Some(i), p)),
+        }
+    }
+}
+
+/// Reports a failed attempt.
+fn attempt_failed(attempt: u32, err: &Error) {
+    tracing::debug!(
+        target: "resilient_http",
+        attempt,
+        error.type = &*err.type_name(),
+        "attempt failed"
+    );
+}
+
+type ChooseResult<'b> = Result<(Option<&'b Arc<Instance>>, Option<Permit<'b>>), Error>;
+
 /// What a retry needs, besides method and URL, to rebuild the request.
 struct Replay {
     headers: Option<reqwest::header::HeaderMap>,
@@ -531,6 +652,25 @@ struct Replay {
 }
 
 impl Replay {
+    /// The request for the next attempt: the original one the first time
+    /// (moved to the context's URL when `retarget`), then rebuilt.
+    fn next(
+        &self,
+        original: &mut Option<reqwest::Request>,
+        ctx: &CallContext<'_>,
+        retarget: bool,
+    ) -> reqwest::Request {
+        match original.take() {
+            Some(mut request) => {
+                if retarget {
+                    request.url_mut().clone_from(&ctx.url);
+                }
+                request
+            }
+            None => self.rebuild(&ctx.method, &ctx.url),
+        }
+    }
+
     fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
         let mut request = reqwest::Request::new(method.clone(), url.clone());
         if let Some(headers) = &self.headers {

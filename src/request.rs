@@ -53,6 +53,9 @@ pub struct RequestBuilder {
     client: ApiClient,
     method: Method,
     inner: Result<reqwest::RequestBuilder, Error>,
+    /// The relative path, for a client with endpoints: joined onto the
+    /// endpoint each attempt goes to.
+    routed: Option<Box<str>>,
     body: Option<Bytes>,
     json: bool,
     timeout: Option<Duration>,
@@ -72,13 +75,15 @@ impl fmt::Debug for RequestBuilder {
 
 impl RequestBuilder {
     pub(crate) fn new(client: ApiClient, method: Method, path: &str) -> Self {
-        let inner = client
-            .url_for(path)
-            .map(|url| client.http().request(method.clone(), url));
+        let (inner, routed) = match client.url_for(path) {
+            Ok((url, routed)) => (Ok(client.http().request(method.clone(), url)), routed),
+            Err(err) => (Err(err), None),
+        };
         Self {
             client,
             method,
             inner,
+            routed,
             body: None,
             json: false,
             timeout: None,
@@ -177,6 +182,7 @@ impl RequestBuilder {
             client,
             method,
             inner,
+            routed,
             body,
             json,
             timeout,
@@ -197,7 +203,7 @@ impl RequestBuilder {
                 .entry(reqwest::header::CONTENT_TYPE)
                 .or_insert(HeaderValue::from_static("application/json"));
         }
-        client.apply_default_headers(&mut request);
+        client.apply_default_headers(&mut request, routed.is_some());
         let guard_redirects = crate::redact::would_leak_on_redirect(request.headers());
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         (
@@ -208,6 +214,7 @@ impl RequestBuilder {
                 timeout,
                 idempotent,
                 guard_redirects,
+                routed,
             }),
         )
     }

@@ -1,0 +1,602 @@
+//! Several instances of one service: [`Endpoint`]s, the [`LoadBalance`]
+//! strategies, and outlier ejection through each endpoint's circuit breaker.
+//!
+//! A client built with [`endpoints`](crate::ApiClientBuilder::endpoints) (or a
+//! [`resolver`](crate::ApiClientBuilder::resolver)) chooses an instance for
+//! every attempt:
+//!
+//! - instances whose circuit breaker is open are skipped while any other can
+//!   take the attempt (outlier ejection); when every breaker is open the call
+//!   fails at once with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected);
+//! - a retry goes to another instance than the attempt it repeats, when one is
+//!   available;
+//! - among the rest, the [`LoadBalance`] strategy chooses.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use url::Url;
+
+use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, Permit};
+use crate::error::Error;
+use crate::redact;
+
+/// How a client spreads attempts over its endpoints.
+///
+/// Every strategy skips endpoints whose circuit breaker is open and, for a
+/// retry, the endpoint that just failed (when another is available).
+///
+/// # Examples
+///
+/// ```
+/// use resilient_http::{ApiClient, Endpoint, LoadBalance};
+///
+/// let client = ApiClient::builder()
+///     .endpoints(["http://10.0.0.1:8080/api/", "http://10.0.0.2:8080/api/"])
+///     .endpoints([Endpoint::new("http://10.0.0.3:8080/api/").weight(3)])
+///     .load_balance(LoadBalance::WeightedRoundRobin)
+///     .build()?;
+/// assert_eq!(client.endpoints().len(), 3);
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LoadBalance {
+    /// Each endpoint in turn, ignoring weights.
+    RoundRobin,
+    /// Each endpoint in proportion to its weight, interleaved smoothly (the
+    /// nginx algorithm: weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`).
+    WeightedRoundRobin,
+    /// The less loaded of two endpoints chosen at random ("power of two
+    /// choices"), where load is the number of attempts in flight divided by
+    /// the weight. Adapts to a slow instance without a global scan. The default.
+    #[default]
+    LeastOutstanding,
+}
+
+/// One instance of the service: a base URL that request paths are joined onto,
+/// and a weight (default 1).
+///
+/// Converts from `&str`, `String` and [`Url`], so
+/// [`endpoints`](crate::ApiClientBuilder::endpoints) takes plain URLs too.
+/// The URL is checked when the client is built (or, from a resolver, when the
+/// set is applied): it must be `http` or `https` with a host; a missing
+/// trailing `/` is added, as for `base_url`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: String,
+    weight: u32,
+}
+
+impl Endpoint {
+    /// An endpoint with weight 1.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            weight: 1,
+        }
+    }
+
+    /// Its share of the traffic relative to the others (at least 1; a weight
+    /// of 0 is a `Config` error from `build()`, and is skipped when a resolver
+    /// returns it).
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// The URL as given.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The weight as given.
+    #[must_use]
+    pub fn get_weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = Url::parse(&self.url).map_or_else(
+            |_| "<invalid url>".to_owned(),
+            |u| redact::url(&u).to_string(),
+        );
+        f.debug_struct("Endpoint")
+            .field("url", &url)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<String> for Endpoint {
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(url: &String) -> Self {
+        Self::new(url.as_str())
+    }
+}
+
+impl From<Url> for Endpoint {
+    fn from(url: Url) -> Self {
+        Self::new(String::from(url))
+    }
+}
+
+/// What [`ApiClient::endpoints`](crate::ApiClient::endpoints) reports of one
+/// endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStatus {
+    /// The base URL (credentials in it redacted).
+    pub url: Url,
+    /// Its weight.
+    pub weight: u32,
+    /// The state of its circuit breaker (`Closed` when breakers are off).
+    pub state: CircuitState,
+    /// Attempts in flight to it now (for a streamed response, until the
+    /// headers arrived).
+    pub in_flight: usize,
+}
+
+/// One live endpoint: its URL, weight, load and breaker. Shared by successive
+/// endpoint sets while the endpoint stays in them, so its breaker and load
+/// survive a refresh; dropped (breaker and all) once no set and no attempt
+/// holds it.
+pub(crate) struct Instance {
+    pub(crate) base: Url,
+    weight: u32,
+    in_flight: AtomicUsize,
+    breaker: Option<Breaker>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("base", &redact::url(&self.base))
+            .field("weight", &self.weight)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    fn new(base: Url, weight: u32, breaker: Option<&CircuitBreakerConfig>) -> Self {
+        let breaker = breaker.map(|cfg| {
+            let label = format!(
+                "{}://{}:{}",
+                base.scheme(),
+                base.host_str().unwrap_or_default(),
+                base.port_or_known_default().unwrap_or(0)
+            );
+            Breaker::new(label, cfg.clone())
+        });
+        Self {
+            base,
+            weight,
+            in_flight: AtomicUsize::new(0),
+            breaker,
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> Option<&Breaker> {
+        self.breaker.as_ref()
+    }
+
+    /// Whether the breaker would consider an attempt now (not open).
+    fn usable(&self, now: Instant) -> bool {
+        self.breaker
+            .as_ref()
+            .is_none_or(|b| b.open_for(now).is_none())
+    }
+
+    /// Counts an attempt in flight until the guard is dropped.
+    pub(crate) fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// The URL for `path` (relative, as given to the request) on this
+    /// endpoint, with the query the request was built with.
+    pub(crate) fn url_for(&self, path: &str, query: Option<&str>) -> Result<Url, Error> {
+        let mut url = self
+            .base
+            .join(path)
+            .map_err(|e| Error::config_from("invalid request URL", e))?;
+        url.set_query(query);
+        Ok(url)
+    }
+
+    fn status(&self, now: Instant) -> EndpointStatus {
+        EndpointStatus {
+            url: redact::url(&self.base).into_owned(),
+            weight: self.weight,
+            state: self
+                .breaker
+                .as_ref()
+                .map_or(CircuitState::Closed, |b| b.state(now)),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An attempt in flight to one endpoint.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a Instance);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One version of the endpoint list. Replaced whole on a refresh; calls keep
+/// the version they started an attempt with.
+#[derive(Debug)]
+pub(crate) struct EndpointSet {
+    instances: Vec<Arc<Instance>>,
+    /// Smooth weighted round robin's current weights, one per instance.
+    wrr: Mutex<Vec<i64>>,
+    /// Why the set is empty (the resolver's last error), if it is.
+    pub(crate) empty_because: Option<Arc<str>>,
+    /// Empty only because the first resolution has not finished.
+    pub(crate) pending: bool,
+}
+
+/// Validates one endpoint's URL and weight.
+pub(crate) fn parse_endpoint(ep: &Endpoint) -> Result<(Url, u32), Error> {
+    let url = crate::builder::parse_base(&ep.url, "endpoint")?;
+    if ep.weight == 0 {
+        return Err(Error::config("endpoint weight must be at least 1").with_url(&url));
+    }
+    Ok((url, ep.weight))
+}
+
+impl EndpointSet {
+    /// An empty set, waiting for a resolver (`pending`) or explaining why.
+    pub(crate) fn empty(pending: bool, because: Option<Arc<str>>) -> Self {
+        Self {
+            instances: Vec::new(),
+            wrr: Mutex::new(Vec::new()),
+            empty_because: because,
+            pending,
+        }
+    }
+
+    /// A set of the endpoints `list` (validated, duplicates merged), keeping
+    /// the state of those already in `previous`.
+    pub(crate) fn build(
+        list: Vec<(Url, u32)>,
+        previous: &Self,
+        breaker: Option<&CircuitBreakerConfig>,
+    ) -> Self {
+        let mut instances: Vec<Arc<Instance>> = Vec::with_capacity(list.len());
+        for (url, weight) in list {
+            if instances.iter().any(|i| i.base == url) {
+                continue;
+            }
+            let kept = previous
+                .instances
+                .iter()
+                .find(|i| i.base == url && i.weight == weight);
+            instances.push(match kept {
+                Some(i) => Arc::clone(i),
+                None => {
+                    // A new weight keeps nothing of the old state but the breaker's
+                    // verdict would be lost; weights rarely change, so start fresh.
+                    Arc::new(Instance::new(url, weight, breaker))
+                }
+            });
+        }
+        let n = instances.len();
+        Self {
+            instances,
+            wrr: Mutex::new(vec![0; n]),
+            empty_because: None,
+            pending: false,
+        }
+    }
+
+    /// How many of this set's endpoints were already in `previous`.
+    pub(crate) fn kept_from(&self, previous: &Self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| previous.instances.iter().any(|p| Arc::ptr_eq(p, i)))
+            .count()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub(crate) fn statuses(&self, now: Instant) -> Vec<EndpointStatus> {
+        self.instances.iter().map(|i| i.status(now)).collect()
+    }
+
+    /// The endpoint whose origin `url` is on, if any.
+    pub(crate) fn find_origin(&self, url: &Url) -> Option<&Arc<Instance>> {
+        self.instances
+            .iter()
+            .find(|i| redact::same_origin(&i.base, url))
+    }
+
+    /// The aggregate breaker state: `Open` when every endpoint is open,
+    /// `HalfOpen` when none is closed but some probe, else `Closed`.
+    pub(crate) fn state(&self, now: Instant) -> CircuitState {
+        // An empty set has nothing open to report.
+        let mut aggregate = CircuitState::Closed;
+        for (k, i) in self.instances.iter().enumerate() {
+            let state = i
+                .breaker
+                .as_ref()
+                .map_or(CircuitState::Closed, |b| b.state(now));
+            aggregate = match (k, state, aggregate) {
+                (_, CircuitState::Closed, _) => return CircuitState::Closed,
+                (0, s, _) | (_, s @ CircuitState::HalfOpen, _) | (_, CircuitState::Open, s) => s,
+            };
+        }
+        aggregate
+    }
+
+    /// `None` when some endpoint can take an attempt now, else the time until
+    /// the first open breaker lets a probe through.
+    pub(crate) fn all_open_for(&self, now: Instant) -> Option<Duration> {
+        let mut soonest: Option<Duration> = None;
+        for i in &self.instances {
+            match i.breaker.as_ref().and_then(|b| b.open_for(now)) {
+                None => return None,
+                Some(d) => soonest = Some(soonest.map_or(d, |s| s.min(d))),
+            }
+        }
+        soonest
+    }
+
+    /// Chooses the endpoint for one attempt and takes its breaker permit.
+    ///
+    /// The strategy picks among usable endpoints other than `avoid` (the one
+    /// the previous attempt went to); if none, among all usable ones. If the
+    /// pick's breaker refuses (its half-open probes are taken), the others are
+    /// asked in turn. When every breaker refuses, the error is `Rejected` with
+    /// the time to the first probe.
+    pub(crate) fn pick(
+        &self,
+        strategy: LoadBalance,
+        rr: &AtomicUsize,
+        now: Instant,
+        avoid: Option<&Arc<Instance>>,
+    ) -> Result<(&Arc<Instance>, Option<Permit<'_>>), Error> {
+        let n = self.instances.len();
+        if n == 0 {
+            let why = self
+                .empty_because
+                .as_deref()
+                .unwrap_or("the endpoint list is empty");
+            return Err(Error::no_endpoints(why.to_owned()));
+        }
+        let avoided = |i: &Arc<Instance>| avoid.is_some_and(|a| Arc::ptr_eq(a, i));
+        let start = self
+            .prefer(strategy, rr, |i| i.usable(now) && !avoided(i))
+            .or_else(|| self.prefer(strategy, rr, |i| i.usable(now)))
+            .unwrap_or(0);
+        let mut soonest: Option<Duration> = None;
+        // The pick first, then the others in order, the avoided one last.
+        let order = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| !avoided(&self.instances[i]))
+            .chain((0..n).filter(|&i| avoided(&self.instances[i])));
+        for idx in order {
+            let inst = &self.instances[idx];
+            match inst.breaker.as_ref().map(|b| b.try_acquire(now)) {
+                None => return Ok((inst, None)),
+                Some(Ok(permit)) => return Ok((inst, Some(permit))),
+                Some(Err(wait)) => {
+                    if let Some(d) = wait {
+                        soonest = Some(soonest.map_or(d, |s| s.min(d)));
+                    }
+                }
+            }
+        }
+        Err(Error::circuit_open(soonest))
+    }
+
+    /// The strategy's choice among the instances `ok` accepts.
+    fn prefer(
+        &self,
+        strategy: LoadBalance,
+        rr: &AtomicUsize,
+        ok: impl Fn(&Arc<Instance>) -> bool,
+    ) -> Option<usize> {
+        let candidates = self.instances.iter().filter(|i| ok(i)).count();
+        let nth = |k: usize| {
+            self.instances
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| ok(i))
+                .nth(k)
+                .map(|(idx, _)| idx)
+        };
+        match candidates {
+            0 => None,
+            1 => nth(0),
+            c => match strategy {
+                LoadBalance::RoundRobin => nth(rr.fetch_add(1, Ordering::Relaxed) % c),
+                LoadBalance::WeightedRoundRobin => self.smooth_weighted(&ok),
+                LoadBalance::LeastOutstanding => {
+                    let a = fastrand::usize(..c);
+                    let mut b = fastrand::usize(..c - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let (a, b) = (nth(a)?, nth(b)?);
+                    Some(if self.lighter(b, a) { b } else { a })
+                }
+            },
+        }
+    }
+
+    /// Whether instance `x` is less loaded than `y`, relative to their weights.
+    fn lighter(&self, x: usize, y: usize) -> bool {
+        let load = |i: usize| {
+            let inst = &self.instances[i];
+            (
+                inst.in_flight.load(Ordering::Relaxed) as u128,
+                u128::from(inst.weight),
+            )
+        };
+        let ((fx, wx), (fy, wy)) = (load(x), load(y));
+        // fx / wx < fy / wy without division.
+        fx * wy < fy * wx
+    }
+
+    /// nginx's smooth weighted round robin over the instances `ok` accepts:
+    /// every candidate gains its weight, the largest is chosen and loses the
+    /// total.
+    fn smooth_weighted(&self, ok: &impl Fn(&Arc<Instance>) -> bool) -> Option<usize> {
+        let mut current = self.wrr.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (idx, inst) in self.instances.iter().enumerate() {
+            if !ok(inst) {
+                continue;
+            }
+            let w = i64::from(inst.weight);
+            total += w;
+            let cur = current.get_mut(idx)?;
+            *cur += w;
+            if best.is_none_or(|b| current[b] < current[idx]) {
+                best = Some(idx);
+            }
+        }
+        let best = best?;
+        current[best] -= total;
+        Some(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(weights: &[u32]) -> EndpointSet {
+        let list = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (Url::parse(&format!("http://h{i}.test/")).unwrap(), w))
+            .collect();
+        EndpointSet::build(list, &EndpointSet::empty(false, None), None)
+    }
+
+    fn picks(s: &EndpointSet, strategy: LoadBalance, n: usize) -> Vec<usize> {
+        let rr = AtomicUsize::new(0);
+        let now = Instant::now();
+        (0..n)
+            .map(|_| {
+                let (inst, _) = s.pick(strategy, &rr, now, None).unwrap();
+                s.instances
+                    .iter()
+                    .position(|i| Arc::ptr_eq(i, inst))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves_as_nginx_does() {
+        let s = set(&[5, 1, 1]);
+        assert_eq!(
+            picks(&s, LoadBalance::WeightedRoundRobin, 7),
+            [0, 0, 1, 0, 2, 0, 0]
+        );
+    }
+
+    #[test]
+    fn round_robin_visits_each_in_turn() {
+        let s = set(&[1, 5, 1]);
+        assert_eq!(picks(&s, LoadBalance::RoundRobin, 6), [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_outstanding_prefers_the_idle_instance() {
+        let s = set(&[1, 1]);
+        let busy = s.instances[0].start();
+        let guards: Vec<_> = (0..3).map(|_| s.instances[0].start()).collect();
+        assert!(
+            picks(&s, LoadBalance::LeastOutstanding, 50)
+                .iter()
+                .all(|&i| i == 1)
+        );
+        drop((busy, guards));
+    }
+
+    #[test]
+    fn a_retry_avoids_the_previous_instance() {
+        let s = set(&[1, 1, 1]);
+        let rr = AtomicUsize::new(0);
+        let now = Instant::now();
+        for strategy in [
+            LoadBalance::RoundRobin,
+            LoadBalance::WeightedRoundRobin,
+            LoadBalance::LeastOutstanding,
+        ] {
+            for k in 0..3 {
+                let avoid = &s.instances[k];
+                for _ in 0..20 {
+                    let (got, _) = s.pick(strategy, &rr, now, Some(avoid)).unwrap();
+                    assert!(!Arc::ptr_eq(got, avoid), "{strategy:?}");
+                }
+            }
+        }
+        // With one instance, the retry goes to it.
+        let one = set(&[1]);
+        let only = Arc::clone(&one.instances[0]);
+        let (got, _) = one
+            .pick(LoadBalance::RoundRobin, &rr, now, Some(&only))
+            .unwrap();
+        assert!(Arc::ptr_eq(got, &only));
+    }
+
+    #[test]
+    fn an_empty_set_is_rejected_with_its_reason() {
+        let s = EndpointSet::empty(false, Some("resolver failed".into()));
+        let err = s
+            .pick(
+                LoadBalance::RoundRobin,
+                &AtomicUsize::new(0),
+                Instant::now(),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Rejected);
+        assert!(err.to_string().contains("resolver failed"), "{err}");
+    }
+
+    #[test]
+    fn a_rebuilt_set_keeps_the_state_of_endpoints_it_still_has() {
+        let s = set(&[1, 1]);
+        let kept = Arc::clone(&s.instances[1]);
+        let list = vec![
+            (kept.base.clone(), 1),
+            (Url::parse("http://new.test/").unwrap(), 1),
+            (kept.base.clone(), 1),
+        ];
+        let next = EndpointSet::build(list, &s, None);
+        assert_eq!(next.len(), 2, "duplicates are merged");
+        assert!(Arc::ptr_eq(&next.instances[0], &kept));
+    }
+}

@@ -1,0 +1,283 @@
+//! [`EtcdResolver`]: instances registered in etcd, read through etcd's v3 JSON
+//! gateway (plain HTTP, so no gRPC stack).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::balance::Endpoint;
+use crate::client::ApiClient;
+use crate::discovery::{ResolveError, ResolveFuture, Resolver};
+
+/// Reads the instances of a service from the keys under a prefix in etcd (v3),
+/// through its JSON gateway: one `POST /v3/kv/range` per refresh (see
+/// [`resolver_refresh`](crate::ApiClientBuilder::resolver_refresh)). Needs the
+/// cargo feature `etcd`.
+///
+/// Each key under the prefix is one instance; its value is any of:
+///
+/// - a base URL: `http://10.0.0.7:8080/api/`;
+/// - `host:port`: `10.0.0.7:8080`, made `http://10.0.0.7:8080` plus the
+///   [`base_path`](Self::base_path);
+/// - a JSON object with `"url"` (or `"addr"`/`"Addr"`, as above) and an
+///   optional `"weight"`: `{"url": "http://10.0.0.7:8080/", "weight": 2}`.
+///
+/// Values that are none of these are skipped with a WARN. The lookups go
+/// through a client of their own (2 s per attempt, 5 s in all, retried).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use resilient_http::{ApiClient, EtcdResolver};
+///
+/// // Registered with: etcdctl put /services/orders/a http://10.0.0.7:8080/api/
+/// let client = ApiClient::builder()
+///     .resolver(EtcdResolver::new("http://127.0.0.1:2379", "/services/orders/"))
+///     .resolver_refresh(Duration::from_secs(10))
+///     .build()?;
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+pub struct EtcdResolver {
+    client: Result<ApiClient, String>,
+    prefix: String,
+    base_path: String,
+}
+
+impl fmt::Debug for EtcdResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdResolver")
+            .field(
+                "etcd",
+                &self.client.as_ref().ok().and_then(ApiClient::base_url),
+            )
+            .field("prefix", &self.prefix)
+            .field("base_path", &self.base_path)
+            .finish()
+    }
+}
+
+impl EtcdResolver {
+    /// A resolver for the keys under `prefix` in the etcd at `etcd_url`
+    /// (`http://host:2379`). An invalid URL is reported by every resolution.
+    pub fn new(etcd_url: impl AsRef<str>, prefix: impl Into<String>) -> Self {
+        let client = ApiClient::builder()
+            .base_url(etcd_url)
+            .attempt_timeout(Duration::from_secs(2))
+            .total_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string());
+        Self {
+            client,
+            prefix: prefix.into(),
+            base_path: "/".to_owned(),
+        }
+    }
+
+    /// The path put after `host:port` values (default `/`); full URLs are
+    /// used as they are.
+    #[must_use]
+    pub fn base_path(mut self, path: impl Into<String>) -> Self {
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        self.base_path = path;
+        self
+    }
+
+    async fn lookup(&self) -> Result<Vec<Endpoint>, ResolveError> {
+        let client = self.client.as_ref().map_err(String::clone)?;
+        let key = self.prefix.as_bytes();
+        let body = serde_json::json!({
+            "key": base64::encode(key),
+            "range_end": base64::encode(&prefix_end(key)),
+        });
+        let resp: RangeResponse = client
+            .post("v3/kv/range")
+            .json(&body)
+            // A range read changes nothing: safe to repeat.
+            .idempotent(true)
+            .send_json()
+            .await?;
+        let mut endpoints = Vec::with_capacity(resp.kvs.len());
+        for kv in resp.kvs {
+            let value = base64::decode(&kv.value).unwrap_or_default();
+            if let Some(ep) = self.endpoint_of(&value) {
+                endpoints.push(ep);
+            } else {
+                tracing::warn!(
+                    target: "resilient_http::discovery",
+                    key = %String::from_utf8_lossy(&base64::decode(&kv.key).unwrap_or_default()),
+                    "skipping an etcd value that is not an endpoint"
+                );
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// The endpoint a registered value names, if it names one.
+    fn endpoint_of(&self, value: &[u8]) -> Option<Endpoint> {
+        let text = std::str::from_utf8(value).ok()?.trim();
+        if text.starts_with('{') {
+            let v: Registered = serde_json::from_str(text).ok()?;
+            let url = v.url.or(v.addr)?;
+            return Some(Endpoint::new(self.url_of(&url)).weight(v.weight.unwrap_or(1)));
+        }
+        (!text.is_empty()).then(|| Endpoint::new(self.url_of(text)))
+    }
+
+    fn url_of(&self, addr: &str) -> String {
+        if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}{}", self.base_path)
+        }
+    }
+}
+
+impl Resolver for EtcdResolver {
+    fn resolve(&self) -> ResolveFuture<'_> {
+        Box::pin(self.lookup())
+    }
+}
+
+/// The end of etcd's range for `prefix`: the prefix with its last byte
+/// incremented (bytes of `0xff` dropped first); `[0]` means "to the end".
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[derive(Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct KeyValue {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct Registered {
+    url: Option<String>,
+    #[serde(alias = "Addr")]
+    addr: Option<String>,
+    weight: Option<u32>,
+}
+
+/// Standard base64 with padding, as etcd's gateway writes bytes.
+mod base64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// `None` for text that is not base64.
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.trim_end_matches('=');
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for c in text.bytes() {
+            let v = ALPHABET.iter().position(|&a| a == c)?;
+            acc = acc << 6 | u32::try_from(v).ok()?;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push(u8::try_from(acc >> bits & 0xff).ok()?);
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64::encode(plain.as_bytes()), coded);
+            assert_eq!(base64::decode(coded).unwrap(), plain.as_bytes());
+        }
+        assert_eq!(base64::decode("not base64!"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn base64_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(base64::decode(&base64::encode(&bytes)).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/services/orders/"), b"/services/orders0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
+        assert_eq!(prefix_end(b""), [0]);
+    }
+
+    #[test]
+    fn registered_values_in_each_form_name_an_endpoint() {
+        let r = EtcdResolver::new("http://127.0.0.1:2379", "/s/").base_path("api/");
+        let ep = |v: &str| {
+            r.endpoint_of(v.as_bytes())
+                .map(|e| (e.url().to_owned(), e.get_weight()))
+        };
+        assert_eq!(ep("http://h:1/x/"), Some(("http://h:1/x/".into(), 1)));
+        assert_eq!(
+            ep("10.0.0.7:8080"),
+            Some(("http://10.0.0.7:8080/api/".into(), 1))
+        );
+        assert_eq!(
+            ep(r#"{"url": "http://h:2/", "weight": 3}"#),
+            Some(("http://h:2/".into(), 3))
+        );
+        assert_eq!(
+            ep(r#"{"Addr": "h:3"}"#),
+            Some(("http://h:3/api/".into(), 1))
+        );
+        assert_eq!(ep(r#"{"weight": 3}"#), None);
+        assert_eq!(ep(""), None);
+    }
+}
