@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .consecutive_failures(3)
                 .open_duration(open_for)
                 .on_state_change(|endpoint, from, to| {
-                    println!("  [breaker] {endpoint}: {from} -> {to}")
+                    println!("  [breaker] {endpoint}: {from} -> {to}");
                 }),
         )
         .build()?;

@@ -7,11 +7,13 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
+use crate::auth::{TokenCache, TokenProvider};
 use crate::balance::{Endpoint, LoadBalance, parse_endpoint};
 use crate::breaker::{Breakers, CircuitBreakerConfig};
 use crate::client::{ApiClient, Inner};
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
+use crate::hook::RequestHook;
 use crate::limit::{Limits, RateLimit};
 use crate::redact;
 use crate::retry::RetryPolicy;
@@ -70,6 +72,8 @@ pub struct ApiClientBuilder {
     load_balance: LoadBalance,
     resolver: Option<Arc<dyn Resolver>>,
     resolver_refresh: Duration,
+    token_provider: Option<Arc<dyn TokenProvider>>,
+    hooks: Vec<Arc<dyn RequestHook>>,
     connect_timeout: Duration,
     read_timeout: Duration,
     attempt_timeout: Duration,
@@ -108,6 +112,8 @@ impl fmt::Debug for ApiClientBuilder {
             .field("endpoints", &self.endpoints)
             .field("load_balance", &self.load_balance)
             .field("resolver", &self.resolver.is_some())
+            .field("token_provider", &self.token_provider.is_some())
+            .field("request_hooks", &self.hooks.len())
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
@@ -131,6 +137,8 @@ impl ApiClientBuilder {
             load_balance: LoadBalance::default(),
             resolver: None,
             resolver_refresh: DEFAULT_RESOLVER_REFRESH,
+            token_provider: None,
+            hooks: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
@@ -225,6 +233,26 @@ impl ApiClientBuilder {
     /// failed resolution is retried sooner (from 250 ms, doubling).
     pub fn resolver_refresh(mut self, every: Duration) -> Self {
         self.resolver_refresh = every;
+        self
+    }
+
+    /// Bearer tokens from `provider` on every attempt to the client's own
+    /// endpoints: cached, fetched again shortly before they expire (by one
+    /// call at a time), and after a `401 Unauthorized`, which retries the call
+    /// once whatever its method (the server refused it before acting on it).
+    /// A request that sets its own `Authorization` header keeps it. Setting
+    /// both a token provider and `bearer_auth` is a `Config` error. See
+    /// [`TokenProvider`] and [`OAuth2ClientCredentials`](crate::OAuth2ClientCredentials).
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Self {
+        self.token_provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// Runs `hook` on every attempt, just before it is sent, to add headers
+    /// (request ids, `traceparent`, tenant headers). Hooks run in the order
+    /// they are added; see [`RequestHook`] for an example.
+    pub fn request_hook(mut self, hook: impl RequestHook) -> Self {
+        self.hooks.push(Arc::new(hook));
         self
     }
 
@@ -406,6 +434,11 @@ impl ApiClientBuilder {
                 "set either base_url or endpoints/resolver, not both",
             ));
         }
+        if self.token_provider.is_some() && self.headers.contains_key(header::AUTHORIZATION) {
+            return Err(Error::config(
+                "set either a token provider or an Authorization default header, not both",
+            ));
+        }
         let endpoints = self
             .endpoints
             .iter()
@@ -451,6 +484,8 @@ impl ApiClientBuilder {
             http,
             base,
             balancer,
+            self.token_provider.map(TokenCache::new),
+            self.hooks.into_boxed_slice(),
             self.attempt_timeout,
             self.total_timeout,
             self.max_response_bytes,

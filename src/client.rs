@@ -12,12 +12,15 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::auth::TokenCache;
 use crate::balance::EndpointStatus;
 use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
 use crate::discovery::Balancer;
 use crate::error::Error;
+use crate::hook::RequestHook;
 use crate::limit::Limits;
+use crate::metrics::{ClientStats, Stats};
 use crate::redact;
 use crate::request::RequestBuilder;
 use crate::retry::{Budget, RetryPolicy};
@@ -61,6 +64,9 @@ pub(crate) struct Inner {
     pub(crate) base: Option<Url>,
     /// The endpoints, for a client built with `endpoints` or a resolver.
     pub(crate) balancer: Option<Balancer>,
+    pub(crate) auth: Option<TokenCache>,
+    pub(crate) hooks: Box<[Arc<dyn RequestHook>]>,
+    pub(crate) stats: Stats,
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
     pub(crate) max_response_bytes: usize,
@@ -79,6 +85,8 @@ impl Inner {
         http: reqwest::Client,
         base: Option<Url>,
         balancer: Option<Balancer>,
+        auth: Option<TokenCache>,
+        hooks: Box<[Arc<dyn RequestHook>]>,
         attempt_timeout: Duration,
         total_timeout: Duration,
         max_response_bytes: usize,
@@ -92,6 +100,9 @@ impl Inner {
             http,
             base,
             balancer,
+            auth,
+            hooks,
+            stats: Stats::default(),
             attempt_timeout,
             total_timeout,
             max_response_bytes,
@@ -217,12 +228,13 @@ impl ApiClient {
 
     /// Adds the default headers the request does not set itself. A request to
     /// another origin than the base URL's gets no credential-like ones.
-    /// `routed`: the request goes to one of the client's endpoints.
-    pub(crate) fn apply_default_headers(&self, request: &mut reqwest::Request, routed: bool) {
-        let defaults = &self.inner.default_headers;
-        if defaults.is_empty() {
-            return;
-        }
+    /// `routed`: the request goes to one of the client's endpoints. Returns
+    /// whether the request goes to another origin than the client's own.
+    pub(crate) fn apply_default_headers(
+        &self,
+        request: &mut reqwest::Request,
+        routed: bool,
+    ) -> bool {
         let inner = &*self.inner;
         let foreign = !routed
             && match (&inner.base, &inner.balancer) {
@@ -230,6 +242,10 @@ impl ApiClient {
                 (None, Some(b)) => b.snapshot().find_origin(request.url()).is_none(),
                 (None, None) => false,
             };
+        let defaults = &self.inner.default_headers;
+        if defaults.is_empty() {
+            return foreign;
+        }
         let headers = request.headers_mut();
         for name in defaults.keys() {
             if headers.contains_key(name) || (foreign && redact::is_sensitive_name(name.as_str())) {
@@ -239,6 +255,7 @@ impl ApiClient {
                 headers.append(name.clone(), value.clone());
             }
         }
+        foreign
     }
 
     /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute
@@ -302,6 +319,16 @@ impl ApiClient {
             Some(balancer) => balancer.refresh().await,
             None => Ok(0),
         }
+    }
+
+    /// A snapshot of the client's counters (shared by its clones): calls,
+    /// outcomes, attempts, retries, rejections, calls in flight, token
+    /// fetches. With the `metrics` feature the same events also go to the
+    /// `metrics` facade; see [`ClientStats`].
+    #[must_use]
+    pub fn stats(&self) -> ClientStats {
+        let fetches = self.inner.auth.as_ref().map_or(0, TokenCache::fetches);
+        self.inner.stats.snapshot(fetches)
     }
 
     /// A request with any method.

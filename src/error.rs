@@ -99,6 +99,8 @@ pub(crate) enum What {
     RateLimited,
     #[error("concurrency limit reached")]
     ConcurrencyLimited,
+    #[error("could not get a token: {0}")]
+    Auth(Cow<'static, str>),
     #[error("no endpoint available: {0}")]
     NoEndpoints(Cow<'static, str>),
     #[error("response body is larger than {0} bytes")]
@@ -387,6 +389,11 @@ impl Error {
         Self::simple(ErrorKind::Rejected, What::NoEndpoints(why.into()))
     }
 
+    /// No token could be had for the call (nothing was sent).
+    pub(crate) fn auth(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::simple(ErrorKind::Rejected, What::Auth(why.into()))
+    }
+
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.inner.source = Some(source.into());
         self
@@ -536,6 +543,7 @@ impl Error {
             What::RateLimited => Cow::Borrowed("rate_limited"),
             What::ConcurrencyLimited => Cow::Borrowed("concurrency_limited"),
             What::NoEndpoints(_) => Cow::Borrowed("no_endpoints"),
+            What::Auth(_) => Cow::Borrowed("auth"),
             What::TooLarge(_) => Cow::Borrowed("too_large"),
             What::Decode(_) => Cow::Borrowed("decode"),
             What::Config(_) => Cow::Borrowed("config"),

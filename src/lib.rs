@@ -143,7 +143,9 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod auth;
 mod balance;
+mod base64;
 mod breaker;
 mod builder;
 mod client;
@@ -151,7 +153,9 @@ mod discovery;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod hook;
 mod limit;
+mod metrics;
 mod pipeline;
 mod redact;
 mod request;
@@ -159,6 +163,7 @@ mod response;
 mod retry;
 mod timeout;
 
+pub use auth::{OAuth2ClientCredentials, Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState};
 pub use builder::{
@@ -172,7 +177,9 @@ pub use discovery::{
 pub use error::{Error, ErrorKind, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
+pub use hook::{HookRequest, RequestHook};
 pub use limit::RateLimit;
+pub use metrics::ClientStats;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};

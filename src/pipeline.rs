@@ -28,11 +28,14 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use url::Url;
 
+use crate::auth::Credential;
 use crate::balance::{EndpointSet, Instance};
 use crate::breaker::{Breaker, Permit, Verdict};
 use crate::client::ApiClient;
 use crate::discovery::Balancer;
 use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
+use crate::hook::HookRequest;
+use crate::metrics::{Active, Stats};
 use crate::redact;
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{Decision, Withdrawal, parse_retry_after};
@@ -57,6 +60,8 @@ pub(crate) struct Call {
     /// For a client with endpoints: the relative path, joined onto the
     /// endpoint each attempt goes to (the request's URL is a placeholder).
     pub(crate) routed: Option<Box<str>>,
+    /// Send the client's token (see [`crate::auth`]) with each attempt.
+    pub(crate) use_token: bool,
 }
 
 /// How the outcome of a successful pipeline becomes what the caller asked for:
@@ -143,6 +148,20 @@ pub(crate) struct CallContext<'a> {
     url: Url,
     deadline: Deadline,
     span: &'a tracing::Span,
+    /// The call, as the client's counters see it.
+    active: Active<'a>,
+}
+
+/// How a call is carried out, besides its context and request.
+struct Plan {
+    /// The call may be sent more than once.
+    idempotent: bool,
+    /// The request carries credentials a cross-origin redirect would leak.
+    guard_redirects: bool,
+    /// For a routed call: the relative path joined onto each endpoint.
+    routed: Option<Box<str>>,
+    /// Send the client's token with each attempt.
+    use_token: bool,
 }
 
 impl CallContext<'_> {
@@ -154,6 +173,8 @@ impl CallContext<'_> {
             attempts,
             self.deadline.elapsed(),
         );
+        self.active
+            .end(Err(&err), self.deadline.elapsed(), self.url.host_str());
         let span = self.span;
         if !span.is_disabled() {
             if let Some(status) = err.status() {
@@ -179,7 +200,11 @@ impl CallContext<'_> {
     /// Reports a wait for one limit (`"concurrency"` or `"rate"`) and records
     /// the call's total wait so far in the span.
     fn waited(&self, limit: &'static str, wait: Duration, total: Duration) {
-        if wait.is_zero() || self.span.is_disabled() {
+        if wait.is_zero() {
+            return;
+        }
+        Stats::waited(limit, wait);
+        if self.span.is_disabled() {
             return;
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -202,7 +227,12 @@ impl CallContext<'_> {
     }
 
     /// Records a successful call in the span.
-    fn succeeded(&self, status: StatusCode, attempts: u32) {
+    fn succeeded(&self, status: StatusCode, attempts: u32, now: Instant) {
+        self.active.end(
+            Ok(status),
+            self.deadline.elapsed_at(now),
+            self.url.host_str(),
+        );
         if !self.span.is_disabled() {
             self.span
                 .record("http.response.status_code", status.as_u16());
@@ -252,14 +282,24 @@ impl ApiClient {
         self.pipeline::<F>(call, inner_span).instrument(span)
     }
 
+    // One loop in one future, on purpose: splitting it into nested async
+    // functions moved the whole state more often (see BENCHMARKS.md).
+    #[allow(clippy::too_many_lines)]
     async fn pipeline<F: Finish>(
         self,
         call: Result<Call, Error>,
         span: tracing::Span,
     ) -> Result<F::Output, Error> {
         let (call, span, inner) = (call?, &span, &*self.inner);
-        let (mut ctx, replay, request, idempotent, guard_redirects, routed) =
-            self.prepare(call, span);
+        let (mut ctx, replay, request, plan) = self.prepare(call, span, &inner.stats);
+        let Plan {
+            idempotent,
+            guard_redirects,
+            routed,
+            use_token,
+        } = plan;
+        let auth = inner.auth.as_ref().filter(|_| use_token);
+        let mut reauthorized = false;
         let deadline = ctx.deadline;
         // For a routed call: the balancer, the path and the query to put on
         // each endpoint's URL.
@@ -293,6 +333,14 @@ impl ApiClient {
             }
             .transpose()
             .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
+            let credential = match auth {
+                Some(auth) => Some(
+                    auth.credential(&deadline)
+                        .await
+                        .map_err(|err| ctx.fail(err, attempts))?,
+                ),
+                None => None,
+            };
             let avoid = tried.take();
             let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker.as_deref());
             let (permit, now, target) = match self.admit(&route, &deadline).await {
@@ -313,8 +361,11 @@ impl ApiClient {
                 tried = Some(Arc::clone(instance));
             }
             let flight = target.map(|i| i.start());
-            let request = replay.next(&mut original, &ctx, target.is_some());
+            let mut request = replay.next(&mut original, &ctx, target.is_some());
             attempts += 1;
+            inner.stats.attempt(&ctx.method, attempts);
+            let guard_redirects =
+                self.decorate(&mut request, credential.as_ref(), attempts, guard_redirects);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
             let attempt = self.attempt(request, &ctx.url, F::STREAM);
             let timed = if guard_redirects {
@@ -333,7 +384,7 @@ impl ApiClient {
                     if let Some(budget) = &inner.budget {
                         budget.deposit(now);
                     }
-                    ctx.succeeded(got.status(), attempts);
+                    ctx.succeeded(got.status(), attempts, now);
                     let elapsed = ctx.deadline.elapsed_at(now);
                     return F::finish(got, attempts, elapsed, ctx, slot.take());
                 }
@@ -342,6 +393,16 @@ impl ApiClient {
                         p.record(Verdict::of(err.kind()), now);
                     }
                     attempt_failed(attempts, &err);
+                    if let (Some(auth), Some((_, generation))) = (auth, &credential)
+                        && err.status() == Some(StatusCode::UNAUTHORIZED)
+                        && !std::mem::replace(&mut reauthorized, true)
+                    {
+                        // The token was refused: drop it, and try once more
+                        // with a new one, at once.
+                        auth.reject(*generation);
+                        last = Some(err);
+                        continue;
+                    }
                     let Some((delay, withdrawal)) = self.retry_delay(
                         &err,
                         attempts,
@@ -353,6 +414,7 @@ impl ApiClient {
                     ) else {
                         return Err(ctx.fail(err, attempts));
                     };
+                    Stats::retry(&ctx.method, &err.type_name());
                     // Dropped with the call if it is cancelled during the sleep.
                     pending = withdrawal;
                     tokio::time::sleep(delay).await;
@@ -369,14 +431,8 @@ impl ApiClient {
         &self,
         call: Call,
         span: &'s tracing::Span,
-    ) -> (
-        CallContext<'s>,
-        Replay,
-        reqwest::Request,
-        bool,
-        bool,
-        Option<Box<str>>,
-    ) {
+        stats: &'s Stats,
+    ) -> (CallContext<'s>, Replay, reqwest::Request, Plan) {
         let Call {
             request,
             body,
@@ -384,22 +440,58 @@ impl ApiClient {
             idempotent,
             guard_redirects,
             routed,
+            use_token,
         } = call;
         let ctx = CallContext {
             method: request.method().clone(),
             url: request.url().clone(),
             deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
             span,
+            active: stats.start(request.method()),
         };
         // The first attempt sends the request itself; a retry rebuilds it from
-        // the context, these headers and the shared body bytes.
+        // the context, these headers and the shared body bytes. A 401 retries
+        // once even without a retry policy.
+        let may_repeat = self.inner.retry.max_attempts > 1 || use_token;
         let replay = Replay {
-            headers: (self.inner.retry.max_attempts > 1 && !request.headers().is_empty())
+            headers: (may_repeat && !request.headers().is_empty())
                 .then(|| request.headers().clone()),
             body,
             version: request.version(),
         };
-        (ctx, replay, request, idempotent, guard_redirects, routed)
+        let plan = Plan {
+            idempotent,
+            guard_redirects,
+            routed,
+            use_token,
+        };
+        (ctx, replay, request, plan)
+    }
+
+    /// Sets the token (if any) and runs the request hooks on an attempt's
+    /// request. Returns whether the attempt must not follow redirects to
+    /// another origin.
+    fn decorate(
+        &self,
+        request: &mut reqwest::Request,
+        credential: Option<&Credential>,
+        attempt: u32,
+        guard_redirects: bool,
+    ) -> bool {
+        if let Some((header, _)) = credential {
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, header.clone());
+        }
+        let hooks = &self.inner.hooks;
+        if hooks.is_empty() {
+            return guard_redirects;
+        }
+        let mut hooked = HookRequest::new(request, attempt);
+        for hook in hooks {
+            hook.on_request(&mut hooked);
+        }
+        guard_redirects || redact::would_leak_on_redirect(request.headers())
     }
 
     /// Admission of one attempt: the breaker first (an open one refuses at

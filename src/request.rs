@@ -203,7 +203,13 @@ impl RequestBuilder {
                 .entry(reqwest::header::CONTENT_TYPE)
                 .or_insert(HeaderValue::from_static("application/json"));
         }
-        client.apply_default_headers(&mut request, routed.is_some());
+        let own_auth = request
+            .headers()
+            .contains_key(reqwest::header::AUTHORIZATION);
+        let foreign = client.apply_default_headers(&mut request, routed.is_some());
+        // The token goes only to the client's own endpoints, and not over a
+        // request's own Authorization header.
+        let use_token = client.inner.auth.is_some() && !own_auth && !foreign;
         let guard_redirects = crate::redact::would_leak_on_redirect(request.headers());
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         (
@@ -215,6 +221,7 @@ impl RequestBuilder {
                 idempotent,
                 guard_redirects,
                 routed,
+                use_token,
             }),
         )
     }

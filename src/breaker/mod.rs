@@ -560,6 +560,8 @@ impl Breaker {
                 "circuit breaker closed"
             ),
         }
+        #[cfg(feature = "metrics")]
+        crate::metrics::breaker_transition(endpoint, t.to);
         if let Some(cb) = &self.cfg.on_state_change {
             cb(endpoint, t.from, t.to);
         }

@@ -1,0 +1,456 @@
+//! Credentials that refresh: the [`TokenProvider`] trait, the client's token
+//! cache, and the built-in [`OAuth2ClientCredentials`] provider.
+//!
+//! With [`token_provider`](crate::ApiClientBuilder::token_provider), every
+//! attempt to the client's own endpoints carries `Authorization: Bearer
+//! <token>`. The token is cached and fetched again shortly before it expires,
+//! by one call at a time (the others keep using the still valid token, or
+//! wait for the fetch when there is none). A `401 Unauthorized` answer drops
+//! the token, and the call is retried once with a new one. Tokens are secrets:
+//! they never appear in `Debug`, `Display`, logs or tracing fields.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::client::ApiClient;
+use crate::error::{BoxError, Error};
+use crate::timeout::Deadline;
+
+/// A token is fetched again when it has less than this left to live
+/// (or a tenth of its lifetime, if shorter).
+const REFRESH_AHEAD: Duration = Duration::from_secs(30);
+
+/// A bearer token and when it expires. Its value never appears in `Debug`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use resilient_http::Token;
+///
+/// let token = Token::new("s3cr3t").expires_in(Duration::from_secs(3600));
+/// assert!(!format!("{token:?}").contains("s3cr3t"));
+/// assert_eq!(token.secret(), "s3cr3t");
+/// ```
+#[derive(Clone)]
+pub struct Token {
+    value: String,
+    lifetime: Option<Duration>,
+}
+
+impl Token {
+    /// A token that does not expire (until a `401` says otherwise).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self {
+            value: value.into(),
+            lifetime: None,
+        }
+    }
+
+    /// The token expires this long after it was fetched.
+    #[must_use]
+    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
+    }
+
+    /// The token's value. Keep it out of logs.
+    #[must_use]
+    pub fn secret(&self) -> &str {
+        &self.value
+    }
+
+    /// How long the token lives from when it was fetched, if it expires.
+    #[must_use]
+    pub fn lifetime(&self) -> Option<Duration> {
+        self.lifetime
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// What [`TokenProvider::token`] returns: a boxed future of a [`Token`].
+pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, BoxError>> + Send + 'a>>;
+
+/// A source of bearer tokens: an OAuth 2.0 server, a vault, a file a sidecar
+/// rewrites. The client caches the token; the provider is asked only when the
+/// cached one is missing, about to expire, or was refused with a `401`.
+///
+/// Closures returning a future implement it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use resilient_http::{ApiClient, Token};
+///
+/// let client = ApiClient::builder()
+///     .base_url("http://127.0.0.1:8080/")
+///     .token_provider(|| async {
+///         // e.g. read the token a sidecar keeps fresh
+///         Ok(Token::new("token-from-somewhere").expires_in(Duration::from_secs(300)))
+///     })
+///     .build()?;
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+pub trait TokenProvider: Send + Sync + 'static {
+    /// Fetches a new token.
+    fn token(&self) -> TokenFuture<'_>;
+}
+
+impl<F, Fut> TokenProvider for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Token, BoxError>> + Send + 'static,
+{
+    fn token(&self) -> TokenFuture<'_> {
+        Box::pin(self())
+    }
+}
+
+/// A cached token, as the header it is sent in.
+#[derive(Clone)]
+struct Cached {
+    header: HeaderValue,
+    /// When to fetch a new one (before it expires).
+    refresh_at: Option<Instant>,
+    /// When it stops being usable.
+    expires_at: Option<Instant>,
+    generation: u64,
+}
+
+/// The client's token: cached, refreshed by one call at a time.
+pub(crate) struct TokenCache {
+    provider: Arc<dyn TokenProvider>,
+    current: RwLock<Option<Cached>>,
+    /// Held by the one call fetching a token.
+    fetching: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    fetches: AtomicU64,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("fetches", &self.fetches.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The header to send and the token generation it belongs to.
+pub(crate) type Credential = (HeaderValue, u64);
+
+impl TokenCache {
+    pub(crate) fn new(provider: Arc<dyn TokenProvider>) -> Self {
+        Self {
+            provider,
+            current: RwLock::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// How many tokens were fetched.
+    pub(crate) fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self) -> Option<Cached> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The header for the next attempt, fetching a token if there is no
+    /// usable one (within the call's deadline).
+    pub(crate) async fn credential(&self, deadline: &Deadline) -> Result<Credential, Error> {
+        let now = Instant::now();
+        let cached = self.cached();
+        if let Some(c) = &cached {
+            let usable = c.expires_at.is_none_or(|t| now < t);
+            let due = c.refresh_at.is_some_and(|t| now >= t);
+            if usable && !due {
+                return Ok((c.header.clone(), c.generation));
+            }
+            if usable {
+                // Due for a refresh: one call fetches, the others go on with
+                // the valid token.
+                let Ok(_fetching) = self.fetching.try_lock() else {
+                    return Ok((c.header.clone(), c.generation));
+                };
+                return match self.fetch(deadline).await {
+                    Ok(fresh) => Ok(fresh),
+                    Err(err) => {
+                        tracing::warn!(
+                            target: "resilient_http::auth",
+                            error = %err,
+                            "token refresh failed; using the current token until it expires"
+                        );
+                        Ok((c.header.clone(), c.generation))
+                    }
+                };
+            }
+        }
+        let stale = cached.map(|c| c.generation);
+        let Ok(_fetching) = tokio::time::timeout(deadline.remaining(), self.fetching.lock()).await
+        else {
+            return Err(Error::auth("timed out waiting for a token"));
+        };
+        // Another call may have fetched one while this one waited.
+        if let Some(c) = self.cached()
+            && Some(c.generation) != stale
+            && c.expires_at.is_none_or(|t| Instant::now() < t)
+        {
+            return Ok((c.header, c.generation));
+        }
+        self.fetch(deadline).await
+    }
+
+    /// Drops the token of `generation` after a `401`, unless a newer one
+    /// already replaced it.
+    pub(crate) fn reject(&self, generation: u64) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            *current = None;
+        }
+    }
+
+    /// Asks the provider (the caller holds `fetching`).
+    async fn fetch(&self, deadline: &Deadline) -> Result<Credential, Error> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched = tokio::time::timeout(deadline.remaining(), self.provider.token()).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_fetched(matches!(fetched, Ok(Ok(_))));
+        let token = match fetched {
+            Ok(Ok(token)) => token,
+            Ok(Err(e)) => return Err(Error::auth("the token provider failed").with_source(e)),
+            Err(_) => return Err(Error::auth("the token provider did not answer in time")),
+        };
+        let mut header = crate::builder::bearer(&token.value)
+            .map_err(|_| Error::auth("the token is not a valid header value"))?;
+        header.set_sensitive(true);
+        let now = Instant::now();
+        let (refresh_at, expires_at) = match token.lifetime {
+            Some(life) => {
+                let ahead = REFRESH_AHEAD.min(life / 10);
+                (
+                    now.checked_add(life.saturating_sub(ahead)),
+                    now.checked_add(life),
+                )
+            }
+            None => (None, None),
+        };
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let cached = Cached {
+            header: header.clone(),
+            refresh_at,
+            expires_at,
+            generation,
+        };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(cached);
+        tracing::debug!(
+            target: "resilient_http::auth",
+            lifetime_s = token.lifetime.map(|d| d.as_secs()),
+            "fetched a token"
+        );
+        Ok((header, generation))
+    }
+}
+
+/// OAuth 2.0 client credentials grant (RFC 6749 section 4.4): tokens for a
+/// service acting on its own behalf, from the authorization server's token
+/// endpoint.
+///
+/// Each fetch POSTs `grant_type=client_credentials` (and `scope`, if set) as a
+/// form, authenticating the client with HTTP Basic (section 2.3.1) or, with
+/// [`credentials_in_body`](Self::credentials_in_body), with `client_id` and
+/// `client_secret` form fields. The answer's `access_token` and `expires_in`
+/// make the [`Token`]. The token endpoint is called through a client of its
+/// own (5 s per attempt, 15 s in all, retried on transient failures). The
+/// secret never appears in `Debug`, errors or logs.
+///
+/// # Examples
+///
+/// ```
+/// use resilient_http::{ApiClient, OAuth2ClientCredentials};
+///
+/// let client = ApiClient::builder()
+///     .base_url("https://orders.internal/api/")
+///     .token_provider(
+///         OAuth2ClientCredentials::new("https://auth.internal/oauth2/token", "orders-svc", "s3cr3t")
+///             .scope("orders.read orders.write"),
+///     )
+///     .build()?;
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+pub struct OAuth2ClientCredentials {
+    token_url: String,
+    client_id: String,
+    client_secret: String,
+    scope: Option<String>,
+    params: Vec<(String, String)>,
+    in_body: bool,
+    client: Result<ApiClient, String>,
+}
+
+impl fmt::Debug for OAuth2ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = url::Url::parse(&self.token_url).map_or_else(
+            |_| "<invalid url>".to_owned(),
+            |u| crate::redact::url(&u).to_string(),
+        );
+        f.debug_struct("OAuth2ClientCredentials")
+            .field("token_url", &url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuth2ClientCredentials {
+    /// A provider for `client_id` and `client_secret` at `token_url`.
+    pub fn new(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        let client = ApiClient::builder()
+            .attempt_timeout(Duration::from_secs(5))
+            .total_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| e.to_string());
+        Self {
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            scope: None,
+            params: Vec::new(),
+            in_body: false,
+            client,
+        }
+    }
+
+    /// The scope to ask for (space-separated scopes).
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Another form field for the token request (`audience`, `resource`...).
+    #[must_use]
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sends `client_id` and `client_secret` as form fields instead of HTTP
+    /// Basic authentication, for servers that only accept that.
+    #[must_use]
+    pub fn credentials_in_body(mut self) -> Self {
+        self.in_body = true;
+        self
+    }
+
+    /// The token request's form body.
+    fn form(&self) -> String {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(scope) = &self.scope {
+            form.append_pair("scope", scope);
+        }
+        for (name, value) in &self.params {
+            form.append_pair(name, value);
+        }
+        if self.in_body {
+            form.append_pair("client_id", &self.client_id);
+            form.append_pair("client_secret", &self.client_secret);
+        }
+        form.finish()
+    }
+
+    async fn fetch(&self) -> Result<Token, BoxError> {
+        let client = self.client.as_ref().map_err(String::clone)?;
+        let mut request = client
+            .post(&self.token_url)
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            // A token request changes nothing the client cares about.
+            .idempotent(true);
+        if !self.in_body {
+            // RFC 6749 2.3.1: both form-urlencoded, then joined by ':'.
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!(
+                "{}:{}",
+                encode(&self.client_id),
+                encode(&self.client_secret)
+            );
+            let mut value =
+                HeaderValue::try_from(format!("Basic {}", crate::base64::encode(pair.as_bytes())))?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let resp = match request.body(self.form()).send().await {
+            Ok(resp) => resp,
+            Err(err) => {
+                let detail = err
+                    .body_text()
+                    .and_then(|b| serde_json::from_str::<TokenError>(b).ok())
+                    .map(|e| e.error);
+                return Err(match detail {
+                    // The server's error code (RFC 6749 5.2), never its description.
+                    Some(code) => format!("token endpoint refused the request: {code}").into(),
+                    None => Box::new(err),
+                });
+            }
+        };
+        let body: TokenResponse = resp
+            .json()
+            .map_err(|_| "token endpoint answer is not a token response")?;
+        if !body.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(format!("token type {:?} is not bearer", body.token_type).into());
+        }
+        let mut token = Token::new(body.access_token);
+        if let Some(secs) = body.expires_in {
+            token = token.expires_in(Duration::from_secs(secs));
+        }
+        Ok(token)
+    }
+}
+
+impl TokenProvider for OAuth2ClientCredentials {
+    fn token(&self) -> TokenFuture<'_> {
+        Box::pin(self.fetch())
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TokenError {
+    error: String,
+}

@@ -1,0 +1,300 @@
+//! Numbers for a dashboard: [`ClientStats`] counters (always), and, with the
+//! cargo feature `metrics`, the same events through the [`metrics`] facade
+//! under OpenTelemetry HTTP-client names.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `http.client.request.duration` (seconds, per call, retries included) | histogram | `http.request.method`, `http.response.status_class`, `outcome`, `server.address` |
+//! | `http.client.requests` (calls) | counter | as above |
+//! | `http.client.active_requests` (calls in flight) | gauge | `http.request.method` |
+//! | `http.client.attempts` (requests sent, retries included) | counter | `http.request.method` |
+//! | `http.client.retries` | counter | `http.request.method`, `reason` |
+//! | `http.client.circuit_breaker.state` (0 closed, 1 half-open, 2 open) | gauge | `endpoint` |
+//! | `http.client.circuit_breaker.transitions` | counter | `endpoint`, `to` |
+//! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`) |
+//! | `http.client.limit.rejections` | counter | `limit` (`rate`, `concurrency`, `circuit_open`) |
+//! | `http.client.token.fetches` | counter | `result` (`ok`, `error`) |
+//!
+//! `outcome` is `ok` or the [`ErrorKind`](crate::ErrorKind) name; the status
+//! class is `2xx`..`5xx`, or `none` when no response came. Install any
+//! `metrics` recorder (Prometheus, OpenTelemetry...) in the service; without
+//! one the calls cost next to nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+
+use crate::error::Error;
+
+/// A snapshot of a client's counters, shared by its clones; see
+/// [`ApiClient::stats`](crate::ApiClient::stats).
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::any())
+/// #     .respond_with(wiremock::ResponseTemplate::new(200))
+/// #     .mount(&server).await;
+/// let client = resilient_http::ApiClient::new(server.uri())?;
+/// client.get("health").send().await?;
+/// let stats = client.stats();
+/// assert_eq!((stats.calls, stats.succeeded, stats.attempts, stats.in_flight), (1, 1, 1, 0));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Calls that ended (succeeded or failed; cancelled ones are not counted).
+    pub calls: u64,
+    /// Calls that ended with a 2xx response.
+    pub succeeded: u64,
+    /// Calls that ended with an error.
+    pub failed: u64,
+    /// Calls dropped before they ended.
+    pub cancelled: u64,
+    /// Calls in flight now.
+    pub in_flight: u64,
+    /// Requests sent (attempts), retries included.
+    pub attempts: u64,
+    /// Retries (attempts after the first of a call).
+    pub retries: u64,
+    /// Calls refused because a circuit breaker was open.
+    pub rejected_circuit_open: u64,
+    /// Calls refused by the rate limit.
+    pub rejected_rate_limited: u64,
+    /// Calls refused by the concurrency limit.
+    pub rejected_concurrency: u64,
+    /// Tokens fetched from the token provider.
+    pub token_fetches: u64,
+}
+
+/// The live counters behind [`ClientStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    circuit_open: AtomicU64,
+    rate_limited: AtomicU64,
+    concurrency: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self, token_fetches: u64) -> ClientStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (succeeded, failed) = (load(&self.succeeded), load(&self.failed));
+        let (started, cancelled) = (load(&self.started), load(&self.cancelled));
+        ClientStats {
+            calls: succeeded + failed,
+            succeeded,
+            failed,
+            cancelled,
+            in_flight: started.saturating_sub(succeeded + failed + cancelled),
+            attempts: load(&self.attempts),
+            retries: load(&self.retries),
+            rejected_circuit_open: load(&self.circuit_open),
+            rejected_rate_limited: load(&self.rate_limited),
+            rejected_concurrency: load(&self.concurrency),
+            token_fetches,
+        }
+    }
+
+    /// A call starts; the guard counts it as cancelled unless it ends.
+    pub(crate) fn start<'a>(&'a self, method: &Method) -> Active<'a> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(feature = "metrics"))]
+        let _ = method;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("http.client.active_requests", "http.request.method" => method_label(method))
+            .increment(1.0);
+        Active {
+            stats: self,
+            #[cfg(feature = "metrics")]
+            method: method_label(method),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    /// An attempt is sent; `attempt` counts from 1.
+    pub(crate) fn attempt(&self, method: &Method, attempt: u32) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if attempt > 1 {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.attempts", "http.request.method" => method_label(method))
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = method;
+    }
+
+    /// A retry is scheduled, for `reason` (the failure's type name).
+    pub(crate) fn retry(method: &Method, reason: &str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "http.client.retries",
+            "http.request.method" => method_label(method),
+            "reason" => reason.to_owned()
+        )
+        .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (method, reason);
+    }
+
+    /// A call waited `wait` for a `limit` permit.
+    pub(crate) fn waited(limit: &'static str, wait: Duration) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("http.client.limit.wait.duration", "limit" => limit)
+            .record(wait.as_secs_f64());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (limit, wait);
+    }
+}
+
+/// A call in flight, as the counters see it.
+#[derive(Debug)]
+pub(crate) struct Active<'a> {
+    stats: &'a Stats,
+    #[cfg(feature = "metrics")]
+    method: &'static str,
+    ended: AtomicBool,
+}
+
+impl Active<'_> {
+    /// The call ended with `result` (a status or an error) after `elapsed`.
+    pub(crate) fn end(
+        &self,
+        result: Result<StatusCode, &Error>,
+        elapsed: Duration,
+        server: Option<&str>,
+    ) {
+        if self.ended.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let stats = self.stats;
+        match result {
+            Ok(_) => stats.succeeded.fetch_add(1, Ordering::Relaxed),
+            Err(err) => {
+                if err.is_circuit_open() {
+                    stats.circuit_open.fetch_add(1, Ordering::Relaxed);
+                } else if err.is_rate_limited() {
+                    stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                } else if err.is_concurrency_limited() {
+                    stats.concurrency.fetch_add(1, Ordering::Relaxed);
+                }
+                stats.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        #[cfg(feature = "metrics")]
+        self.record(result, elapsed, server);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (elapsed, server);
+    }
+
+    #[cfg(feature = "metrics")]
+    fn record(&self, result: Result<StatusCode, &Error>, elapsed: Duration, server: Option<&str>) {
+        let status = match result {
+            Ok(status) => Some(status),
+            Err(err) => err.status(),
+        };
+        let outcome = result.err().map_or("ok", |e| e.kind().as_str());
+        let labels = [
+            ("http.request.method", self.method.to_owned()),
+            (
+                "http.response.status_class",
+                status_class(status).to_owned(),
+            ),
+            ("outcome", outcome.to_owned()),
+            ("server.address", server.unwrap_or_default().to_owned()),
+        ];
+        metrics::histogram!("http.client.request.duration", &labels).record(elapsed.as_secs_f64());
+        metrics::counter!("http.client.requests", &labels).increment(1);
+        if let Err(err) = result {
+            let limit = if err.is_circuit_open() {
+                Some("circuit_open")
+            } else if err.is_rate_limited() {
+                Some("rate")
+            } else if err.is_concurrency_limited() {
+                Some("concurrency")
+            } else {
+                None
+            };
+            if let Some(limit) = limit {
+                metrics::counter!("http.client.limit.rejections", "limit" => limit).increment(1);
+            }
+        }
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("http.client.active_requests", "http.request.method" => self.method)
+            .decrement(1.0);
+        if !*self.ended.get_mut() {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The method as a low-cardinality label (OpenTelemetry's `_OTHER` for
+/// methods outside the standard ones).
+#[cfg(feature = "metrics")]
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn status_class(status: Option<StatusCode>) -> &'static str {
+    match status.map(|s| s.as_u16() / 100) {
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        _ => "none",
+    }
+}
+
+/// Records a breaker transition for `endpoint`.
+#[cfg(feature = "metrics")]
+pub(crate) fn breaker_transition(endpoint: &str, to: crate::CircuitState) {
+    let value = match to {
+        crate::CircuitState::Closed => 0.0,
+        crate::CircuitState::HalfOpen => 1.0,
+        crate::CircuitState::Open => 2.0,
+    };
+    metrics::gauge!("http.client.circuit_breaker.state", "endpoint" => endpoint.to_owned())
+        .set(value);
+    metrics::counter!(
+        "http.client.circuit_breaker.transitions",
+        "endpoint" => endpoint.to_owned(),
+        "to" => to.as_str()
+    )
+    .increment(1);
+}
+
+/// Records a token fetch.
+#[cfg(feature = "metrics")]
+pub(crate) fn token_fetched(ok: bool) {
+    metrics::counter!("http.client.token.fetches", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
