@@ -122,6 +122,15 @@
 //! a permit); [`max_concurrency`](ApiClientBuilder::max_concurrency) bounds the
 //! calls in flight. Both wait only within the call's deadline.
 //!
+//! # Configuration files
+//!
+//! [`ApiClientConfig`] holds every builder option that can be written as data,
+//! with serde's `Deserialize` and `Serialize`: load it with any format crate
+//! (`toml`, `serde_json`, ...), then [`ApiClient::from_config`], or
+//! [`ApiClientBuilder::from_config`] to add callbacks first. Keys are the
+//! builder's method names, durations are text such as `"2s"` or `"150ms"`,
+//! absent keys keep the defaults and an unknown key is an error that names it.
+//!
 //! # Tracing
 //!
 //! Each call is one `http.client.request` span with OpenTelemetry HTTP-client
@@ -146,6 +155,7 @@ pub mod __bench;
 mod breaker;
 mod builder;
 mod client;
+mod config;
 mod error;
 mod limit;
 mod pipeline;
@@ -161,6 +171,10 @@ pub use builder::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
 };
 pub use client::ApiClient;
+pub use config::{
+    ApiClientConfig, CircuitBreakerSection, FailureRateSection, RateLimitSection,
+    RetryBudgetSection, RetrySection,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use limit::RateLimit;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
