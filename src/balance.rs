@@ -42,7 +42,10 @@ use crate::redact;
 /// assert_eq!(client.endpoints().len(), 3);
 /// # Ok::<(), resilient_http::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LoadBalance {
     /// Each endpoint in turn, ignoring weights.

@@ -160,7 +160,7 @@ impl ApiClientBuilder {
         }
     }
 
-    fn fail(mut self, err: Error) -> Self {
+    pub(crate) fn fail(mut self, err: Error) -> Self {
         if self.error.is_none() {
             self.error = Some(err);
         }

@@ -122,6 +122,15 @@
 //! a permit); [`max_concurrency`](ApiClientBuilder::max_concurrency) bounds the
 //! calls in flight. Both wait only within the call's deadline.
 //!
+//! # Configuration files
+//!
+//! [`ApiClientConfig`] holds every builder option that can be written as data,
+//! with serde's `Deserialize` and `Serialize`: load it with any format crate
+//! (`toml`, `serde_json`, ...), then [`ApiClient::from_config`], or
+//! [`ApiClientBuilder::from_config`] to add callbacks first. Keys are the
+//! builder's method names, durations are text such as `"2s"` or `"150ms"`,
+//! absent keys keep the defaults and an unknown key is an error that names it.
+//!
 //! # Tracing
 //!
 //! Each call is one `http.client.request` span with OpenTelemetry HTTP-client
@@ -149,6 +158,7 @@ mod base64;
 mod breaker;
 mod builder;
 mod client;
+mod config;
 mod discovery;
 mod error;
 #[cfg(feature = "etcd")]
@@ -171,6 +181,12 @@ pub use builder::{
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
 };
 pub use client::ApiClient;
+#[cfg(feature = "etcd")]
+pub use config::EtcdSection;
+pub use config::{
+    ApiClientConfig, CircuitBreakerSection, EndpointEntry, FailureRateSection, RateLimitSection,
+    RetryBudgetSection, RetrySection,
+};
 pub use discovery::{
     DEFAULT_RESOLVER_REFRESH, ResolveError, ResolveFuture, Resolver, StaticResolver,
 };

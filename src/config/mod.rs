@@ -1,0 +1,586 @@
+//! `ApiClientConfig`: the builder's options as plain data, for configuration files.
+//!
+//! Every key is named like the builder method it stands for, every key is
+//! optional (absent means the builder's default), and an unknown key is an
+//! error that names it. Durations are text (`"2s"`, `"150ms"`, see
+//! `duration.rs`). A section that can be switched off (`retry`, `retry.budget`,
+//! `circuit_breaker`, `circuit_breaker.failure_rate`) is either a table of
+//! settings or a bare `true`/`false`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::balance::{Endpoint, LoadBalance};
+use crate::breaker::CircuitBreakerConfig;
+use crate::builder::ApiClientBuilder;
+use crate::client::ApiClient;
+use crate::error::Error;
+use crate::redact;
+use crate::retry::RetryPolicy;
+
+mod duration;
+mod section;
+
+pub use section::{
+    CircuitBreakerSection, FailureRateSection, RateLimitSection, RetryBudgetSection, RetrySection,
+};
+
+/// Every option of an [`ApiClientBuilder`] that can be written as data, for
+/// loading a client's settings from a configuration file.
+///
+/// It implements serde's `Deserialize` and `Serialize`, so any serde format
+/// works (TOML, YAML, JSON...); the crate itself depends on none. Keys are the
+/// builder's method names. Every key is optional: an absent key (or an empty
+/// file) leaves the builder's default, which each field's docs name. An unknown
+/// key, at the top or in a section, is an error that names it, so a typo does
+/// not silently leave a default in place.
+///
+/// Durations are strings: a number and a unit with no space, such as `"2s"`,
+/// `"150ms"`, `"1.5s"`, `"1m"`, `"1h"` or `"500us"` (units `h`, `m`, `s`, `ms`,
+/// `us`, `ns`). They are written back in the largest unit that keeps them a
+/// whole number (`"2s"`, `"1500ms"`).
+///
+/// The sections `retry`, `retry.budget`, `circuit_breaker` and
+/// `circuit_breaker.failure_rate` can be switched off with a bare `false` (or
+/// `enabled = false` in the table).
+///
+/// Values are checked when the client is built: [`ApiClient::from_config`]
+/// reports an invalid one (a rate of 0, `max_attempts = 0`, a bad header...) as
+/// an [`ErrorKind::Config`](crate::ErrorKind::Config) error, like the builder.
+///
+/// `Debug` never shows the `bearer_token`, the values of credential-like
+/// `default_headers` or a password in `base_url`. Serializing writes them all.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = wiremock::MockServer::start().await;
+/// # wiremock::Mock::given(wiremock::matchers::header("x-tenant", "acme"))
+/// #     .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("ok"))
+/// #     .mount(&server).await;
+/// use resilient_http::{ApiClient, ApiClientConfig};
+///
+/// let text = r#"
+///     base_url = "http://users.internal:8080/api/"
+///     connect_timeout = "500ms"
+///     total_timeout = "5s"
+///     max_concurrency = 64
+///     user_agent = "orders-service/1.4"
+///
+///     [default_headers]
+///     x-tenant = "acme"
+///
+///     [retry]
+///     max_attempts = 4
+///     initial_backoff = "50ms"
+///     budget = { ratio = 0.1, min_per_second = 5 }
+///
+///     [circuit_breaker]
+///     consecutive_failures = 3
+///     failure_rate = false
+///     open_duration = "30s"
+///
+///     [rate_limit]
+///     per_second = 100
+///     burst = 20
+/// "#;
+/// let mut config: ApiClientConfig = toml::from_str(text)?;
+/// # config.base_url = Some(server.uri());
+/// let client = ApiClient::from_config(&config)?;
+/// assert_eq!(client.get("users").send().await?.text()?, "ok");
+///
+/// // A typo is an error that names the key.
+/// let err = toml::from_str::<ApiClientConfig>("conect_timeout = \"1s\"").unwrap_err();
+/// assert!(err.to_string().contains("conect_timeout"));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiClientConfig {
+    /// The URL request paths are joined onto (default none: every request
+    /// needs an absolute URL). See [`ApiClientBuilder::base_url`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Several instances instead of `base_url`: each a URL, or a table with
+    /// `url` and `weight`. See [`ApiClientBuilder::endpoints`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointEntry>,
+    /// `"least_outstanding"` (default), `"round_robin"` or
+    /// `"weighted_round_robin"`. See [`ApiClientBuilder::load_balance`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balance: Option<LoadBalance>,
+    /// Time between two resolutions of the endpoint list (default `"10s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub resolver_refresh: Option<Duration>,
+    /// Endpoints from etcd (feature `etcd`): `{ url = "http://127.0.0.1:2379",
+    /// prefix = "/services/orders/" }`, optionally `base_path`. See
+    /// [`EtcdResolver`](crate::EtcdResolver).
+    #[cfg(feature = "etcd")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSection>,
+    /// TCP connect and TLS handshake limit (default `"2s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// The longest gap between two reads (default `"10s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<Duration>,
+    /// One attempt, headers and buffered body (default `"10s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout: Option<Duration>,
+    /// The whole call: waits, attempts and backoff (default `"30s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<Duration>,
+    /// The retry policy (default [`RetryPolicy::exponential()`]); `false` for
+    /// one attempt per call, like [`ApiClientBuilder::no_retry`].
+    #[serde(with = "section::switch", skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySection>,
+    /// The circuit breaker (default on, [`CircuitBreakerConfig::default()`]);
+    /// `false` for none, like [`ApiClientBuilder::no_circuit_breaker`].
+    #[serde(with = "section::switch", skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+    /// A client-side rate limit (default none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSection>,
+    /// At most this many calls in flight (default unlimited; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// Headers sent with every request, name to value (default none). Values
+    /// of credential-like headers are never printed; like
+    /// [`ApiClientBuilder::default_header`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_headers: BTreeMap<String, String>,
+    /// The `User-Agent` header (default `resilient-http/<version>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// A token sent as `Authorization: Bearer <token>` with every request
+    /// (default none), like [`ApiClientBuilder::bearer_auth`]. A secret: never
+    /// shown by `Debug`. It takes precedence over an `authorization` entry in
+    /// `default_headers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// The largest response body buffered, in bytes (default 16 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<usize>,
+    /// Redirects followed per attempt (default 10; 0 follows none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_redirects: Option<usize>,
+    /// Idle connections kept per host (default: reqwest's, unbounded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_max_idle_per_host: Option<usize>,
+    /// How long an idle pooled connection is kept (default: reqwest's, `"90s"`).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub pool_idle_timeout: Option<Duration>,
+    /// TCP keepalive interval on pooled connections (default off).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Duration>,
+    /// Speak HTTP/2 without negotiation, for `h2c` services (default `false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http2_prior_knowledge: Option<bool>,
+    /// Accept any TLS certificate (default `false`). Turns off what TLS
+    /// protects; for test setups only. See
+    /// [`ApiClientBuilder::danger_accept_invalid_certs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub danger_accept_invalid_certs: Option<bool>,
+}
+
+impl fmt::Debug for ApiClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base_url = self.base_url.as_deref().map(|raw| match Url::parse(raw) {
+            Ok(url) => redact::url(&url).to_string(),
+            // An unparsable URL may still hold a password: show none of it.
+            Err(_) => "(not a valid URL)".to_owned(),
+        });
+        let default_headers: BTreeMap<&str, &str> = self
+            .default_headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if redact::is_sensitive_name(name) {
+                    redact::REDACTED
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        let mut d = f.debug_struct("ApiClientConfig");
+        d.field("base_url", &base_url)
+            .field(
+                "endpoints",
+                &self
+                    .endpoints
+                    .iter()
+                    .map(EndpointEntry::endpoint)
+                    .collect::<Vec<_>>(),
+            )
+            .field("load_balance", &self.load_balance)
+            .field("resolver_refresh", &self.resolver_refresh)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .field("retry", &self.retry)
+            .field("circuit_breaker", &self.circuit_breaker)
+            .field("rate_limit", &self.rate_limit)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("default_headers", &default_headers)
+            .field("user_agent", &self.user_agent)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| redact::REDACTED),
+            )
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_redirects", &self.max_redirects)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("http2_prior_knowledge", &self.http2_prior_knowledge)
+            .field(
+                "danger_accept_invalid_certs",
+                &self.danger_accept_invalid_certs,
+            );
+        #[cfg(feature = "etcd")]
+        d.field("etcd", &self.etcd);
+        d.finish()
+    }
+}
+
+impl ApiClientConfig {
+    /// The retry policy this configuration describes: [`RetryPolicy::exponential()`]
+    /// with the `retry` section's keys applied, or [`RetryPolicy::none()`] when
+    /// it is switched off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilient_http::{ApiClientConfig, RetryPolicy};
+    ///
+    /// let config: ApiClientConfig = toml::from_str("retry = { max_attempts = 5, jitter = false }")?;
+    /// assert_eq!(config.retry_policy(), RetryPolicy::exponential().max_attempts(5).jitter(false));
+    /// # Ok::<(), toml::de::Error>(())
+    /// ```
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+            .as_ref()
+            .map_or_else(RetryPolicy::exponential, RetrySection::policy)
+    }
+
+    /// The circuit breaker settings this configuration describes, or `None`
+    /// when the breaker is switched off.
+    ///
+    /// Use it to add what is code rather than data, such as
+    /// [`on_state_change`](CircuitBreakerConfig::on_state_change), before
+    /// building:
+    ///
+    /// ```
+    /// use resilient_http::{ApiClientBuilder, ApiClientConfig};
+    ///
+    /// let config: ApiClientConfig = toml::from_str(r#"
+    ///     base_url = "http://127.0.0.1:8080/"
+    ///     circuit_breaker = { consecutive_failures = 3 }
+    /// "#)?;
+    /// let mut builder = ApiClientBuilder::from_config(&config);
+    /// if let Some(breaker) = config.circuit_breaker_config() {
+    ///     builder = builder.circuit_breaker(
+    ///         breaker.on_state_change(|endpoint, from, to| eprintln!("{endpoint}: {from} -> {to}")),
+    ///     );
+    /// }
+    /// let client = builder.build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn circuit_breaker_config(&self) -> Option<CircuitBreakerConfig> {
+        match &self.circuit_breaker {
+            None => Some(CircuitBreakerConfig::default()),
+            Some(section) => section.config(),
+        }
+    }
+
+    /// Sets every option this configuration names on `builder`.
+    fn apply(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
+        if let Some(url) = &self.base_url {
+            b = b.base_url(url);
+        }
+        if !self.endpoints.is_empty() {
+            b = b.endpoints(self.endpoints.iter().map(EndpointEntry::endpoint));
+        }
+        if let Some(strategy) = self.load_balance {
+            b = b.load_balance(strategy);
+        }
+        if let Some(t) = self.resolver_refresh {
+            b = b.resolver_refresh(t);
+        }
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            let mut resolver = crate::EtcdResolver::new(&etcd.url, etcd.prefix.clone());
+            if let Some(path) = &etcd.base_path {
+                resolver = resolver.base_path(path.clone());
+            }
+            b = b.resolver(resolver);
+        }
+        if let Some(t) = self.connect_timeout {
+            b = b.connect_timeout(t);
+        }
+        if let Some(t) = self.read_timeout {
+            b = b.read_timeout(t);
+        }
+        if let Some(t) = self.attempt_timeout {
+            b = b.attempt_timeout(t);
+        }
+        if let Some(t) = self.total_timeout {
+            b = b.total_timeout(t);
+        }
+        if self.retry.is_some() {
+            b = b.retry(self.retry_policy());
+        }
+        if self.circuit_breaker.is_some() {
+            b = match self.circuit_breaker_config() {
+                Some(config) => b.circuit_breaker(config),
+                None => b.no_circuit_breaker(),
+            };
+        }
+        if let Some(section) = &self.rate_limit {
+            b = match section.rate_limit() {
+                Ok(limit) => b.rate_limit(limit),
+                Err(err) => b.fail(err),
+            };
+        }
+        if let Some(n) = self.max_concurrency {
+            b = b.max_concurrency(n);
+        }
+        for (name, value) in &self.default_headers {
+            b = b.default_header(name.as_str(), value.as_str());
+        }
+        if let Some(agent) = &self.user_agent {
+            b = b.user_agent(agent);
+        }
+        if let Some(token) = &self.bearer_token {
+            b = b.bearer_auth(token);
+        }
+        if let Some(n) = self.max_response_bytes {
+            b = b.max_response_bytes(n);
+        }
+        if let Some(n) = self.max_redirects {
+            b = b.max_redirects(n);
+        }
+        if let Some(n) = self.pool_max_idle_per_host {
+            b = b.pool_max_idle_per_host(n);
+        }
+        if let Some(t) = self.pool_idle_timeout {
+            b = b.pool_idle_timeout(t);
+        }
+        if let Some(t) = self.tcp_keepalive {
+            b = b.tcp_keepalive(t);
+        }
+        if self.http2_prior_knowledge == Some(true) {
+            b = b.http2_prior_knowledge();
+        }
+        if let Some(accept) = self.danger_accept_invalid_certs {
+            b = b.danger_accept_invalid_certs(accept);
+        }
+        b
+    }
+}
+
+impl ApiClientBuilder {
+    /// A builder with every option `config` names, and the defaults for the
+    /// rest. Add what is code rather than data (callbacks, hooks) before
+    /// [`build`](Self::build); a setter called afterwards replaces the
+    /// configured value.
+    ///
+    /// Invalid values are reported by `build()`, like any setter's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilient_http::{ApiClientBuilder, ApiClientConfig};
+    ///
+    /// let config: ApiClientConfig = toml::from_str(r#"
+    ///     base_url = "http://127.0.0.1:8080/api/"
+    ///     retry = { max_attempts = 2 }
+    /// "#)?;
+    /// let client = ApiClientBuilder::from_config(&config)
+    ///     .total_timeout(Duration::from_secs(3)) // code wins over the file
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_config(config: &ApiClientConfig) -> Self {
+        config.apply(Self::new())
+    }
+}
+
+impl ApiClient {
+    /// A client built from `config`: every option it names, the defaults for
+    /// the rest. Shorthand for
+    /// [`ApiClientBuilder::from_config(config).build()`](ApiClientBuilder::from_config).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for the first invalid
+    /// value, as from [`ApiClientBuilder::build`]: a bad URL or header, a zero
+    /// timeout, `max_attempts = 0`, a rate of 0, a `rate_limit` section with
+    /// neither or both of `per_second` and `per_minute`...
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, ApiClientConfig, ErrorKind};
+    ///
+    /// let config: ApiClientConfig = toml::from_str(r#"
+    ///     base_url = "http://127.0.0.1:8080/"
+    ///     rate_limit = { per_second = 0 }
+    /// "#)?;
+    /// let err = ApiClient::from_config(&config).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// # Ok::<(), toml::de::Error>(())
+    /// ```
+    pub fn from_config(config: &ApiClientConfig) -> Result<Self, Error> {
+        ApiClientBuilder::from_config(config).build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::FailureRate;
+    use crate::retry::RetryBudget;
+
+    fn from_toml(text: &str) -> ApiClientConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn sections_apply_over_the_defaults() {
+        let config = from_toml(
+            r#"
+            [retry]
+            max_attempts = 5
+            max_backoff = "2s"
+            budget = { min_per_second = 3 }
+            [circuit_breaker]
+            open_duration = "1m"
+            failure_rate = { threshold = 0.25 }
+            "#,
+        );
+        assert_eq!(
+            config.retry_policy(),
+            RetryPolicy::exponential()
+                .max_attempts(5)
+                .max_backoff(Duration::from_secs(2))
+                .budget(RetryBudget::ratio(0.2).min_per_second(3))
+        );
+        let breaker = config.circuit_breaker_config().unwrap();
+        assert_eq!(breaker.open_duration, Duration::from_secs(60));
+        assert_eq!(breaker.consecutive_failures, 5);
+        assert_eq!(
+            breaker.failure_rate,
+            Some(FailureRate {
+                threshold: 0.25,
+                window: 20,
+                min_calls: 10
+            })
+        );
+    }
+
+    #[test]
+    fn switches_turn_sections_off() {
+        let config = from_toml(
+            r"
+            retry = false
+            circuit_breaker = false
+            ",
+        );
+        assert_eq!(config.retry_policy(), RetryPolicy::none());
+        assert!(config.circuit_breaker_config().is_none());
+
+        let config = from_toml(
+            r"
+            retry = { budget = false }
+            circuit_breaker = { failure_rate = false, enabled = true }
+            ",
+        );
+        assert_eq!(
+            config.retry_policy(),
+            RetryPolicy::exponential().budget(RetryBudget::unlimited())
+        );
+        assert_eq!(config.circuit_breaker_config().unwrap().failure_rate, None);
+    }
+
+    #[test]
+    fn an_absent_section_keeps_the_default() {
+        let config = ApiClientConfig::default();
+        assert_eq!(config.retry_policy(), RetryPolicy::exponential());
+        let breaker = config.circuit_breaker_config().unwrap();
+        let default = CircuitBreakerConfig::default();
+        assert_eq!(format!("{breaker:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn a_section_with_only_its_switch_serializes_as_a_boolean() {
+        let off = from_toml("circuit_breaker = false");
+        let text = toml::to_string(&off).unwrap();
+        assert_eq!(text.trim(), "circuit_breaker = false");
+        let on = from_toml("[circuit_breaker]\nenabled = false\nopen_duration = \"2s\"");
+        let text = toml::to_string(&on).unwrap();
+        assert!(text.contains("enabled = false"), "{text}");
+        assert_eq!(from_toml(&text), on);
+    }
+}
+
+/// One entry of [`ApiClientConfig::endpoints`]: a URL, or a URL with a weight.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EndpointEntry {
+    /// `"http://10.0.0.1:8080/api/"`, weight 1.
+    Url(String),
+    /// `{ url = "http://10.0.0.1:8080/api/", weight = 3 }`.
+    Weighted {
+        /// The base URL.
+        url: String,
+        /// Its weight (at least 1).
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl fmt::Debug for EndpointEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Through `Endpoint`, whose `Debug` redacts credentials in the URL.
+        fmt::Debug::fmt(&self.endpoint(), f)
+    }
+}
+
+impl EndpointEntry {
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Self::Url(url) => Endpoint::new(url.as_str()),
+            Self::Weighted { url, weight } => Endpoint::new(url.as_str()).weight(*weight),
+        }
+    }
+}
+
+/// [`ApiClientConfig::etcd`]: where the instances are registered.
+#[cfg(feature = "etcd")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// The etcd client URL, `http://127.0.0.1:2379`.
+    pub url: String,
+    /// The key prefix the instances are registered under.
+    pub prefix: String,
+    /// The path put after `host:port` values (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_path: Option<String>,
+}

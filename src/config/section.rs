@@ -1,0 +1,415 @@
+//! The sections of an `ApiClientConfig`: retry, retry budget, circuit breaker,
+//! failure rate and rate limit, and how a section that can be switched off is
+//! read from (and written as) a bare `true`/`false`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::breaker::CircuitBreakerConfig;
+use crate::error::Error;
+use crate::limit::RateLimit;
+use crate::retry::{RetryBudget, RetryPolicy};
+
+#[cfg(doc)]
+use super::ApiClientConfig;
+
+/// The `retry` section of an [`ApiClientConfig`]: a [`RetryPolicy`] as data.
+///
+/// Absent keys keep [`RetryPolicy::exponential()`]'s defaults. `retry = false`
+/// (or `enabled = false`) means one attempt per call; the other keys are then
+/// ignored.
+///
+/// ```toml
+/// [retry]
+/// max_attempts = 4
+/// initial_backoff = "50ms"
+/// max_backoff = "2s"
+/// retry_server_errors = true
+/// budget = { ratio = 0.1, min_per_second = 5, window = "20s" }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetrySection {
+    /// `false` turns retries off (default `true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Attempts in all, the first included (default 3; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The delay before the first retry (default `"100ms"`); doubles each retry.
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub initial_backoff: Option<Duration>,
+    /// The cap on the delay between attempts (default `"5s"`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_backoff: Option<Duration>,
+    /// Full jitter on each delay (default `true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<bool>,
+    /// The longest `Retry-After` waited for (default `"60s"`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_retry_after: Option<Duration>,
+    /// Also retry 500, 501... (default `false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_server_errors: Option<bool>,
+    /// The retry budget (default [`RetryBudget::ratio(0.2)`](RetryBudget::ratio));
+    /// `false` for none, like [`RetryBudget::unlimited()`].
+    #[serde(with = "switch", skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudgetSection>,
+}
+
+/// The `retry.budget` section of an [`ApiClientConfig`]: a [`RetryBudget`] as data.
+///
+/// `budget = false` (or `enabled = false`) is [`RetryBudget::unlimited()`]; the
+/// other keys are then ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryBudgetSection {
+    /// `false` removes the budget: every retry the policy allows is made (default `true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Retries as a share of recent successful calls, `0.0..=1.0` (default 0.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Retries per second allowed with no successful call (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_per_second: Option<u32>,
+    /// How long deposits and withdrawals count, `"1s"` to `"60s"` (default `"10s"`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+}
+
+/// The `circuit_breaker` section of an [`ApiClientConfig`]: a
+/// [`CircuitBreakerConfig`] as data.
+///
+/// Absent keys keep [`CircuitBreakerConfig::default()`]'s values.
+/// `circuit_breaker = false` (or `enabled = false`) means no breaker; the other
+/// keys are then ignored. The `on_state_change` callback is code, not data: see
+/// [`ApiClientConfig::circuit_breaker_config`].
+///
+/// ```toml
+/// [circuit_breaker]
+/// consecutive_failures = 3
+/// open_duration = "30s"
+/// failure_rate = { threshold = 0.25, window = 40, min_calls = 20 }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CircuitBreakerSection {
+    /// `false` turns the breaker off (default `true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Open after this many failed attempts in a row (default 5; 0 turns this trip off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The failure-rate trip (default `threshold = 0.5, window = 20, min_calls = 10`);
+    /// `false` to trip on consecutive failures only.
+    #[serde(with = "switch", skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<FailureRateSection>,
+    /// How long the breaker stays open before a probe (default `"10s"`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_duration: Option<Duration>,
+    /// Probes admitted at a time while half-open (default 1; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_max_calls: Option<u32>,
+}
+
+/// The `circuit_breaker.failure_rate` section of an [`ApiClientConfig`]; see
+/// [`CircuitBreakerConfig::failure_rate`].
+///
+/// Absent keys keep the defaults; `failure_rate = false` (or
+/// `enabled = false`) turns the failure-rate trip off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FailureRateSection {
+    /// `false` turns the failure-rate trip off (default `true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The share of failed attempts that opens the breaker, `0.0..=1.0` (default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// How many of the last attempts are counted (default 20; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
+    /// Attempts seen before the rate counts (default 10; at most `window`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_calls: Option<u32>,
+}
+
+/// The `rate_limit` section of an [`ApiClientConfig`]: a [`RateLimit`] as data.
+///
+/// Exactly one of `per_second` and `per_minute` is required; neither or both
+/// is an [`ErrorKind::Config`](crate::ErrorKind::Config) error when the client
+/// is built.
+///
+/// ```toml
+/// [rate_limit]
+/// per_second = 100
+/// burst = 20
+/// fail_fast = true
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitSection {
+    /// At most this many requests per second (0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<u32>,
+    /// At most this many requests per minute, spread evenly (0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u32>,
+    /// Requests that may go at once after a quiet period (default: the rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Reject at once instead of waiting for a permit (default `false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<bool>,
+}
+
+impl RetrySection {
+    pub(super) fn policy(&self) -> RetryPolicy {
+        if self.enabled == Some(false) {
+            return RetryPolicy::none();
+        }
+        let mut p = RetryPolicy::exponential();
+        if let Some(n) = self.max_attempts {
+            p = p.max_attempts(n);
+        }
+        if let Some(d) = self.initial_backoff {
+            p = p.initial_backoff(d);
+        }
+        if let Some(d) = self.max_backoff {
+            p = p.max_backoff(d);
+        }
+        if let Some(on) = self.jitter {
+            p = p.jitter(on);
+        }
+        if let Some(d) = self.max_retry_after {
+            p = p.max_retry_after(d);
+        }
+        if let Some(on) = self.retry_server_errors {
+            p = p.retry_server_errors(on);
+        }
+        if let Some(budget) = &self.budget {
+            p = p.budget(budget.budget());
+        }
+        p
+    }
+}
+
+impl RetryBudgetSection {
+    pub(super) fn budget(&self) -> RetryBudget {
+        if self.enabled == Some(false) {
+            return RetryBudget::unlimited();
+        }
+        let mut b = self
+            .ratio
+            .map_or_else(RetryBudget::default, RetryBudget::ratio);
+        if let Some(n) = self.min_per_second {
+            b = b.min_per_second(n);
+        }
+        if let Some(w) = self.window {
+            b = b.window(w);
+        }
+        b
+    }
+}
+
+impl CircuitBreakerSection {
+    pub(super) fn config(&self) -> Option<CircuitBreakerConfig> {
+        if self.enabled == Some(false) {
+            return None;
+        }
+        let mut c = CircuitBreakerConfig::default();
+        if let Some(n) = self.consecutive_failures {
+            c = c.consecutive_failures(n);
+        }
+        match &self.failure_rate {
+            None => {}
+            Some(rate) if rate.enabled == Some(false) => c = c.no_failure_rate(),
+            Some(rate) => {
+                // The default breaker has a failure-rate trip; absent keys keep its values.
+                if let Some(default) = c.failure_rate {
+                    c = c.failure_rate(
+                        rate.threshold.unwrap_or(default.threshold),
+                        rate.window.unwrap_or(default.window),
+                        rate.min_calls.unwrap_or(default.min_calls),
+                    );
+                }
+            }
+        }
+        if let Some(d) = self.open_duration {
+            c = c.open_duration(d);
+        }
+        if let Some(n) = self.half_open_max_calls {
+            c = c.half_open_max_calls(n);
+        }
+        Some(c)
+    }
+}
+
+impl RateLimitSection {
+    pub(super) fn rate_limit(&self) -> Result<RateLimit, Error> {
+        let mut limit = match (self.per_second, self.per_minute) {
+            (Some(n), None) => RateLimit::per_second(n),
+            (None, Some(n)) => RateLimit::per_minute(n),
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "rate_limit: set per_second or per_minute, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "rate_limit: per_second or per_minute is required",
+                ));
+            }
+        };
+        if let Some(burst) = self.burst {
+            limit = limit.burst(burst);
+        }
+        if self.fail_fast == Some(true) {
+            limit = limit.fail_fast();
+        }
+        Ok(limit)
+    }
+}
+
+/// A section that can be written as a bare `true`/`false` instead of a table.
+pub(crate) trait Switch: Sized {
+    /// The section written as a bare boolean.
+    fn from_flag(on: bool) -> Self;
+    /// `Some(enabled)` when the section holds nothing but its switch.
+    fn as_flag(&self) -> Option<bool>;
+}
+
+macro_rules! switch_sections {
+    ($($section:ty),*) => {$(
+        impl Switch for $section {
+            fn from_flag(on: bool) -> Self {
+                Self { enabled: Some(on), ..Self::default() }
+            }
+
+            fn as_flag(&self) -> Option<bool> {
+                let rest = Self { enabled: None, ..self.clone() };
+                if rest == Self::default() { self.enabled } else { None }
+            }
+        }
+    )*};
+}
+
+switch_sections!(
+    RetrySection,
+    RetryBudgetSection,
+    CircuitBreakerSection,
+    FailureRateSection
+);
+
+/// `#[serde(with = "switch")]`: a section as a table of settings or a bare
+/// boolean. Serializes a section that holds only its switch as the boolean.
+pub(crate) mod switch {
+    use super::{
+        Deserialize, Deserializer, MapAccess, MapAccessDeserializer, PhantomData, Serialize,
+        Serializer, Switch, Visitor, de, fmt,
+    };
+
+    #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
+    pub(crate) fn serialize<S, T>(value: &Option<T>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        T: Serialize + Switch,
+    {
+        match value {
+            None => serializer.serialize_none(),
+            Some(section) => match section.as_flag() {
+                Some(on) => serializer.serialize_bool(on),
+                None => section.serialize(serializer),
+            },
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Switch,
+    {
+        deserializer.deserialize_any(SwitchVisitor(PhantomData))
+    }
+
+    struct SwitchVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de> + Switch> Visitor<'de> for SwitchVisitor<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("`true`, `false` or a table of settings")
+        }
+
+        fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            Ok(Some(T::from_flag(on)))
+        }
+
+        fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+            // The section's own `Deserialize`, so its unknown-key errors name the key.
+            T::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_needs_exactly_one_rate() {
+        let mut section = RateLimitSection {
+            per_minute: Some(60),
+            burst: Some(5),
+            fail_fast: Some(true),
+            ..RateLimitSection::default()
+        };
+        assert_eq!(
+            section.rate_limit().unwrap(),
+            RateLimit::per_minute(60).burst(5).fail_fast()
+        );
+        section.per_second = Some(1);
+        assert!(section.rate_limit().is_err());
+        section.per_second = None;
+        section.per_minute = None;
+        assert!(section.rate_limit().is_err());
+    }
+}
