@@ -1,5 +1,5 @@
 //! A small hyper service that calls a dependency through the client, wired as
-//! a real service would: OAuth2 client-credentials tokens, a request hook that
+//! a real service would: OAuth 2.0 client-credentials tokens, a request hook that
 //! propagates the caller's `x-request-id`, and metrics (the `metrics` facade,
 //! plus `ApiClient::stats()`) served at `/metrics`.
 //!
@@ -191,7 +191,8 @@ struct Recorder {
 impl Recorder {
     fn render(&self) -> String {
         let values = self.values.lock().map(|v| v.clone()).unwrap_or_default();
-        values.iter().map(|(k, v)| format!("{k} {v}\n")).collect()
+        let lines: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        lines.join("\n") + "\n"
     }
 
     fn handle(&self, key: &metrics::Key, suffix: &str) -> Arc<Handle> {
