@@ -122,6 +122,21 @@
 //! a permit); [`max_concurrency`](ApiClientBuilder::max_concurrency) bounds the
 //! calls in flight. Both wait only within the call's deadline.
 //!
+//! # Several endpoints
+//!
+//! [`endpoints`](ApiClientBuilder::endpoints) replaces `base_url` for a
+//! service with several instances; [`LoadBalance`] spreads attempts, open
+//! circuit breakers eject an instance, and a retry goes to another one. A
+//! [`Resolver`] (or [`EtcdResolver`](crate::ApiClientBuilder::resolver), feature
+//! `etcd`) keeps the list current; [`ApiClient::endpoints`] reports each one.
+//!
+//! # Embedding in a service
+//!
+//! [`token_provider`](ApiClientBuilder::token_provider) with a
+//! [`TokenProvider`] or [`OAuth2ClientCredentials`] for credentials that
+//! refresh; [`request_hook`](ApiClientBuilder::request_hook) for headers on
+//! every attempt; [`ApiClient::stats`] (and the `metrics` feature) for numbers.
+//!
 //! # Configuration files
 //!
 //! [`ApiClientConfig`] holds every builder option that can be written as data,
@@ -144,9 +159,12 @@
 //!
 //! # Features
 //!
-//! None are needed: TLS (rustls), JSON and HTTP/2 are always on. The one
-//! feature, `bench-internals`, exposes the layers' bookkeeping to the
-//! `hot_path` benchmark and is not a stable API.
+//! None are needed: TLS (rustls), JSON and HTTP/2 are always on.
+//!
+//! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
+//! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
+//! - `bench-internals`: exposes the layers' bookkeeping to the `hot_path`
+//!   benchmark; not a stable API.
 
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
