@@ -55,7 +55,9 @@ pub enum LoadBalance {
     WeightedRoundRobin,
     /// The less loaded of two endpoints chosen at random ("power of two
     /// choices"), where load is the number of attempts in flight divided by
-    /// the weight. Adapts to a slow instance without a global scan. The default.
+    /// the weight. The two are drawn in proportion to their weights and a tie
+    /// goes to the first, so idle endpoints share calls by weight. Adapts to a
+    /// slow instance without a global scan. The default.
     #[default]
     LeastOutstanding,
 }
@@ -441,16 +443,41 @@ impl EndpointSet {
                 LoadBalance::RoundRobin => nth(rr.fetch_add(1, Ordering::Relaxed) % c),
                 LoadBalance::WeightedRoundRobin => self.smooth_weighted(&ok),
                 LoadBalance::LeastOutstanding => {
-                    let a = fastrand::usize(..c);
-                    let mut b = fastrand::usize(..c - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let (a, b) = (nth(a)?, nth(b)?);
+                    // Two distinct candidates, each drawn in proportion to its
+                    // weight; the lighter wins, a tie goes to the first, so an
+                    // idle set is spread by weight.
+                    let a = self.weighted_draw(&ok, None)?;
+                    let b = self.weighted_draw(&ok, Some(a))?;
                     Some(if self.lighter(b, a) { b } else { a })
                 }
             },
         }
+    }
+
+    /// A random instance among those `ok` accepts (but `skip`), drawn in
+    /// proportion to its weight.
+    fn weighted_draw(
+        &self,
+        ok: &impl Fn(&Arc<Instance>) -> bool,
+        skip: Option<usize>,
+    ) -> Option<usize> {
+        let eligible = |(idx, inst): &(usize, &Arc<Instance>)| Some(*idx) != skip && ok(inst);
+        let total: u64 = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(eligible)
+            .map(|(_, i)| u64::from(i.weight))
+            .sum();
+        let mut ticket = fastrand::u64(..total.max(1));
+        for (idx, inst) in self.instances.iter().enumerate().filter(eligible) {
+            let w = u64::from(inst.weight);
+            if ticket < w {
+                return Some(idx);
+            }
+            ticket -= w;
+        }
+        None
     }
 
     /// Whether instance `x` is less loaded than `y`, relative to their weights.

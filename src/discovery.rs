@@ -13,7 +13,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -136,7 +136,6 @@ struct Shared {
     set: watch::Sender<Arc<EndpointSet>>,
     resolver: Option<Arc<dyn Resolver>>,
     refresh: Duration,
-    started: AtomicBool,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -194,7 +193,6 @@ impl Balancer {
                 set: watch::Sender::new(Arc::new(set)),
                 resolver,
                 refresh,
-                started: AtomicBool::new(false),
                 task: Mutex::new(None),
             }),
         }
@@ -243,23 +241,26 @@ impl Balancer {
     }
 
     /// Starts the background refresh once, from within a runtime.
+    /// The task lives on the runtime of the call that started it; if that
+    /// runtime is gone (a client shared across runtimes), the next call starts
+    /// it again on its own.
     fn start_refresh(&self) {
-        use std::sync::atomic::Ordering;
-        if self.shared.resolver.is_none() || self.shared.started.load(Ordering::Relaxed) {
+        if self.shared.resolver.is_none() {
+            return;
+        }
+        let mut task = self
+            .shared
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.shared.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let task = runtime.spawn(refresh_loop(Arc::downgrade(&self.shared)));
-        *self
-            .shared
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+        let spawned = runtime.spawn(refresh_loop(Arc::downgrade(&self.shared)));
+        *task = Some(spawned.abort_handle());
     }
 
     /// Asks the resolver now and applies its answer; the number of endpoints.

@@ -150,6 +150,9 @@ pub(crate) struct CallContext<'a> {
     span: &'a tracing::Span,
     /// The call, as the client's counters see it.
     active: Active<'a>,
+    /// `url` is the placeholder of a routed call that has not chosen an
+    /// endpoint yet: not to be reported.
+    placeholder: bool,
 }
 
 /// How a call is carried out, besides its context and request.
@@ -169,12 +172,16 @@ impl CallContext<'_> {
     fn fail(&self, err: Error, attempts: u32) -> Error {
         let err = err.with_call(
             &self.method,
-            Some(&self.url),
+            (!self.placeholder).then_some(&self.url),
             attempts,
             self.deadline.elapsed(),
         );
-        self.active
-            .end(Err(&err), self.deadline.elapsed(), self.url.host_str());
+        let server = if self.placeholder {
+            None
+        } else {
+            self.url.host_str()
+        };
+        self.active.end(Err(&err), self.deadline.elapsed(), server);
         let span = self.span;
         if !span.is_disabled() {
             if let Some(status) = err.status() {
@@ -216,6 +223,7 @@ impl CallContext<'_> {
     /// recorded in the span.
     fn aim(&mut self, instance: &Instance, path: &str, query: Option<&str>) -> Result<(), Error> {
         self.url = instance.url_for(path, query)?;
+        self.placeholder = false;
         let span = self.span;
         if !span.is_disabled() {
             let base = &instance.base;
@@ -316,10 +324,20 @@ impl ApiClient {
             }
             Err(err) => return Err(ctx.fail(err, 0)),
         };
-        let breaker = match (&inner.breakers, balancer) {
-            (Some(b), None) => Some(b.for_url(&ctx.url)),
+        // A call to an absolute URL on one of the endpoints' origins shares
+        // that endpoint's breaker; any other fixed URL has its own.
+        let pinned = match (&inner.balancer, &routed) {
+            (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
             _ => None,
         };
+        let registered = match (&inner.breakers, balancer, &pinned) {
+            (Some(b), None, None) => Some(b.for_url(&ctx.url)),
+            _ => None,
+        };
+        let breaker = pinned
+            .as_deref()
+            .and_then(Instance::breaker)
+            .or(registered.as_deref());
         let mut schedule = None;
         let mut last: Option<Error> = None;
         // A retry taken from the budget, spent once the retry is admitted;
@@ -342,7 +360,7 @@ impl ApiClient {
                 None => None,
             };
             let avoid = tried.take();
-            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker.as_deref());
+            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker);
             let (permit, now, target) = match self.admit(&route, &deadline).await {
                 Ok((permit, now, wait, target)) => {
                     waited += wait;
@@ -448,6 +466,7 @@ impl ApiClient {
             deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
             span,
             active: stats.start(request.method()),
+            placeholder: routed.is_some(),
         };
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
