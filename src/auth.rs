@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use reqwest::header::HeaderValue;
@@ -142,6 +142,10 @@ pub(crate) struct TokenCache {
     fetching: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     fetches: AtomicU64,
+    /// Fetches that finished, to tell the ones a call waited for.
+    completed: AtomicU64,
+    /// The number (in `completed`) of the last fetch, if it failed, and why.
+    failure: Mutex<Option<(u64, Arc<str>)>>,
 }
 
 impl fmt::Debug for TokenCache {
@@ -163,6 +167,8 @@ impl TokenCache {
             fetching: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failure: Mutex::new(None),
         }
     }
 
@@ -209,6 +215,7 @@ impl TokenCache {
             }
         }
         let stale = cached.map(|c| c.generation);
+        let seen = self.completed.load(Ordering::Acquire);
         let Ok(_fetching) = tokio::time::timeout(deadline.remaining(), self.fetching.lock()).await
         else {
             return Err(Error::auth("timed out waiting for a token"));
@@ -219,6 +226,19 @@ impl TokenCache {
             && c.expires_at.is_none_or(|t| Instant::now() < t)
         {
             return Ok((c.header, c.generation));
+        }
+        // Or failed to: the calls that waited for that fetch share its
+        // failure rather than each asking the provider again.
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some((number, why)) = failure
+            && number > seen
+        {
+            return Err(Error::auth("the token fetch this call waited for failed")
+                .with_source(BoxError::from(why.to_string())));
         }
         self.fetch(deadline).await
     }
@@ -235,6 +255,17 @@ impl TokenCache {
     /// Asks the provider (the caller holds `fetching`).
     async fn fetch(&self, deadline: &Deadline) -> Result<Credential, Error> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch_once(deadline).await;
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        let number = self.completed.fetch_add(1, Ordering::AcqRel) + 1;
+        *failure = match &result {
+            Ok(_) => None,
+            Err(err) => Some((number, err.to_string().into())),
+        };
+        result
+    }
+
+    async fn fetch_once(&self, deadline: &Deadline) -> Result<Credential, Error> {
         let fetched = tokio::time::timeout(deadline.remaining(), self.provider.token()).await;
         #[cfg(feature = "metrics")]
         crate::metrics::token_fetched(matches!(fetched, Ok(Ok(_))));

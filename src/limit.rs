@@ -208,20 +208,22 @@ impl Limits {
     }
 
     /// Takes a rate-limit permit, waiting only if the wait fits the deadline.
-    /// Returns the time waited.
+    /// Returns the time waited: zero, not the time `check()` took, for a
+    /// permit had at once.
     pub(crate) async fn rate(&self, deadline: &Deadline) -> Result<Duration, Error> {
         let Some((limiter, clock, wait)) = &self.rate else {
             return Ok(Duration::ZERO);
         };
-        let start = Instant::now();
+        let mut start = None;
         loop {
             match limiter.check() {
-                Ok(()) => return Ok(start.elapsed()),
+                Ok(()) => return Ok(start.map_or(Duration::ZERO, |s: Instant| s.elapsed())),
                 Err(not_until) => {
                     let needed = not_until.wait_time_from(clock.now());
                     if !*wait || !deadline.fits(needed) {
                         return Err(Error::rate_limited(needed));
                     }
+                    start.get_or_insert_with(Instant::now);
                     tokio::time::sleep(needed).await;
                 }
             }

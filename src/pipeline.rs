@@ -351,14 +351,6 @@ impl ApiClient {
             }
             .transpose()
             .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
-            let credential = match auth {
-                Some(auth) => Some(
-                    auth.credential(&deadline)
-                        .await
-                        .map_err(|err| ctx.fail(err, attempts))?,
-                ),
-                None => None,
-            };
             let avoid = tried.take();
             let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker);
             let (permit, now, target) = match self.admit(&route, &deadline).await {
@@ -371,6 +363,15 @@ impl ApiClient {
                     (permit, now, target)
                 }
                 Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
+            };
+            // After admission: an open circuit costs no token fetch.
+            let credential = match auth {
+                Some(auth) => Some(
+                    auth.credential(&deadline)
+                        .await
+                        .map_err(|err| ctx.fail(err, attempts))?,
+                ),
+                None => None,
             };
             if let (Some(instance), Some(path)) = (target, &routed) {
                 if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
@@ -418,6 +419,7 @@ impl ApiClient {
                         // The token was refused: drop it, and try once more
                         // with a new one, at once.
                         auth.reject(*generation);
+                        Stats::retry(&ctx.method, "401");
                         last = Some(err);
                         continue;
                     }
