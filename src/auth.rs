@@ -343,12 +343,8 @@ pub struct OAuth2ClientCredentials {
 
 impl fmt::Debug for OAuth2ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = url::Url::parse(&self.token_url).map_or_else(
-            |_| "<invalid url>".to_owned(),
-            |u| crate::redact::url(&u).to_string(),
-        );
         f.debug_struct("OAuth2ClientCredentials")
-            .field("token_url", &url)
+            .field("token_url", &crate::redact::raw_url(&self.token_url))
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .field("scope", &self.scope)

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, Permit};
+use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, EndpointKey, Permit};
 use crate::error::Error;
 use crate::redact;
 
@@ -109,12 +109,8 @@ impl Endpoint {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = Url::parse(&self.url).map_or_else(
-            |_| "<invalid url>".to_owned(),
-            |u| redact::url(&u).to_string(),
-        );
         f.debug_struct("Endpoint")
-            .field("url", &url)
+            .field("url", &redact::raw_url(&self.url))
             .field("weight", &self.weight)
             .finish()
     }
@@ -183,15 +179,7 @@ impl fmt::Debug for Instance {
 
 impl Instance {
     fn new(base: Url, weight: u32, breaker: Option<&CircuitBreakerConfig>) -> Self {
-        let breaker = breaker.map(|cfg| {
-            let label = format!(
-                "{}://{}:{}",
-                base.scheme(),
-                base.host_str().unwrap_or_default(),
-                base.port_or_known_default().unwrap_or(0)
-            );
-            Breaker::new(label, cfg.clone())
-        });
+        let breaker = breaker.map(|cfg| Breaker::new(EndpointKey::of(&base).label(), cfg.clone()));
         Self {
             base,
             weight,
@@ -300,13 +288,10 @@ impl EndpointSet {
                 .instances
                 .iter()
                 .find(|i| i.base == url && i.weight == weight);
+            // An endpoint whose weight changed starts afresh (weights rarely change).
             instances.push(match kept {
                 Some(i) => Arc::clone(i),
-                None => {
-                    // A new weight keeps nothing of the old state but the breaker's
-                    // verdict would be lost; weights rarely change, so start fresh.
-                    Arc::new(Instance::new(url, weight, breaker))
-                }
+                None => Arc::new(Instance::new(url, weight, breaker)),
             });
         }
         let n = instances.len();

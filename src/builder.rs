@@ -102,11 +102,7 @@ impl Default for ApiClientBuilder {
 
 impl fmt::Debug for ApiClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let base = self
-            .base_url
-            .as_deref()
-            .and_then(|b| Url::parse(b).ok())
-            .map(|u| redact::url(&u).to_string());
+        let base = self.base_url.as_deref().map(redact::raw_url);
         f.debug_struct("ApiClientBuilder")
             .field("base_url", &base)
             .field("endpoints", &self.endpoints)

@@ -174,15 +174,11 @@ impl Balancer {
         let placeholder =
             url::Url::parse("http://endpoint.invalid/").expect("a valid constant URL");
         let pending = endpoints.is_empty() && resolver.is_some();
-        let set = EndpointSet::build(
-            endpoints,
-            &EndpointSet::empty(pending, None),
-            breaker.as_ref(),
-        );
-        let set = if set.len() == 0 {
-            EndpointSet::empty(pending, None)
+        let empty = EndpointSet::empty(pending, None);
+        let set = if endpoints.is_empty() {
+            empty
         } else {
-            set
+            EndpointSet::build(endpoints, &empty, breaker.as_ref())
         };
         Self {
             shared: Arc::new(Shared {

@@ -182,12 +182,14 @@ impl Active<'_> {
         match result {
             Ok(_) => stats.succeeded.fetch_add(1, Ordering::Relaxed),
             Err(err) => {
-                if err.is_circuit_open() {
-                    stats.circuit_open.fetch_add(1, Ordering::Relaxed);
-                } else if err.is_rate_limited() {
-                    stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                } else if err.is_concurrency_limited() {
-                    stats.concurrency.fetch_add(1, Ordering::Relaxed);
+                let refused_by = match rejection(err) {
+                    Some("circuit_open") => Some(&stats.circuit_open),
+                    Some("rate") => Some(&stats.rate_limited),
+                    Some("concurrency") => Some(&stats.concurrency),
+                    _ => None,
+                };
+                if let Some(counter) = refused_by {
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
                 stats.failed.fetch_add(1, Ordering::Relaxed)
             }
@@ -216,20 +218,22 @@ impl Active<'_> {
         ];
         metrics::histogram!("http.client.request.duration", &labels).record(elapsed.as_secs_f64());
         metrics::counter!("http.client.requests", &labels).increment(1);
-        if let Err(err) = result {
-            let limit = if err.is_circuit_open() {
-                Some("circuit_open")
-            } else if err.is_rate_limited() {
-                Some("rate")
-            } else if err.is_concurrency_limited() {
-                Some("concurrency")
-            } else {
-                None
-            };
-            if let Some(limit) = limit {
-                metrics::counter!("http.client.limit.rejections", "limit" => limit).increment(1);
-            }
+        if let Some(limit) = result.err().and_then(rejection) {
+            metrics::counter!("http.client.limit.rejections", "limit" => limit).increment(1);
         }
+    }
+}
+
+/// Which local protection refused the call, as the `limit` label names it.
+fn rejection(err: &Error) -> Option<&'static str> {
+    if err.is_circuit_open() {
+        Some("circuit_open")
+    } else if err.is_rate_limited() {
+        Some("rate")
+    } else if err.is_concurrency_limited() {
+        Some("concurrency")
+    } else {
+        None
     }
 }
 

@@ -83,6 +83,12 @@ pub(crate) fn mark_sensitive(name: &HeaderName, value: &mut HeaderValue) {
 
 /// A copy of `url` that is safe to print: no password, credential-looking
 /// query values replaced by `REDACTED`. Borrows when there is nothing to hide.
+/// URL text as given by the user, for `Debug`: redacted like [`url`], and not
+/// shown at all when it does not parse (it may still hold a password).
+pub(crate) fn raw_url(raw: &str) -> String {
+    Url::parse(raw).map_or_else(|_| "(not a valid URL)".to_owned(), |u| url(&u).to_string())
+}
+
 pub(crate) fn url(url: &Url) -> Cow<'_, Url> {
     let secret_query = url.query_pairs().any(|(name, _)| is_sensitive_name(&name));
     if url.password().is_none() && !secret_query {

@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind};
 
 mod registry;
 
-pub(crate) use registry::Breakers;
+pub(crate) use registry::{Breakers, EndpointKey};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

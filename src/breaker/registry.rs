@@ -43,7 +43,7 @@ impl EndpointKey {
             && self.port == url.port_or_known_default().unwrap_or(0)
     }
 
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}://{}:{}", self.scheme, self.host, self.port)
     }
 }

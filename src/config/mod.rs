@@ -12,7 +12,6 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use crate::balance::{Endpoint, LoadBalance};
 use crate::breaker::CircuitBreakerConfig;
@@ -192,11 +191,7 @@ pub struct ApiClientConfig {
 
 impl fmt::Debug for ApiClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let base_url = self.base_url.as_deref().map(|raw| match Url::parse(raw) {
-            Ok(url) => redact::url(&url).to_string(),
-            // An unparsable URL may still hold a password: show none of it.
-            Err(_) => "(not a valid URL)".to_owned(),
-        });
+        let base_url = self.base_url.as_deref().map(redact::raw_url);
         let default_headers: BTreeMap<&str, &str> = self
             .default_headers
             .iter()
