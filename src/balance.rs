@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, EndpointKey, Permit};
+use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, Permit};
 use crate::error::Error;
+use crate::origin::{self, Origin};
 use crate::redact;
 
 /// How a client spreads attempts over its endpoints.
@@ -179,7 +180,7 @@ impl fmt::Debug for Instance {
 
 impl Instance {
     fn new(base: Url, weight: u32, breaker: Option<&CircuitBreakerConfig>) -> Self {
-        let breaker = breaker.map(|cfg| Breaker::new(EndpointKey::of(&base).label(), cfg.clone()));
+        let breaker = breaker.map(|cfg| Breaker::new(Origin::of(&base).to_string(), cfg.clone()));
         Self {
             base,
             weight,
@@ -254,7 +255,7 @@ pub(crate) struct EndpointSet {
 
 /// Validates one endpoint's URL and weight.
 pub(crate) fn parse_endpoint(ep: &Endpoint) -> Result<(Url, u32), Error> {
-    let url = crate::builder::parse_base(&ep.url, "endpoint")?;
+    let url = origin::parse_base(&ep.url, "endpoint")?;
     if ep.weight == 0 {
         return Err(Error::config("endpoint weight must be at least 1").with_url(&url));
     }
@@ -323,7 +324,7 @@ impl EndpointSet {
     pub(crate) fn find_origin(&self, url: &Url) -> Option<&Arc<Instance>> {
         self.instances
             .iter()
-            .find(|i| redact::same_origin(&i.base, url))
+            .find(|i| origin::same_origin(&i.base, url))
     }
 
     /// The aggregate breaker state: `Open` when every endpoint is open,

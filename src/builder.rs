@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use url::Url;
 
 use crate::auth::{TokenCache, TokenProvider};
 use crate::balance::{Endpoint, LoadBalance, parse_endpoint};
@@ -13,9 +12,12 @@ use crate::breaker::{Breakers, CircuitBreakerConfig};
 use crate::client::{ApiClient, Inner};
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
+use crate::headers::{bearer, header_pair};
 use crate::hook::RequestHook;
 use crate::limit::{Limits, RateLimit};
+use crate::origin;
 use crate::redact;
+use crate::redirect;
 use crate::retry::RetryPolicy;
 
 /// Default `connect_timeout`.
@@ -422,7 +424,7 @@ impl ApiClientBuilder {
         let base = self
             .base_url
             .as_deref()
-            .map(|raw| parse_base(raw, "base_url"))
+            .map(|raw| origin::parse_base(raw, "base_url"))
             .transpose()?;
         let has_endpoints = !self.endpoints.is_empty() || self.resolver.is_some();
         if base.is_some() && has_endpoints {
@@ -494,39 +496,6 @@ impl ApiClientBuilder {
     }
 
     fn transport(&self) -> Result<reqwest::Client, Error> {
-        let max_redirects = self.max_redirects;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if max_redirects == 0 {
-                return attempt.stop();
-            }
-            // `previous()` holds the original URL and every redirect followed.
-            if attempt.previous().len() > max_redirects {
-                return attempt.error(TooManyRedirects(max_redirects));
-            }
-            // reqwest drops Authorization and cookies on a redirect to another
-            // host; a request with other credential headers (x-api-key...) is
-            // not redirected there at all. The flag is set per attempt.
-            // Only http(s) is followed; any other scheme comes back as the 3xx.
-            if !matches!(attempt.url().scheme(), "http" | "https") {
-                return attempt.stop();
-            }
-            // reqwest drops Authorization and cookies on a redirect to another
-            // origin; a request with other credential headers (x-api-key...) is
-            // not redirected there at all. The flag is set per attempt.
-            if crate::pipeline::REDIRECT_GUARD
-                .try_with(|guard| *guard)
-                .unwrap_or(false)
-            {
-                let same = attempt
-                    .previous()
-                    .first()
-                    .is_none_or(|first| redact::same_origin(first, attempt.url()));
-                if !same {
-                    return attempt.stop();
-                }
-            }
-            attempt.follow()
-        });
         let user_agent = self.user_agent.clone().unwrap_or_else(|| {
             HeaderValue::from_static(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         });
@@ -536,7 +505,7 @@ impl ApiClientBuilder {
             .user_agent(user_agent)
             // The original URL's query may hold credentials.
             .referer(false)
-            .redirect(policy)
+            .redirect(redirect::policy(self.max_redirects))
             // Attempts are ours to count and decide; reqwest must not add its own.
             .retry(reqwest::retry::never())
             .tcp_nodelay(true);
@@ -563,52 +532,4 @@ impl ApiClientBuilder {
         b.build()
             .map_err(|e| Error::config_from("could not build the HTTP transport", e))
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("more than {0} redirects")]
-struct TooManyRedirects(usize);
-
-pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
-    let mut url =
-        Url::parse(raw).map_err(|e| Error::config(format!("invalid {what}")).with_source(e))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::config(format!(
-            "{what} must be an http or https URL"
-        )));
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::config(format!("{what} must have a host")));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
-}
-
-/// Converts a header name and value, marking credential-like values sensitive.
-pub(crate) fn header_pair<K, V>(name: K, value: V) -> Result<(HeaderName, HeaderValue), Error>
-where
-    K: TryInto<HeaderName>,
-    K::Error: Into<BoxError>,
-    V: TryInto<HeaderValue>,
-    V::Error: Into<BoxError>,
-{
-    let name: HeaderName = name
-        .try_into()
-        .map_err(|e| Error::config_from("invalid header name", e))?;
-    let mut value: HeaderValue = value
-        .try_into()
-        .map_err(|e| Error::config_from("invalid header value", e))?;
-    redact::mark_sensitive(&name, &mut value);
-    Ok((name, value))
-}
-
-/// `Bearer <token>`, marked sensitive.
-pub(crate) fn bearer(token: &dyn fmt::Display) -> Result<HeaderValue, Error> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|e| Error::config_from("invalid bearer token", e))?;
-    value.set_sensitive(true);
-    Ok(value)
 }

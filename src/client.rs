@@ -20,10 +20,11 @@ use crate::discovery::Balancer;
 use crate::error::Error;
 use crate::hook::RequestHook;
 use crate::limit::Limits;
-use crate::metrics::{ClientStats, Stats};
+use crate::origin;
 use crate::redact;
 use crate::request::RequestBuilder;
 use crate::retry::{Budget, RetryPolicy};
+use crate::stats::{ClientStats, Stats};
 
 /// An HTTP client for one service, with timeouts, retries, circuit breakers and
 /// limits around every call.
@@ -238,7 +239,7 @@ impl ApiClient {
         let inner = &*self.inner;
         let foreign = !routed
             && match (&inner.base, &inner.balancer) {
-                (Some(base), _) => !redact::same_origin(base, request.url()),
+                (Some(base), _) => !origin::same_origin(base, request.url()),
                 (None, Some(b)) => b.snapshot().find_origin(request.url()).is_none(),
                 (None, None) => false,
             };

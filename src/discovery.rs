@@ -22,11 +22,12 @@ use tokio::time::Instant;
 
 use crate::balance::{Endpoint, EndpointSet, EndpointStatus, LoadBalance, parse_endpoint};
 use crate::breaker::CircuitBreakerConfig;
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::timeout::Deadline;
 
-/// The error a resolver may fail with.
-pub type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+/// The error a resolver may fail with: the crate's one boxed error type,
+/// [`BoxError`], under the name it had before (kept for compatibility).
+pub type ResolveError = BoxError;
 
 /// What [`Resolver::resolve`] returns: a boxed future of the endpoint list.
 pub type ResolveFuture<'a> =

@@ -16,7 +16,10 @@ use crate::timeout::TimeoutPhase;
 /// A `Result` whose error defaults to this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The boxed error that [`TokenProvider`](crate::TokenProvider)s and
+/// [`Resolver`](crate::Resolver)s return: any error, `Send + Sync`. A `String`
+/// or `&str` converts into it with `?` or `.into()`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// How much of an error response's body [`Error::body_text`] keeps.
 pub(crate) const BODY_TEXT_LIMIT: usize = 4 * 1024;

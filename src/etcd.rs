@@ -4,10 +4,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
 use crate::balance::Endpoint;
-use crate::base64;
 use crate::client::ApiClient;
 use crate::discovery::{ResolveError, ResolveFuture, Resolver};
 
@@ -25,7 +26,8 @@ use crate::discovery::{ResolveError, ResolveFuture, Resolver};
 ///   optional `"weight"`: `{"url": "http://10.0.0.7:8080/", "weight": 2}`.
 ///
 /// Values that are none of these are skipped with a WARN. The lookups go
-/// through a client of their own (2 s per attempt, 5 s in all, retried).
+/// through a client of their own (2 s per attempt, 5 s in all, retried), or
+/// through one you configure, with [`with_client`](Self::with_client).
 ///
 /// # Examples
 ///
@@ -76,6 +78,31 @@ impl EtcdResolver {
         }
     }
 
+    /// A resolver that reads through `client`, whose base URL is the etcd
+    /// gateway (`http://host:2379/`): for your own timeouts, retries, TLS
+    /// settings or credentials.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilient_http::{ApiClient, EtcdResolver};
+    ///
+    /// let etcd = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:2379/")
+    ///     .total_timeout(Duration::from_secs(3))
+    ///     .build()?;
+    /// let resolver = EtcdResolver::with_client(etcd, "/services/orders/");
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn with_client(client: ApiClient, prefix: impl Into<String>) -> Self {
+        Self {
+            client: Ok(client),
+            prefix: prefix.into(),
+            base_path: "/".to_owned(),
+        }
+    }
+
     /// The path put after `host:port` values (default `/`); full URLs are
     /// used as they are.
     #[must_use]
@@ -92,8 +119,8 @@ impl EtcdResolver {
         let client = self.client.as_ref().map_err(String::clone)?;
         let key = self.prefix.as_bytes();
         let body = serde_json::json!({
-            "key": base64::encode(key),
-            "range_end": base64::encode(&prefix_end(key)),
+            "key": BASE64.encode(key),
+            "range_end": BASE64.encode(&prefix_end(key)),
         });
         let resp: RangeResponse = client
             .post("v3/kv/range")
@@ -104,13 +131,13 @@ impl EtcdResolver {
             .await?;
         let mut endpoints = Vec::with_capacity(resp.kvs.len());
         for kv in resp.kvs {
-            let value = base64::decode(&kv.value).unwrap_or_default();
+            let value = BASE64.decode(&kv.value).unwrap_or_default();
             if let Some(ep) = self.endpoint_of(&value) {
                 endpoints.push(ep);
             } else {
                 tracing::warn!(
                     target: "resilient_http::discovery",
-                    key = %String::from_utf8_lossy(&base64::decode(&kv.key).unwrap_or_default()),
+                    key = %String::from_utf8_lossy(&BASE64.decode(&kv.key).unwrap_or_default()),
                     "skipping an etcd value that is not an endpoint"
                 );
             }

@@ -172,7 +172,6 @@
 pub mod __bench;
 mod auth;
 mod balance;
-mod base64;
 mod breaker;
 mod builder;
 mod client;
@@ -181,17 +180,21 @@ mod discovery;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod headers;
 mod hook;
 mod limit;
-mod metrics;
+mod oauth2;
+mod origin;
 mod pipeline;
 mod redact;
+mod redirect;
 mod request;
 mod response;
 mod retry;
+mod stats;
 mod timeout;
 
-pub use auth::{OAuth2ClientCredentials, Token, TokenFuture, TokenProvider};
+pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState};
 pub use builder::{
@@ -208,15 +211,16 @@ pub use config::{
 pub use discovery::{
     DEFAULT_RESOLVER_REFRESH, ResolveError, ResolveFuture, Resolver, StaticResolver,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
 pub use hook::{HookRequest, RequestHook};
 pub use limit::RateLimit;
-pub use metrics::ClientStats;
+pub use oauth2::OAuth2ClientCredentials;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
+pub use stats::ClientStats;
 pub use timeout::TimeoutPhase;
 
 /// The README's code blocks, compiled as doctests so they cannot drift.

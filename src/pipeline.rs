@@ -35,17 +35,12 @@ use crate::client::ApiClient;
 use crate::discovery::Balancer;
 use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
 use crate::hook::HookRequest;
-use crate::metrics::{Active, Stats};
 use crate::redact;
+use crate::redirect;
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{Decision, Withdrawal, parse_retry_after};
+use crate::stats::{Active, Stats};
 use crate::timeout::Deadline;
-
-tokio::task_local! {
-    /// Set while an attempt whose headers would leak on a cross-host redirect
-    /// runs; the redirect policy then refuses such redirects.
-    pub(crate) static REDIRECT_GUARD: bool;
-}
 
 /// A prepared call: the request (body already `Bytes`) and its options.
 #[derive(Debug)]
@@ -387,11 +382,8 @@ impl ApiClient {
                 self.decorate(&mut request, credential.as_ref(), attempts, guard_redirects);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
             let attempt = self.attempt(request, &ctx.url, F::STREAM);
-            let timed = if guard_redirects {
-                tokio::time::timeout(limit, REDIRECT_GUARD.scope(true, attempt)).await
-            } else {
-                tokio::time::timeout(limit, attempt).await
-            };
+            let timed =
+                tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
             let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
             drop(flight);
             let now = Instant::now();
@@ -512,7 +504,7 @@ impl ApiClient {
         for hook in hooks {
             hook.on_request(&mut hooked);
         }
-        guard_redirects || redact::would_leak_on_redirect(request.headers())
+        guard_redirects || redirect::would_leak(request.headers())
     }
 
     /// Admission of one attempt: the breaker first (an open one refuses at

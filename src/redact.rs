@@ -52,28 +52,6 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         || lower.contains("auth")
 }
 
-/// Whether two URLs share an origin (scheme, host, port): credentials given
-/// for one may go to the other.
-pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
-}
-
-/// Whether reqwest itself drops this header on a redirect to another host.
-fn dropped_on_redirect(name: &HeaderName) -> bool {
-    use reqwest::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE};
-    [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE].contains(name)
-}
-
-/// Whether these headers carry a credential that a redirect to another host
-/// would forward (so such a redirect must not be followed).
-pub(crate) fn would_leak_on_redirect(headers: &reqwest::header::HeaderMap) -> bool {
-    headers
-        .keys()
-        .any(|name| is_sensitive_name(name.as_str()) && !dropped_on_redirect(name))
-}
-
 /// Marks `value` sensitive when `name` looks like a credential header.
 pub(crate) fn mark_sensitive(name: &HeaderName, value: &mut HeaderValue) {
     if is_sensitive_name(name.as_str()) {

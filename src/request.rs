@@ -9,9 +9,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::builder::{bearer, header_pair};
 use crate::client::ApiClient;
 use crate::error::{BoxError, Error};
+use crate::headers::{bearer, header_pair};
 use crate::pipeline::{Buffer, Call, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::is_idempotent_method;
@@ -210,7 +210,7 @@ impl RequestBuilder {
         // The token goes only to the client's own endpoints, and not over a
         // request's own Authorization header.
         let use_token = client.inner.auth.is_some() && !own_auth && !foreign;
-        let guard_redirects = crate::redact::would_leak_on_redirect(request.headers());
+        let guard_redirects = crate::redirect::would_leak(request.headers());
         let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         (
             client,

@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind};
 
 mod registry;
 
-pub(crate) use registry::{Breakers, EndpointKey};
+pub(crate) use registry::Breakers;
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -561,7 +561,7 @@ impl Breaker {
             ),
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::breaker_transition(endpoint, t.to);
+        crate::stats::breaker_transition(endpoint, t.to);
         if let Some(cb) = &self.cfg.on_state_change {
             cb(endpoint, t.from, t.to);
         }

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::{Breaker, CircuitBreakerConfig, CircuitState};
+use crate::origin::Origin;
 
 /// Breakers remembered for endpoints other than the base URL's. Calls to
 /// absolute URLs can name any host; this bounds what they can make us keep.
@@ -16,43 +17,15 @@ const MAX_ENDPOINTS: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Breakers {
     cfg: CircuitBreakerConfig,
-    base: Option<(EndpointKey, Arc<Breaker>)>,
-    others: Mutex<HashMap<EndpointKey, Arc<Breaker>>>,
-}
-
-/// (scheme, host, port) of a URL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct EndpointKey {
-    scheme: Box<str>,
-    host: Box<str>,
-    port: u16,
-}
-
-impl EndpointKey {
-    pub(crate) fn of(url: &Url) -> Self {
-        Self {
-            scheme: url.scheme().into(),
-            host: url.host_str().unwrap_or_default().into(),
-            port: url.port_or_known_default().unwrap_or(0),
-        }
-    }
-
-    fn matches(&self, url: &Url) -> bool {
-        *self.scheme == *url.scheme()
-            && *self.host == *url.host_str().unwrap_or_default()
-            && self.port == url.port_or_known_default().unwrap_or(0)
-    }
-
-    pub(crate) fn label(&self) -> String {
-        format!("{}://{}:{}", self.scheme, self.host, self.port)
-    }
+    base: Option<(Origin, Arc<Breaker>)>,
+    others: Mutex<HashMap<Origin, Arc<Breaker>>>,
 }
 
 impl Breakers {
     pub(crate) fn new(cfg: CircuitBreakerConfig, base: Option<&Url>) -> Self {
         let base = base.map(|url| {
-            let key = EndpointKey::of(url);
-            let breaker = Arc::new(Breaker::new(key.label(), cfg.clone()));
+            let key = Origin::of(url);
+            let breaker = Arc::new(Breaker::new(key.to_string(), cfg.clone()));
             (key, breaker)
         });
         Self {
@@ -74,7 +47,7 @@ impl Breakers {
         {
             return Arc::clone(breaker);
         }
-        let key = EndpointKey::of(url);
+        let key = Origin::of(url);
         let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(breaker) = others.get(&key) {
             return Arc::clone(breaker);
@@ -84,7 +57,7 @@ impl Breakers {
             let now = Instant::now();
             others.retain(|_, b| Arc::strong_count(b) > 1 || b.state(now) != CircuitState::Closed);
         }
-        let breaker = Arc::new(Breaker::new(key.label(), self.cfg.clone()));
+        let breaker = Arc::new(Breaker::new(key.to_string(), self.cfg.clone()));
         if others.len() < MAX_ENDPOINTS {
             others.insert(key, Arc::clone(&breaker));
         }

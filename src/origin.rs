@@ -1,0 +1,98 @@
+//! Origins: parsing a base URL, telling whether two URLs share an origin, and
+//! the key endpoints (and their circuit breakers) are known by.
+//!
+//! An origin is (scheme, host, port), as browsers define it: credentials given
+//! for one origin never go to another, and one circuit breaker serves one
+//! origin.
+
+use std::fmt;
+
+use url::Url;
+
+use crate::error::Error;
+
+/// Parses a base URL (`what` names the option in errors): `http` or `https`
+/// with a host. A missing trailing `/` is added, so relative paths are joined
+/// under the base path rather than replacing its last segment.
+pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
+    let mut url =
+        Url::parse(raw).map_err(|e| Error::config(format!("invalid {what}")).with_source(e))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::config(format!(
+            "{what} must be an http or https URL"
+        )));
+    }
+    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::config(format!("{what} must have a host")));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Whether two URLs share an origin (scheme, host, port): credentials given
+/// for one may go to the other.
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    Origin::of(a).matches(b)
+}
+
+/// The origin of a URL: (scheme, host, port), the port made explicit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Origin {
+    scheme: Box<str>,
+    host: Box<str>,
+    port: u16,
+}
+
+impl Origin {
+    pub(crate) fn of(url: &Url) -> Self {
+        Self {
+            scheme: url.scheme().into(),
+            host: url.host_str().unwrap_or_default().into(),
+            port: url.port_or_known_default().unwrap_or(0),
+        }
+    }
+
+    /// Whether `url` has this origin.
+    pub(crate) fn matches(&self, url: &Url) -> bool {
+        *self.scheme == *url.scheme()
+            && *self.host == *url.host_str().unwrap_or_default()
+            && self.port == url.port_or_known_default().unwrap_or(0)
+    }
+}
+
+/// `scheme://host:port`: the name breakers, logs and metrics use.
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let base = url("http://a.example/api/");
+        assert!(same_origin(&base, &url("http://a.example:80/other")));
+        assert!(!same_origin(&base, &url("https://a.example/api/")));
+        assert!(!same_origin(&base, &url("http://b.example/api/")));
+        assert!(!same_origin(&base, &url("http://a.example:8080/api/")));
+        assert_eq!(Origin::of(&base).to_string(), "http://a.example:80");
+    }
+
+    #[test]
+    fn a_base_gets_its_trailing_slash() {
+        let base = parse_base("http://a.example/api", "base_url").unwrap();
+        assert_eq!(base.as_str(), "http://a.example/api/");
+        assert!(parse_base("ftp://a.example/", "base_url").is_err());
+        assert!(parse_base("mailto:x@a.example", "base_url").is_err());
+    }
+}

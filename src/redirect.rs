@@ -1,0 +1,95 @@
+//! The redirect policy and the credential guard, in one place.
+//!
+//! - At most `max_redirects` redirects are followed (0: none; the 3xx is then
+//!   the answer, a `Client` error). More, or a loop, is a `Client` error.
+//! - Only `http` and `https` targets are followed; any other scheme comes back
+//!   as the 3xx itself.
+//! - reqwest drops `Authorization`, `Cookie`, `Proxy-Authorization` and
+//!   `WWW-Authenticate` on a redirect to another origin. A request carrying
+//!   another credential header (`x-api-key`, ...) is not redirected to another
+//!   origin at all: the pipeline runs such an attempt inside [`guarded`], and
+//!   the policy then stops at the 3xx.
+//! - No `Referer` is sent: the original URL's query may hold credentials.
+
+use std::future::Future;
+
+use reqwest::header::{
+    AUTHORIZATION, COOKIE, HeaderMap, HeaderName, PROXY_AUTHORIZATION, WWW_AUTHENTICATE,
+};
+
+use crate::origin;
+use crate::redact;
+
+tokio::task_local! {
+    /// Set while an attempt whose headers would leak on a cross-origin
+    /// redirect runs.
+    static GUARD: bool;
+}
+
+/// The client's redirect policy, following at most `max_redirects`.
+pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if max_redirects == 0 {
+            return attempt.stop();
+        }
+        // `previous()` holds the original URL and every redirect followed.
+        if attempt.previous().len() > max_redirects {
+            return attempt.error(TooManyRedirects(max_redirects));
+        }
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            return attempt.stop();
+        }
+        if GUARD.try_with(|guard| *guard).unwrap_or(false) {
+            let same = attempt
+                .previous()
+                .first()
+                .is_none_or(|first| origin::same_origin(first, attempt.url()));
+            if !same {
+                return attempt.stop();
+            }
+        }
+        attempt.follow()
+    })
+}
+
+/// Runs one attempt so that the policy refuses redirects to another origin
+/// when `guard` is set.
+pub(crate) async fn guarded<F: Future>(guard: bool, attempt: F) -> F::Output {
+    if guard {
+        GUARD.scope(true, attempt).await
+    } else {
+        attempt.await
+    }
+}
+
+/// Whether these headers carry a credential that a redirect to another origin
+/// would forward (so such a redirect must not be followed).
+pub(crate) fn would_leak(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| redact::is_sensitive_name(name.as_str()) && !dropped_by_reqwest(name))
+}
+
+/// Whether reqwest itself drops this header on a redirect to another origin.
+fn dropped_by_reqwest(name: &HeaderName) -> bool {
+    [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE].contains(name)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("more than {0} redirects")]
+struct TooManyRedirects(usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn credential_headers_that_reqwest_keeps_would_leak() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        assert!(!would_leak(&headers), "reqwest drops Authorization itself");
+        headers.insert("x-api-key", HeaderValue::from_static("k"));
+        assert!(would_leak(&headers));
+    }
+}
