@@ -120,7 +120,7 @@ impl EtcdResolver {
         let key = self.prefix.as_bytes();
         let body = serde_json::json!({
             "key": BASE64.encode(key),
-            "range_end": BASE64.encode(&prefix_end(key)),
+            "range_end": BASE64.encode(prefix_end(key)),
         });
         let resp: RangeResponse = client
             .post("v3/kv/range")
