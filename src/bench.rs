@@ -17,7 +17,7 @@ use crate::timeout::{Deadline, TimeoutPhase};
 #[must_use]
 pub fn classify_status(code: u16) -> Option<ErrorKind> {
     let status = StatusCode::from_u16(code).ok()?;
-    Some(classify(&Outcome::Status(status)).kind)
+    Some(classify(&Outcome::Status(status)).kind())
 }
 
 /// The attempt limit of a fresh deadline.

@@ -81,7 +81,103 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// What failed, worded for the error's one-line `Display`.
+/// Why a call failed: the cause behind its [`ErrorKind`], stable enough to
+/// match on and to use as a metric label ([`as_str`](Self::as_str)).
+///
+/// The kind says what to do about a failure; the reason says what happened.
+/// [`Error::reason`] returns it.
+///
+/// | reason | kind |
+/// |---|---|
+/// | `Status` | by status: see [`ErrorKind`] |
+/// | `Connect`, `Timeout`, `Closed` | `Retryable` |
+/// | `Protocol` | `Server` |
+/// | `Redirect` | `Client` |
+/// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
+/// | `TooLarge`, `Decode` | `Decode` |
+/// | `Config` | `Config` |
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> resilient_http::Result<()> {
+/// use resilient_http::{ApiClient, ErrorReason, Token};
+///
+/// let client = ApiClient::builder()
+///     .base_url("http://127.0.0.1:9/")
+///     .token_provider(|| async { Err::<Token, _>("vault is sealed".into()) })
+///     .build()?;
+/// let err = client.get("x").send().await.unwrap_err();
+/// assert_eq!(err.reason(), ErrorReason::Auth);
+/// assert_eq!(err.reason().as_str(), "auth");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorReason {
+    /// The server answered with a status that is not 2xx; see [`Error::status`].
+    Status,
+    /// The connection could not be made (DNS, refused, TLS handshake).
+    Connect,
+    /// A timeout fired; see [`Error::timeout_phase`].
+    Timeout,
+    /// The connection was closed or reset before the response was complete.
+    Closed,
+    /// The peer sent bytes that are not a valid HTTP response.
+    Protocol,
+    /// Too many redirects, or a redirect loop.
+    Redirect,
+    /// An open (or saturated half-open) circuit breaker refused the call.
+    CircuitOpen,
+    /// The client's rate limit refused the call.
+    RateLimited,
+    /// No concurrency permit could be had within the deadline.
+    ConcurrencyLimited,
+    /// The token provider could not give a token.
+    Auth,
+    /// A client with endpoints had none to send to.
+    NoEndpoints,
+    /// A 2xx body was larger than `max_response_bytes`.
+    TooLarge,
+    /// A 2xx body could not be decoded as asked.
+    Decode,
+    /// An invalid option, URL, header or body.
+    Config,
+}
+
+impl ErrorReason {
+    /// A short lowercase name for logs and metric labels (`"connect"`,
+    /// `"circuit_open"`, ...). These names do not change.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Protocol => "protocol",
+            Self::Redirect => "redirect",
+            Self::CircuitOpen => "circuit_open",
+            Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+            Self::Auth => "auth",
+            Self::NoEndpoints => "no_endpoints",
+            Self::TooLarge => "too_large",
+            Self::Decode => "decode",
+            Self::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What failed: the one stored fact of an error. Kind, reason, status,
+/// timeout phase and whether it was a connect failure all derive from it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum What {
     #[error("server answered {0}")]
@@ -114,6 +210,57 @@ pub(crate) enum What {
     Config(Cow<'static, str>),
 }
 
+impl What {
+    /// The classification table, for everything but the transport's errors
+    /// (which [`classify`] turns into a `What` first).
+    pub(crate) const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Status(status) => status_kind(*status),
+            Self::Connect | Self::Timeout(_) | Self::Closed => ErrorKind::Retryable,
+            Self::Protocol => ErrorKind::Server,
+            Self::Redirect => ErrorKind::Client,
+            Self::CircuitOpen
+            | Self::RateLimited
+            | Self::ConcurrencyLimited
+            | Self::Auth(_)
+            | Self::NoEndpoints(_) => ErrorKind::Rejected,
+            Self::TooLarge(_) | Self::Decode(_) => ErrorKind::Decode,
+            Self::Config(_) => ErrorKind::Config,
+        }
+    }
+
+    pub(crate) const fn reason(&self) -> ErrorReason {
+        match self {
+            Self::Status(_) => ErrorReason::Status,
+            Self::Connect => ErrorReason::Connect,
+            Self::Timeout(_) => ErrorReason::Timeout,
+            Self::Closed => ErrorReason::Closed,
+            Self::Protocol => ErrorReason::Protocol,
+            Self::Redirect => ErrorReason::Redirect,
+            Self::CircuitOpen => ErrorReason::CircuitOpen,
+            Self::RateLimited => ErrorReason::RateLimited,
+            Self::ConcurrencyLimited => ErrorReason::ConcurrencyLimited,
+            Self::Auth(_) => ErrorReason::Auth,
+            Self::NoEndpoints(_) => ErrorReason::NoEndpoints,
+            Self::TooLarge(_) => ErrorReason::TooLarge,
+            Self::Decode(_) => ErrorReason::Decode,
+            Self::Config(_) => ErrorReason::Config,
+        }
+    }
+
+    const fn phase(&self) -> Option<TimeoutPhase> {
+        match self {
+            Self::Timeout(phase) => Some(*phase),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection could not be made.
+    const fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect | Self::Timeout(TimeoutPhase::Connect))
+    }
+}
+
 /// The outcome of one attempt (or one local step) that is not a success.
 #[derive(Debug)]
 pub(crate) enum Outcome<'a> {
@@ -125,49 +272,25 @@ pub(crate) enum Outcome<'a> {
     Timeout(TimeoutPhase),
 }
 
-/// The result of [`classify`].
-#[derive(Debug)]
-pub(crate) struct Class {
-    pub(crate) kind: ErrorKind,
-    pub(crate) what: What,
-    pub(crate) phase: Option<TimeoutPhase>,
-    pub(crate) connect: bool,
-}
-
-/// The classification table. Every kind decision in the crate is made here.
+/// Classifies an outcome: what failed, from which its [`ErrorKind`] follows
+/// by the table on [`ErrorKind`]. Every kind decision in the crate starts here.
 ///
-/// | outcome | kind | notes |
-/// |---|---|---|
-/// | status 408, 429, 502, 503, 504 | `Retryable` | |
-/// | other 5xx | `Server` | |
-/// | other 4xx, any 3xx (not followed) | `Client` | |
-/// | DNS failure, connection refused, TLS handshake | `Retryable` | `is_connect()` |
-/// | connect timeout | `Retryable` | phase `Connect`, `is_connect()` |
-/// | no byte for `read_timeout` | `Retryable` | phase `Read` |
-/// | attempt or total timer | `Retryable` | phase `Attempt` / `Total` |
-/// | connection closed or reset, body shorter than Content-Length | `Retryable` | |
-/// | bytes that are not HTTP, header block too large | `Server` | the peer is broken, not busy |
-/// | redirect loop, more than the redirect limit | `Client` | |
-/// | invalid request (builder) | `Config` | |
-pub(crate) fn classify(outcome: &Outcome<'_>) -> Class {
+/// How transport failures map: DNS failure, connection refused and TLS
+/// handshake are `Connect`; reqwest's connect timeout is `Timeout(Connect)`
+/// and its read timeout `Timeout(Read)`; a connection closed or reset (also
+/// mid-body, or short of its Content-Length) is `Closed`; bytes that are not
+/// HTTP or a header block too large are `Protocol` (the peer is broken, not
+/// busy); too many redirects is `Redirect`; a request reqwest cannot build is
+/// `Config`.
+pub(crate) fn classify(outcome: &Outcome<'_>) -> What {
     match outcome {
-        Outcome::Status(status) => Class {
-            kind: status_kind(*status),
-            what: What::Status(*status),
-            phase: None,
-            connect: false,
-        },
-        Outcome::Timeout(phase) => Class {
-            kind: ErrorKind::Retryable,
-            what: What::Timeout(*phase),
-            phase: Some(*phase),
-            connect: *phase == TimeoutPhase::Connect,
-        },
-        Outcome::Transport(err) => transport_class(err),
+        Outcome::Status(status) => What::Status(*status),
+        Outcome::Timeout(phase) => What::Timeout(*phase),
+        Outcome::Transport(err) => transport_what(err),
     }
 }
 
-fn status_kind(status: StatusCode) -> ErrorKind {
+const fn status_kind(status: StatusCode) -> ErrorKind {
     match status.as_u16() {
         408 | 429 | 502 | 503 | 504 => ErrorKind::Retryable,
         500..=599 => ErrorKind::Server,
@@ -176,42 +299,22 @@ fn status_kind(status: StatusCode) -> ErrorKind {
     }
 }
 
-fn transport_class(err: &reqwest::Error) -> Class {
-    let class = |kind, what| Class {
-        kind,
-        what,
-        phase: None,
-        connect: false,
-    };
+fn transport_what(err: &reqwest::Error) -> What {
     if err.is_builder() {
-        return class(
-            ErrorKind::Config,
-            What::Config(Cow::Borrowed("invalid request")),
-        );
+        return What::Config(Cow::Borrowed("invalid request"));
     }
     if err.is_redirect() {
-        return class(ErrorKind::Client, What::Redirect);
+        return What::Redirect;
     }
     if err.is_timeout() {
-        let phase = if err.is_connect() {
+        return What::Timeout(if err.is_connect() {
             TimeoutPhase::Connect
         } else {
             TimeoutPhase::Read
-        };
-        return Class {
-            kind: ErrorKind::Retryable,
-            what: What::Timeout(phase),
-            phase: Some(phase),
-            connect: phase == TimeoutPhase::Connect,
-        };
+        });
     }
     if err.is_connect() {
-        return Class {
-            kind: ErrorKind::Retryable,
-            what: What::Connect,
-            phase: None,
-            connect: true,
-        };
+        return What::Connect;
     }
     // Walk the cause chain: hyper tells a broken peer from a closed connection.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -219,7 +322,7 @@ fn transport_class(err: &reqwest::Error) -> Class {
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && (h.is_parse() || h.is_parse_status())
         {
-            return class(ErrorKind::Server, What::Protocol);
+            return What::Protocol;
         }
         // hyper reports broken framing (a bad chunk-size line) as invalid
         // data or input; a closed or reset connection is another kind.
@@ -229,11 +332,11 @@ fn transport_class(err: &reqwest::Error) -> Class {
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
             )
         {
-            return class(ErrorKind::Server, What::Protocol);
+            return What::Protocol;
         }
         cause = e.source();
     }
-    class(ErrorKind::Retryable, What::Closed)
+    What::Closed
 }
 
 /// The error of a call: what failed, classified, with the context to log it.
@@ -269,14 +372,10 @@ pub struct Error {
 }
 
 struct Inner {
-    kind: ErrorKind,
     what: What,
     source: Option<BoxError>,
     method: Option<Method>,
     url: Option<Url>,
-    status: Option<StatusCode>,
-    phase: Option<TimeoutPhase>,
-    connect: bool,
     attempts: u32,
     elapsed: Option<Duration>,
     retry_after: Option<Duration>,
@@ -285,17 +384,13 @@ struct Inner {
 }
 
 impl Error {
-    fn from_class(class: Class) -> Self {
+    fn new(what: What) -> Self {
         Self {
             inner: Box::new(Inner {
-                kind: class.kind,
-                what: class.what,
+                what,
                 source: None,
                 method: None,
                 url: None,
-                status: None,
-                phase: class.phase,
-                connect: class.connect,
                 attempts: 0,
                 elapsed: None,
                 retry_after: None,
@@ -305,18 +400,9 @@ impl Error {
         }
     }
 
-    fn simple(kind: ErrorKind, what: What) -> Self {
-        Self::from_class(Class {
-            kind,
-            what,
-            phase: None,
-            connect: false,
-        })
-    }
-
     /// An invalid configuration or request.
     pub(crate) fn config(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::simple(ErrorKind::Config, What::Config(message.into()))
+        Self::new(What::Config(message.into()))
     }
 
     /// An invalid configuration caused by `source`.
@@ -326,14 +412,14 @@ impl Error {
 
     /// A failed transport, classified.
     pub(crate) fn transport(err: reqwest::Error) -> Self {
-        let class = classify(&Outcome::Transport(&err));
+        let what = classify(&Outcome::Transport(&err));
         // reqwest's message embeds the URL unredacted; ours carries it redacted.
-        Self::from_class(class).with_source(err.without_url())
+        Self::new(what).with_source(err.without_url())
     }
 
     /// One of our own timers fired.
     pub(crate) fn timeout(phase: TimeoutPhase) -> Self {
-        Self::from_class(classify(&Outcome::Timeout(phase)))
+        Self::new(classify(&Outcome::Timeout(phase)))
     }
 
     /// A non-2xx response.
@@ -343,8 +429,7 @@ impl Error {
         body: &[u8],
         retry_after: Option<Duration>,
     ) -> Self {
-        let mut err = Self::from_class(classify(&Outcome::Status(status)));
-        err.inner.status = Some(status);
+        let mut err = Self::new(classify(&Outcome::Status(status)));
         err.inner.retry_after = retry_after;
         if !body.is_empty() {
             let end = body.len().min(BODY_TEXT_LIMIT);
@@ -357,44 +442,44 @@ impl Error {
 
     /// A 2xx body that cannot be used as asked.
     pub(crate) fn decode(detail: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
-        let mut err = Self::simple(ErrorKind::Decode, What::Decode(detail.into()));
+        let mut err = Self::new(What::Decode(detail.into()));
         err.inner.source = source;
         err
     }
 
     /// A 2xx body larger than `max_response_bytes`.
     pub(crate) fn too_large(limit: usize) -> Self {
-        Self::simple(ErrorKind::Decode, What::TooLarge(limit))
+        Self::new(What::TooLarge(limit))
     }
 
     /// The breaker refused the call; `retry_after` is the time to the next probe.
     pub(crate) fn circuit_open(retry_after: Option<Duration>) -> Self {
-        let mut err = Self::simple(ErrorKind::Rejected, What::CircuitOpen);
+        let mut err = Self::new(What::CircuitOpen);
         err.inner.retry_after = retry_after;
         err
     }
 
     /// The rate limit refused the call; `retry_after` is when a permit frees up.
     pub(crate) fn rate_limited(retry_after: Duration) -> Self {
-        let mut err = Self::simple(ErrorKind::Rejected, What::RateLimited);
+        let mut err = Self::new(What::RateLimited);
         err.inner.retry_after = Some(retry_after);
         err
     }
 
     /// No concurrency permit could be had within the deadline.
     pub(crate) fn concurrency_limited() -> Self {
-        Self::simple(ErrorKind::Rejected, What::ConcurrencyLimited)
+        Self::new(What::ConcurrencyLimited)
     }
 
     /// A client with endpoints has none to send to (`why`: the resolver's
     /// error, or that it has not answered yet).
     pub(crate) fn no_endpoints(why: impl Into<Cow<'static, str>>) -> Self {
-        Self::simple(ErrorKind::Rejected, What::NoEndpoints(why.into()))
+        Self::new(What::NoEndpoints(why.into()))
     }
 
     /// No token could be had for the call (nothing was sent).
     pub(crate) fn auth(why: impl Into<Cow<'static, str>>) -> Self {
-        Self::simple(ErrorKind::Rejected, What::Auth(why.into()))
+        Self::new(What::Auth(why.into()))
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -429,33 +514,40 @@ impl Error {
     /// The class of failure.
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
-        self.inner.kind
+        self.inner.what.kind()
+    }
+
+    /// Why the call failed, as a stable value to match on or label metrics
+    /// with; see [`ErrorReason`].
+    #[must_use]
+    pub fn reason(&self) -> ErrorReason {
+        self.inner.what.reason()
     }
 
     /// Whether the failure is transient (`ErrorKind::Retryable`). Whether the
     /// client actually retried also depends on the method and the policy.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        self.inner.kind == ErrorKind::Retryable
+        self.kind() == ErrorKind::Retryable
     }
 
     /// Whether a timeout fired; [`timeout_phase`](Self::timeout_phase) says which.
     #[must_use]
     pub fn is_timeout(&self) -> bool {
-        self.inner.phase.is_some()
+        self.timeout_phase().is_some()
     }
 
     /// The limit that was binding when a timeout fired.
     #[must_use]
     pub fn timeout_phase(&self) -> Option<TimeoutPhase> {
-        self.inner.phase
+        self.inner.what.phase()
     }
 
     /// Whether the connection could not be made (DNS, refused, TLS handshake,
     /// connect timeout). Nothing reached the server.
     #[must_use]
     pub fn is_connect(&self) -> bool {
-        self.inner.connect
+        self.inner.what.is_connect()
     }
 
     /// Whether an open (or saturated half-open) circuit breaker refused the call.
@@ -479,13 +571,16 @@ impl Error {
     /// Whether this failure proves that nothing reached the server (a connect
     /// failure or a local rejection), so even a POST may be sent again.
     pub(crate) fn nothing_sent(&self) -> bool {
-        self.inner.connect || self.inner.kind == ErrorKind::Rejected
+        self.is_connect() || self.kind() == ErrorKind::Rejected
     }
 
     /// The status of an error response.
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
-        self.inner.status
+        match self.inner.what {
+            What::Status(status) => Some(status),
+            _ => None,
+        }
     }
 
     /// The headers of an error response.
@@ -537,19 +632,7 @@ impl Error {
     pub(crate) fn type_name(&self) -> Cow<'static, str> {
         match &self.inner.what {
             What::Status(s) => Cow::Owned(s.as_u16().to_string()),
-            What::Connect => Cow::Borrowed("connect"),
-            What::Timeout(_) => Cow::Borrowed("timeout"),
-            What::Closed => Cow::Borrowed("closed"),
-            What::Protocol => Cow::Borrowed("protocol"),
-            What::Redirect => Cow::Borrowed("redirect"),
-            What::CircuitOpen => Cow::Borrowed("circuit_open"),
-            What::RateLimited => Cow::Borrowed("rate_limited"),
-            What::ConcurrencyLimited => Cow::Borrowed("concurrency_limited"),
-            What::NoEndpoints(_) => Cow::Borrowed("no_endpoints"),
-            What::Auth(_) => Cow::Borrowed("auth"),
-            What::TooLarge(_) => Cow::Borrowed("too_large"),
-            What::Decode(_) => Cow::Borrowed("decode"),
-            What::Config(_) => Cow::Borrowed("config"),
+            what => Cow::Borrowed(what.reason().as_str()),
         }
     }
 }
@@ -565,9 +648,10 @@ impl fmt::Display for Error {
         }
         write!(f, "{}", inner.what)?;
         if let Some(e) = &inner.source {
-            if inner.kind == ErrorKind::Config {
+            let kind = inner.what.kind();
+            if kind == ErrorKind::Config {
                 write!(f, " ({e})")?;
-            } else if inner.kind == ErrorKind::Decode {
+            } else if kind == ErrorKind::Decode {
                 // A decoder's message can quote the body (a mistyped token
                 // field, say): it stays in `source()`, out of the log line.
             } else {
@@ -596,18 +680,13 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Error");
-        d.field("kind", &inner.kind).field("what", &inner.what);
+        d.field("kind", &inner.what.kind())
+            .field("what", &inner.what);
         if let Some(m) = &inner.method {
             d.field("method", m);
         }
         if let Some(u) = &inner.url {
             d.field("url", &u.as_str());
-        }
-        if let Some(s) = &inner.status {
-            d.field("status", s);
-        }
-        if let Some(p) = &inner.phase {
-            d.field("timeout_phase", p);
         }
         d.field("attempts", &inner.attempts);
         if let Some(e) = &inner.elapsed {
@@ -663,9 +742,9 @@ mod tests {
         ];
         for (code, kind) in table {
             let status = StatusCode::from_u16(code).unwrap();
-            let class = classify(&Outcome::Status(status));
-            assert_eq!(class.kind, kind, "{code}");
-            assert_eq!(class.phase, None);
+            let what = classify(&Outcome::Status(status));
+            assert_eq!(what.kind(), kind, "{code}");
+            assert_eq!(what.phase(), None);
         }
     }
 
@@ -682,6 +761,43 @@ mod tests {
             assert!(err.is_timeout());
             assert_eq!(err.timeout_phase(), Some(phase));
             assert_eq!(err.is_connect(), phase == TimeoutPhase::Connect);
+        }
+    }
+
+    #[test]
+    fn kind_status_phase_and_connect_derive_from_the_cause() {
+        let err = Error::from_status(StatusCode::BAD_GATEWAY, HeaderMap::new(), b"", None);
+        assert_eq!(
+            (err.kind(), err.reason(), err.status()),
+            (
+                ErrorKind::Retryable,
+                ErrorReason::Status,
+                Some(StatusCode::BAD_GATEWAY)
+            )
+        );
+        assert!(!err.is_connect() && !err.is_timeout());
+        let connect = Error::timeout(TimeoutPhase::Connect);
+        assert!(connect.is_connect() && connect.nothing_sent());
+        assert_eq!(connect.reason(), ErrorReason::Timeout);
+        assert_eq!(connect.status(), None);
+        for (err, kind, reason) in [
+            (
+                Error::circuit_open(None),
+                ErrorKind::Rejected,
+                "circuit_open",
+            ),
+            (Error::auth("x"), ErrorKind::Rejected, "auth"),
+            (
+                Error::no_endpoints("x"),
+                ErrorKind::Rejected,
+                "no_endpoints",
+            ),
+            (Error::too_large(1), ErrorKind::Decode, "too_large"),
+            (Error::config("x"), ErrorKind::Config, "config"),
+        ] {
+            assert_eq!(err.kind(), kind);
+            assert_eq!(err.reason().as_str(), reason);
+            assert_eq!(&*err.type_name(), reason);
         }
     }
 

@@ -211,7 +211,7 @@ pub use config::{
 pub use discovery::{
     DEFAULT_RESOLVER_REFRESH, ResolveError, ResolveFuture, Resolver, StaticResolver,
 };
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
 pub use hook::{HookRequest, RequestHook};
