@@ -180,7 +180,7 @@ impl ApiClientBuilder {
 
     /// Several instances of the service instead of one `base_url`: request
     /// paths are joined onto whichever instance an attempt goes to. Takes URLs
-    /// (`&str`, `String`, [`Url`]) or weighted [`Endpoint`]s; calling it again
+    /// (`&str`, `String`, [`Url`](crate::Url)) or weighted [`Endpoint`]s; calling it again
     /// adds more. [`load_balance`](Self::load_balance) says how attempts are
     /// spread; an endpoint whose circuit breaker is open is skipped while
     /// others can take the attempt, and a retry goes to another endpoint when
@@ -402,10 +402,21 @@ impl ApiClientBuilder {
     ///
     /// This turns off the protection TLS gives: anyone on the path can read
     /// and change the traffic. It exists for test setups with self-signed
-    /// certificates; `build()` logs a WARN when it is on.
-    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
+    /// certificates; `build()` logs a WARN when it is on. The name is
+    /// reqwest's own.
+    pub fn tls_danger_accept_invalid_certs(mut self, accept: bool) -> Self {
         self.accept_invalid_certs = accept;
         self
+    }
+
+    /// The former name of
+    /// [`tls_danger_accept_invalid_certs`](Self::tls_danger_accept_invalid_certs).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed tls_danger_accept_invalid_certs, as in reqwest 0.13"
+    )]
+    pub fn danger_accept_invalid_certs(self, accept: bool) -> Self {
+        self.tls_danger_accept_invalid_certs(accept)
     }
 
     /// Validates every option and builds the client.
@@ -524,7 +535,7 @@ impl ApiClientBuilder {
         if self.accept_invalid_certs {
             tracing::warn!(
                 target: "resilient_http::tls",
-                "TLS certificate verification is OFF (danger_accept_invalid_certs): \
+                "TLS certificate verification is OFF (tls_danger_accept_invalid_certs): \
                  traffic can be read and changed by anyone on the path"
             );
             b = b.tls_danger_accept_invalid_certs(true);

@@ -54,7 +54,8 @@
 //! 2. a concurrency permit is taken, held for the whole call, never waiting
 //!    past the deadline;
 //! 3. for each attempt, the endpoint's circuit breaker is asked (open: the call
-//!    fails at once, no I/O), then a rate-limit permit is taken;
+//!    fails at once, no I/O), then a rate-limit permit is taken, then the
+//!    token (if any) is set and the request hooks run;
 //! 4. one attempt is sent under `min(attempt_timeout, time left)`, and its body
 //!    read and buffered (bounded by `max_response_bytes`) inside the attempt;
 //! 5. the outcome is classified and recorded in the breaker;
@@ -77,16 +78,10 @@
 //!
 //! # Errors
 //!
-//! Every failure is an [`Error`] with a [`kind`](Error::kind):
-//!
-//! | kind | what | retried |
-//! |---|---|---|
-//! | [`Retryable`](ErrorKind::Retryable) | connect/DNS failure, reset or early close, any timeout, 408, 429, 502, 503, 504 | yes |
-//! | [`Server`](ErrorKind::Server) | every other 5xx; a peer that does not speak HTTP | only with `retry_server_errors(true)` |
-//! | [`Client`](ErrorKind::Client) | every other 4xx, a 3xx not followed, a redirect loop | no |
-//! | [`Rejected`](ErrorKind::Rejected) | refused locally, nothing sent: open circuit, rate or concurrency limit | no |
-//! | [`Decode`](ErrorKind::Decode) | a 2xx that cannot be used as asked: wrong JSON, not UTF-8, too large | no |
-//! | [`Config`](ErrorKind::Config) | invalid URL, header, option, unserializable body | no |
+//! Every failure is an [`Error`] with a [`kind`](Error::kind) that says what
+//! can be done about it (the table of what each kind covers is on
+//! [`ErrorKind`]) and a [`reason`](Error::reason) that says what happened
+//! ([`ErrorReason`]).
 //!
 //! The error carries the status, the first 4 KiB of the body, `Retry-After`,
 //! the number of attempts, the elapsed time and the redacted URL. Its `Display`
@@ -166,6 +161,8 @@
 //! - `bench-internals`: exposes the layers' bookkeeping to the `hot_path`
 //!   benchmark; not a stable API.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 #[path = "bench.rs"]
@@ -175,7 +172,7 @@ mod balance;
 mod breaker;
 mod builder;
 mod client;
-mod config;
+pub mod config;
 mod discovery;
 mod error;
 #[cfg(feature = "etcd")]
@@ -197,20 +194,10 @@ mod timeout;
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState};
-pub use builder::{
-    ApiClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
-};
+pub use builder::ApiClientBuilder;
 pub use client::ApiClient;
-#[cfg(feature = "etcd")]
-pub use config::EtcdSection;
-pub use config::{
-    ApiClientConfig, CircuitBreakerSection, EndpointEntry, FailureRateSection, RateLimitSection,
-    RetryBudgetSection, RetrySection,
-};
-pub use discovery::{
-    DEFAULT_RESOLVER_REFRESH, ResolveError, ResolveFuture, Resolver, StaticResolver,
-};
+pub use config::ApiClientConfig;
+pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};
 pub use error::{BoxError, Error, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
@@ -222,6 +209,18 @@ pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
 pub use stats::ClientStats;
 pub use timeout::TimeoutPhase;
+
+// Moved to `config` in 0.2; kept at the root for one release.
+#[cfg(feature = "etcd")]
+#[doc(hidden)]
+pub use config::EtcdSection;
+#[doc(hidden)]
+pub use config::{
+    CircuitBreakerSection, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_REFRESH,
+    DEFAULT_TOTAL_TIMEOUT, EndpointEntry, FailureRateSection, RateLimitSection, RetryBudgetSection,
+    RetrySection,
+};
 
 /// The README's code blocks, compiled as doctests so they cannot drift.
 #[cfg(doctest)]

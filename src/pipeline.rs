@@ -1,16 +1,6 @@
-//! The call pipeline: one async loop that sequences the layers.
-//!
-//! For each logical call, under one total deadline:
-//!
-//! 1. take a concurrency permit, held for the whole call (never waiting past the deadline);
-//! 2. for each attempt, ask the endpoint's circuit breaker (open: refuse at once,
-//!    no I/O), then take a rate-limit permit (retries are real requests too);
-//! 3. send one attempt under `min(attempt_timeout, time left)`, buffering the body
-//!    (bounded by `max_response_bytes`) inside the attempt;
-//! 4. classify the outcome ([`crate::error`]) and record it in the breaker;
-//! 5. on a retryable outcome, if the method may be repeated and the policy, the
-//!    deadline, the breaker and the budget allow, sleep the backoff (or the
-//!    server's `Retry-After`) and go to 2.
+//! The call pipeline: one async loop that sequences the layers, in the order
+//! the crate docs give (`src/lib.rs`, "The call pipeline"); that list is the
+//! one copy of the order.
 //!
 //! The breaker is asked before the rate limit so that an open circuit costs
 //! callers nothing, not even a rate-limit wait.

@@ -198,7 +198,10 @@ type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// ```
 pub struct ApiStream {
     status: StatusCode,
+    version: Version,
     headers: HeaderMap,
+    /// Time from the start of the call to the headers.
+    elapsed: std::time::Duration,
     url: Url,
     method: Method,
     attempts: u32,
@@ -229,11 +232,14 @@ impl ApiStream {
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let status = response.status();
+        let version = response.version();
         let headers = response.headers().clone();
         let url = response.url().clone();
         Self {
             status,
+            version,
             headers,
+            elapsed: deadline.elapsed(),
             url,
             method,
             attempts,
@@ -283,6 +289,28 @@ impl ApiStream {
     #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The HTTP version of the response.
+    #[must_use]
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Time from the start of the call to the response headers (the body is
+    /// still to be read).
+    #[must_use]
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.elapsed
+    }
+
+    /// The body's length from `Content-Length`, when the server sent one.
+    #[must_use]
+    pub fn content_length(&self) -> Option<u64> {
+        self.headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
     }
 
     /// The next chunk of the body, or `None` at its end.

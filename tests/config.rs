@@ -110,7 +110,7 @@ fn full_in_code() -> ApiClientConfig {
     c.pool_idle_timeout = Some(Duration::from_secs(45));
     c.tcp_keepalive = Some(Duration::from_secs(60));
     c.http2_prior_knowledge = Some(true);
-    c.danger_accept_invalid_certs = Some(true);
+    c.tls_danger_accept_invalid_certs = Some(true);
     c
 }
 

@@ -80,7 +80,7 @@ async fn accepting_invalid_certificates_is_explicit_and_warns() {
     let (logs, guard) = capture_traces(tracing::Level::WARN);
     let url = self_signed_server().await;
     let client = fast_builder(&url)
-        .danger_accept_invalid_certs(true)
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .unwrap();
     drop(guard);

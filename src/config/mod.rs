@@ -1,4 +1,5 @@
-//! `ApiClientConfig`: the builder's options as plain data, for configuration files.
+//! Configuration as data: [`ApiClientConfig`] and its sections, for
+//! configuration files, and the defaults as constants.
 //!
 //! Every key is named like the builder method it stands for, every key is
 //! optional (absent means the builder's default), and an unknown key is an
@@ -27,6 +28,12 @@ mod section;
 pub use section::{
     CircuitBreakerSection, FailureRateSection, RateLimitSection, RetryBudgetSection, RetrySection,
 };
+
+pub use crate::builder::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
+};
+pub use crate::discovery::DEFAULT_RESOLVER_REFRESH;
 
 /// Every option of an [`ApiClientBuilder`] that can be written as data, for
 /// loading a client's settings from a configuration file.
@@ -184,9 +191,11 @@ pub struct ApiClientConfig {
     pub http2_prior_knowledge: Option<bool>,
     /// Accept any TLS certificate (default `false`). Turns off what TLS
     /// protects; for test setups only. See
-    /// [`ApiClientBuilder::danger_accept_invalid_certs`].
+    /// [`ApiClientBuilder::tls_danger_accept_invalid_certs`]; the key
+    /// `danger_accept_invalid_certs` is accepted too.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub danger_accept_invalid_certs: Option<bool>,
+    #[serde(alias = "danger_accept_invalid_certs")]
+    pub tls_danger_accept_invalid_certs: Option<bool>,
 }
 
 impl fmt::Debug for ApiClientConfig {
@@ -237,8 +246,8 @@ impl fmt::Debug for ApiClientConfig {
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("http2_prior_knowledge", &self.http2_prior_knowledge)
             .field(
-                "danger_accept_invalid_certs",
-                &self.danger_accept_invalid_certs,
+                "tls_danger_accept_invalid_certs",
+                &self.tls_danger_accept_invalid_certs,
             );
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
@@ -377,8 +386,8 @@ impl ApiClientConfig {
         if self.http2_prior_knowledge == Some(true) {
             b = b.http2_prior_knowledge();
         }
-        if let Some(accept) = self.danger_accept_invalid_certs {
-            b = b.danger_accept_invalid_certs(accept);
+        if let Some(accept) = self.tls_danger_accept_invalid_certs {
+            b = b.tls_danger_accept_invalid_certs(accept);
         }
         b
     }
@@ -519,6 +528,29 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelled_endpoint_key_is_an_error_that_names_it() {
+        let err = toml::from_str::<ApiClientConfig>(
+            "endpoints = [{ url = \"http://127.0.0.1:1/\", wieght = 3 }]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wieght"), "{err}");
+        let ok = from_toml(
+            "endpoints = [\"http://127.0.0.1:1/\", { url = \"http://127.0.0.1:2/\", weight = 3 }]",
+        );
+        assert_eq!(
+            ok.endpoints,
+            vec![
+                EndpointEntry::Url("http://127.0.0.1:1/".into()),
+                EndpointEntry::Weighted {
+                    url: "http://127.0.0.1:2/".into(),
+                    weight: 3
+                }
+            ]
+        );
+    }
+
+    #[test]
     fn a_section_with_only_its_switch_serializes_as_a_boolean() {
         let off = from_toml("circuit_breaker = false");
         let text = toml::to_string(&off).unwrap();
@@ -531,7 +563,10 @@ mod tests {
 }
 
 /// One entry of [`ApiClientConfig::endpoints`]: a URL, or a URL with a weight.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In the table form, a key other than `url` and `weight` is an error that
+/// names it, as everywhere in [`ApiClientConfig`].
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum EndpointEntry {
     /// `"http://10.0.0.1:8080/api/"`, weight 1.
@@ -548,6 +583,41 @@ pub enum EndpointEntry {
 
 fn one() -> u32 {
     1
+}
+
+/// The table form of an [`EndpointEntry`], strict about its keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedEntry {
+    url: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+// By hand rather than `untagged`: an untagged enum would report a misspelled
+// key as "did not match any variant" instead of naming it.
+impl<'de> Deserialize<'de> for EndpointEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = EndpointEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL, or a table with `url` and an optional `weight`")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<EndpointEntry, E> {
+                Ok(EndpointEntry::Url(url.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointEntry, A::Error> {
+                let WeightedEntry { url, weight } =
+                    WeightedEntry::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointEntry::Weighted { url, weight })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 impl fmt::Debug for EndpointEntry {
