@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::client::ApiClient;
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
-use crate::pipeline::{Buffer, Call, Streamed};
+use crate::pipeline::{Buffer, Call, Plan, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::is_idempotent_method;
 
@@ -218,10 +218,12 @@ impl RequestBuilder {
                 request,
                 body,
                 timeout,
-                idempotent,
-                guard_redirects,
-                routed,
-                use_token,
+                plan: Plan {
+                    idempotent,
+                    guard_redirects,
+                    routed,
+                    use_token,
+                },
             }),
         )
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,11 +18,15 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use url::Url;
 
+mod body;
+mod route;
+
+use self::body::{Replay, read_body, read_prefix};
+use self::route::{Admitted, Choice, Route};
 use crate::auth::Credential;
-use crate::balance::{EndpointSet, Instance};
-use crate::breaker::{Breaker, Permit, Verdict};
+use crate::balance::Instance;
+use crate::breaker::Verdict;
 use crate::client::ApiClient;
-use crate::discovery::Balancer;
 use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
 use crate::hook::HookRequest;
 use crate::redact;
@@ -39,14 +43,7 @@ pub(crate) struct Call {
     /// The body, also in `request`; kept to replay it without a copy.
     pub(crate) body: Option<Bytes>,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) idempotent: bool,
-    /// The request carries credentials a cross-host redirect would forward.
-    pub(crate) guard_redirects: bool,
-    /// For a client with endpoints: the relative path, joined onto the
-    /// endpoint each attempt goes to (the request's URL is a placeholder).
-    pub(crate) routed: Option<Box<str>>,
-    /// Send the client's token (see [`crate::auth`]) with each attempt.
-    pub(crate) use_token: bool,
+    pub(crate) plan: Plan,
 }
 
 /// How the outcome of a successful pipeline becomes what the caller asked for:
@@ -141,15 +138,25 @@ pub(crate) struct CallContext<'a> {
 }
 
 /// How a call is carried out, besides its context and request.
-struct Plan {
+#[derive(Debug)]
+pub(crate) struct Plan {
     /// The call may be sent more than once.
-    idempotent: bool,
+    pub(crate) idempotent: bool,
     /// The request carries credentials a cross-origin redirect would leak.
-    guard_redirects: bool,
-    /// For a routed call: the relative path joined onto each endpoint.
-    routed: Option<Box<str>>,
-    /// Send the client's token with each attempt.
-    use_token: bool,
+    pub(crate) guard_redirects: bool,
+    /// For a client with endpoints: the relative path, joined onto the
+    /// endpoint each attempt goes to (the request's URL is a placeholder).
+    pub(crate) routed: Option<Box<str>>,
+    /// Send the client's token (see [`crate::auth`]) with each attempt.
+    pub(crate) use_token: bool,
+}
+
+/// A call split into what the pipeline keeps.
+struct Prepared<'s> {
+    ctx: CallContext<'s>,
+    replay: Replay,
+    request: reqwest::Request,
+    plan: Plan,
 }
 
 impl CallContext<'_> {
@@ -284,7 +291,12 @@ impl ApiClient {
         span: tracing::Span,
     ) -> Result<F::Output, Error> {
         let (call, span, inner) = (call?, &span, &*self.inner);
-        let (mut ctx, replay, request, plan) = self.prepare(call, span, &inner.stats);
+        let Prepared {
+            mut ctx,
+            replay,
+            request,
+            plan,
+        } = self.prepare(call, span, &inner.stats);
         let Plan {
             idempotent,
             guard_redirects,
@@ -338,14 +350,19 @@ impl ApiClient {
             .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
             let avoid = tried.take();
             let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker);
-            let (permit, now, target) = match self.admit(&route, &deadline).await {
-                Ok((permit, now, wait, target)) => {
-                    waited += wait;
-                    ctx.waited("rate", wait, waited);
+            let Admitted {
+                permit,
+                now,
+                target,
+                ..
+            } = match self.admit(&route, &deadline).await {
+                Ok(admitted) => {
+                    waited += admitted.waited;
+                    ctx.waited("rate", admitted.waited, waited);
                     if let Some(w) = pending.take() {
                         Withdrawal::spend(w);
                     }
-                    (permit, now, target)
+                    admitted
                 }
                 Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
             };
@@ -429,20 +446,12 @@ impl ApiClient {
     /// Splits a call into what the pipeline keeps: the context (method, URL,
     /// deadline, span), what a retry needs to rebuild the request, the request
     /// itself, and whether it may be repeated and must not be redirected away.
-    fn prepare<'s>(
-        &self,
-        call: Call,
-        span: &'s tracing::Span,
-        stats: &'s Stats,
-    ) -> (CallContext<'s>, Replay, reqwest::Request, Plan) {
+    fn prepare<'s>(&self, call: Call, span: &'s tracing::Span, stats: &'s Stats) -> Prepared<'s> {
         let Call {
             request,
             body,
             timeout,
-            idempotent,
-            guard_redirects,
-            routed,
-            use_token,
+            plan,
         } = call;
         let ctx = CallContext {
             method: request.method().clone(),
@@ -450,25 +459,24 @@ impl ApiClient {
             deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
             span,
             active: stats.start(request.method()),
-            placeholder: routed.is_some(),
+            placeholder: plan.routed.is_some(),
         };
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
         // once even without a retry policy.
-        let may_repeat = self.inner.retry.max_attempts > 1 || use_token;
+        let may_repeat = self.inner.retry.max_attempts > 1 || plan.use_token;
         let replay = Replay {
             headers: (may_repeat && !request.headers().is_empty())
                 .then(|| request.headers().clone()),
             body,
             version: request.version(),
         };
-        let plan = Plan {
-            idempotent,
-            guard_redirects,
-            routed,
-            use_token,
-        };
-        (ctx, replay, request, plan)
+        Prepared {
+            ctx,
+            replay,
+            request,
+            plan,
+        }
     }
 
     /// Sets the token (if any) and runs the request hooks on an attempt's
@@ -507,16 +515,26 @@ impl ApiClient {
         deadline: &Deadline,
     ) -> Result<Admitted<'b>, Error> {
         let now = Instant::now();
-        let (target, permit) = route.choose(now)?;
+        let Choice { target, permit } = route.choose(now)?;
         match self.inner.limits.rate(deadline).await? {
             // No wait: the clock read above is still current.
-            w if w.is_zero() => Ok((permit, now, w, target)),
-            w => {
+            waited if waited.is_zero() => Ok(Admitted {
+                permit,
+                now,
+                waited,
+                target,
+            }),
+            waited => {
                 // The breaker may have opened during the wait: ask again.
                 let now = Instant::now();
                 drop(permit);
-                let (target, permit) = route.choose(now)?;
-                Ok((permit, now, w, target))
+                let Choice { target, permit } = route.choose(now)?;
+                Ok(Admitted {
+                    permit,
+                    now,
+                    waited,
+                    target,
+                })
             }
         }
     }
@@ -646,85 +664,13 @@ fn call_span(call: &Call) -> tracing::Span {
         error.type = Empty,
         limit.wait_ms = Empty,
     );
-    if !span.is_disabled() && call.routed.is_none() {
+    if !span.is_disabled() && call.plan.routed.is_none() {
         let url = call.request.url();
         span.record("url.full", tracing::field::display(redact::url(url)));
         span.record("server.address", url.host_str().unwrap_or_default());
         span.record("server.port", url.port_or_known_default().unwrap_or(0));
     }
     span
-}
-
-/// The breaker's admission for one attempt (none without a breaker).
-fn ask_breaker(breaker: Option<&Breaker>, now: Instant) -> Result<Option<Permit<'_>>, Error> {
-    match breaker.map(|b| b.try_acquire(now)) {
-        None => Ok(None),
-        Some(Ok(permit)) => Ok(Some(permit)),
-        Some(Err(wait)) => Err(Error::circuit_open(wait)),
-    }
-}
-
-/// What admission yields: the breaker permit, the time, the rate-limit wait
-/// and, for a routed call, the endpoint chosen.
-type Admitted<'b> = (
-    Option<Permit<'b>>,
-    Instant,
-    Duration,
-    Option<&'b Arc<Instance>>,
-);
-
-/// Where an attempt goes.
-enum Route<'b> {
-    /// To the request's own URL, under this breaker.
-    Fixed(Option<&'b Breaker>),
-    /// To an endpoint of `set`, chosen by the balancer, avoiding the one the
-    /// previous attempt went to when another is available.
-    Balanced {
-        set: &'b EndpointSet,
-        balancer: &'b Balancer,
-        avoid: Option<&'b Arc<Instance>>,
-    },
-}
-
-impl<'b> Route<'b> {
-    fn new(
-        set: Option<&'b EndpointSet>,
-        balancer: Option<&'b Balancer>,
-        avoid: Option<&'b Arc<Instance>>,
-        breaker: Option<&'b Breaker>,
-    ) -> Self {
-        match (set, balancer) {
-            (Some(set), Some(balancer)) => Self::Balanced {
-                set,
-                balancer,
-                avoid,
-            },
-            _ => Self::Fixed(breaker),
-        }
-    }
-
-    /// `None` when an attempt could be admitted now, else the time until a
-    /// breaker lets one through.
-    fn open_for(&self, now: Instant) -> Option<Duration> {
-        match self {
-            Self::Fixed(breaker) => breaker.and_then(|b| b.open_for(now)),
-            Self::Balanced { set, .. } => set.all_open_for(now),
-        }
-    }
-
-    /// The endpoint (routed calls) and the breaker permit for an attempt now.
-    fn choose(&self, now: Instant) -> ChooseResult<'b> {
-        match *self {
-            Self::Fixed(breaker) => ask_breaker(breaker, now).map(|p| (None, p)),
-            Self::Balanced {
-                set,
-                balancer,
-                avoid,
-            } => set
-                .pick(balancer.strategy(), balancer.rr(), now, avoid)
-                .map(|(i, p)| (Some(i), p)),
-        }
-    }
 }
 
 /// Reports a failed attempt.
@@ -735,94 +681,4 @@ fn attempt_failed(attempt: u32, err: &Error) {
         error.type = &*err.type_name(),
         "attempt failed"
     );
-}
-
-type ChooseResult<'b> = Result<(Option<&'b Arc<Instance>>, Option<Permit<'b>>), Error>;
-
-/// What a retry needs, besides method and URL, to rebuild the request.
-struct Replay {
-    headers: Option<reqwest::header::HeaderMap>,
-    body: Option<Bytes>,
-    version: reqwest::Version,
-}
-
-impl Replay {
-    /// The request for the next attempt: the original one the first time
-    /// (moved to the context's URL when `retarget`), then rebuilt.
-    fn next(
-        &self,
-        original: &mut Option<reqwest::Request>,
-        ctx: &CallContext<'_>,
-        retarget: bool,
-    ) -> reqwest::Request {
-        match original.take() {
-            Some(mut request) => {
-                if retarget {
-                    request.url_mut().clone_from(&ctx.url);
-                }
-                request
-            }
-            None => self.rebuild(&ctx.method, &ctx.url),
-        }
-    }
-
-    fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
-        let mut request = reqwest::Request::new(method.clone(), url.clone());
-        if let Some(headers) = &self.headers {
-            request.headers_mut().clone_from(headers);
-        }
-        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
-        *request.version_mut() = self.version;
-        request
-    }
-}
-
-/// Reads the whole body, failing with `Decode` past `limit` bytes.
-async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
-    if resp.content_length().is_some_and(|len| len > limit as u64) {
-        return Err(Error::too_large(limit));
-    }
-    let Some(first) = resp.chunk().await.map_err(Error::transport)? else {
-        return Ok(Bytes::new());
-    };
-    if first.len() > limit {
-        return Err(Error::too_large(limit));
-    }
-    let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
-        return Ok(first);
-    };
-    let both = first.len().saturating_add(second.len());
-    if both > limit {
-        return Err(Error::too_large(limit));
-    }
-    let hint = resp
-        .content_length()
-        .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-    // `both <= limit`, so the bounds are ordered.
-    let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
-    buf.extend_from_slice(&first);
-    let mut next = Some(second);
-    while let Some(chunk) = next {
-        if buf.len() + chunk.len() > limit {
-            return Err(Error::too_large(limit));
-        }
-        buf.extend_from_slice(&chunk);
-        next = resp.chunk().await.map_err(Error::transport)?;
-    }
-    Ok(buf.freeze())
-}
-
-/// Reads up to `cap` bytes of an error body, ignoring read failures.
-async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    while buf.len() < cap {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let take = chunk.len().min(cap - buf.len());
-                buf.extend_from_slice(&chunk[..take]);
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    buf
 }

@@ -1,0 +1,97 @@
+//! Body I/O of an attempt: reading a bounded body, the prefix of an error
+//! body, and what a retry needs to send the same request again.
+
+use bytes::{Bytes, BytesMut};
+use reqwest::Method;
+use url::Url;
+
+use super::CallContext;
+use crate::error::Error;
+
+/// What a retry needs, besides method and URL, to rebuild the request.
+pub(super) struct Replay {
+    pub(super) headers: Option<reqwest::header::HeaderMap>,
+    pub(super) body: Option<Bytes>,
+    pub(super) version: reqwest::Version,
+}
+
+impl Replay {
+    /// The request for the next attempt: the original one the first time
+    /// (moved to the context's URL when `retarget`), then rebuilt.
+    pub(super) fn next(
+        &self,
+        original: &mut Option<reqwest::Request>,
+        ctx: &CallContext<'_>,
+        retarget: bool,
+    ) -> reqwest::Request {
+        match original.take() {
+            Some(mut request) => {
+                if retarget {
+                    request.url_mut().clone_from(&ctx.url);
+                }
+                request
+            }
+            None => self.rebuild(&ctx.method, &ctx.url),
+        }
+    }
+
+    fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
+        let mut request = reqwest::Request::new(method.clone(), url.clone());
+        if let Some(headers) = &self.headers {
+            request.headers_mut().clone_from(headers);
+        }
+        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
+        *request.version_mut() = self.version;
+        request
+    }
+}
+
+/// Reads the whole body, failing with `Decode` past `limit` bytes.
+pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
+    if resp.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(Error::too_large(limit));
+    }
+    let Some(first) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > limit {
+        return Err(Error::too_large(limit));
+    }
+    let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
+        return Ok(first);
+    };
+    let both = first.len().saturating_add(second.len());
+    if both > limit {
+        return Err(Error::too_large(limit));
+    }
+    let hint = resp
+        .content_length()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    // `both <= limit`, so the bounds are ordered.
+    let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
+    buf.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        if buf.len() + chunk.len() > limit {
+            return Err(Error::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+        next = resp.chunk().await.map_err(Error::transport)?;
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads up to `cap` bytes of an error body, ignoring read failures.
+pub(super) async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf
+}

@@ -1,0 +1,99 @@
+//! Where an attempt goes: the request's own URL under its breaker, or an
+//! endpoint chosen by the balancer; and the breaker's admission for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::balance::{EndpointSet, Instance};
+use crate::breaker::{Breaker, Permit};
+use crate::discovery::Balancer;
+use crate::error::Error;
+
+/// What admission of one attempt yields.
+pub(super) struct Admitted<'b> {
+    /// The breaker's permit (none without a breaker).
+    pub(super) permit: Option<Permit<'b>>,
+    /// The time of admission.
+    pub(super) now: Instant,
+    /// How long the rate limit made the attempt wait.
+    pub(super) waited: Duration,
+    /// For a routed call, the endpoint chosen.
+    pub(super) target: Option<&'b Arc<Instance>>,
+}
+
+/// The endpoint (routed calls) and the breaker permit for an attempt.
+pub(super) struct Choice<'b> {
+    pub(super) target: Option<&'b Arc<Instance>>,
+    pub(super) permit: Option<Permit<'b>>,
+}
+
+/// Where an attempt goes.
+pub(super) enum Route<'b> {
+    /// To the request's own URL, under this breaker.
+    Fixed(Option<&'b Breaker>),
+    /// To an endpoint of `set`, chosen by the balancer, avoiding the one the
+    /// previous attempt went to when another is available.
+    Balanced {
+        set: &'b EndpointSet,
+        balancer: &'b Balancer,
+        avoid: Option<&'b Arc<Instance>>,
+    },
+}
+
+impl<'b> Route<'b> {
+    pub(super) fn new(
+        set: Option<&'b EndpointSet>,
+        balancer: Option<&'b Balancer>,
+        avoid: Option<&'b Arc<Instance>>,
+        breaker: Option<&'b Breaker>,
+    ) -> Self {
+        match (set, balancer) {
+            (Some(set), Some(balancer)) => Self::Balanced {
+                set,
+                balancer,
+                avoid,
+            },
+            _ => Self::Fixed(breaker),
+        }
+    }
+
+    /// `None` when an attempt could be admitted now, else the time until a
+    /// breaker lets one through.
+    pub(super) fn open_for(&self, now: Instant) -> Option<Duration> {
+        match self {
+            Self::Fixed(breaker) => breaker.and_then(|b| b.open_for(now)),
+            Self::Balanced { set, .. } => set.all_open_for(now),
+        }
+    }
+
+    /// The endpoint (routed calls) and the breaker permit for an attempt now.
+    pub(super) fn choose(&self, now: Instant) -> Result<Choice<'b>, Error> {
+        match *self {
+            Self::Fixed(breaker) => ask_breaker(breaker, now).map(|permit| Choice {
+                target: None,
+                permit,
+            }),
+            Self::Balanced {
+                set,
+                balancer,
+                avoid,
+            } => set
+                .pick(balancer.strategy(), balancer.rr(), now, avoid)
+                .map(|(target, permit)| Choice {
+                    target: Some(target),
+                    permit,
+                }),
+        }
+    }
+}
+
+/// The breaker's admission for one attempt (none without a breaker).
+fn ask_breaker(breaker: Option<&Breaker>, now: Instant) -> Result<Option<Permit<'_>>, Error> {
+    match breaker.map(|b| b.try_acquire(now)) {
+        None => Ok(None),
+        Some(Ok(permit)) => Ok(Some(permit)),
+        Some(Err(wait)) => Err(Error::circuit_open(wait)),
+    }
+}
