@@ -187,6 +187,10 @@ pub struct ApiClientConfig {
     /// [`ApiClientBuilder::danger_accept_invalid_certs`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub danger_accept_invalid_certs: Option<bool>,
+    /// Let request paths leave the base URL's path (`..`, `//host`...;
+    /// default `false`). See [`ApiClientBuilder::allow_path_escape`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_path_escape: Option<bool>,
 }
 
 impl fmt::Debug for ApiClientConfig {
@@ -239,7 +243,8 @@ impl fmt::Debug for ApiClientConfig {
             .field(
                 "danger_accept_invalid_certs",
                 &self.danger_accept_invalid_certs,
-            );
+            )
+            .field("allow_path_escape", &self.allow_path_escape);
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
         d.finish()
@@ -379,6 +384,9 @@ impl ApiClientConfig {
         }
         if let Some(accept) = self.danger_accept_invalid_certs {
             b = b.danger_accept_invalid_certs(accept);
+        }
+        if let Some(allow) = self.allow_path_escape {
+            b = b.allow_path_escape(allow);
         }
         b
     }
