@@ -402,7 +402,7 @@ impl ApiClient {
     }
 
     /// A GET request for `path`, joined onto the base URL (see the
-    /// [path rules](Self::request#paths)).
+    /// [path rules](Self::request)).
     pub fn get(&self, path: impl AsRef<str>) -> RequestBuilder {
         self.request(Method::GET, path)
     }

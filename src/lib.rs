@@ -62,6 +62,15 @@
 //!    policy, the deadline, the breaker and the retry budget allow, after the
 //!    backoff (or the server's `Retry-After`).
 //!
+//! # Paths
+//!
+//! A path is joined under the base URL (`users/42`, `users?page=2`), and may
+//! not leave it: a `..` segment (also `%2e%2e`), `//host` or a `\` is a
+//! `Config` error before anything is sent, so text from outside cannot pick
+//! another resource. Build paths from such text with [`Segments`], which
+//! percent-encodes each segment; [`ApiClient::request`] lists the rules and
+//! [`allow_path_escape`](ApiClientBuilder::allow_path_escape) lifts them.
+//!
 //! # Timeouts
 //!
 //! | timeout | bounds | default | phase |
