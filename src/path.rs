@@ -260,8 +260,8 @@ impl Refusal {
                  (percent-encode it as %5C, or use Segments)"
             }
             Self::DotDot => {
-                "request path has a `..` segment (perhaps percent-encoded), which climbs above \
-                 the base URL's path (use Segments for untrusted text, or opt in with \
+                "request path has a `..` segment (perhaps percent-encoded), which can climb \
+                 above the base URL's path (use Segments for untrusted text, or opt in with \
                  allow_path_escape)"
             }
             Self::Dot => {
