@@ -566,6 +566,54 @@ mod tests {
         );
     }
 
+    /// Paths from fragments that trip URL parsers.
+    fn hostile_paths() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let fragment = prop_oneof![
+            4 => prop::sample::select(vec![
+                "", ".", "..", "/", "//", "\\", "%2e", "%2E", "%2f", "%", "?", "#", ":", "a:",
+                "http:", "http://", "HTTP://", "//h", " ", "\t", "é", "a", "users", "@", "[::1]",
+            ])
+            .prop_map(str::to_owned),
+            1 => "\\PC{0,4}",
+        ];
+        prop::collection::vec(fragment, 0..8).prop_map(|parts| parts.concat())
+    }
+
+    #[test]
+    fn the_rules_only_refuse_they_never_change_a_url() {
+        use proptest::test_runner::{Config, TestRunner};
+        let bases = ["http://h:8080/", "http://h:8080/v1/", "https://u:p@h/a/b/"]
+            .map(|b| Url::parse(b).unwrap());
+        let mut runner = TestRunner::new(Config {
+            cases: 4096,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&(0..bases.len(), hostile_paths()), |(i, path)| {
+            let base = &bases[i];
+            let lenient = resolve(base, &path, true);
+            if let Ok(url) = resolve(base, &path, false) {
+                proptest::prop_assert_eq!(Ok(&url), lenient.as_ref());
+                if !is_absolute(&path) {
+                    proptest::prop_assert_eq!(url.origin(), base.origin());
+                    if !path.starts_with('/') {
+                        proptest::prop_assert!(url.path().starts_with(base.path()), "{}", url);
+                    }
+                    proptest::prop_assert_eq!(url.fragment(), None);
+                }
+            }
+            if let Ok(url) = &lenient {
+                // Opting in restores the plain join exactly.
+                proptest::prop_assert_eq!(Some(url.clone()), base.join(&path).ok());
+            }
+            Ok(())
+        });
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
+    }
+
     #[test]
     fn refusals_never_quote_the_path() {
         let secret = "s3cr3t";
