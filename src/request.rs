@@ -73,6 +73,7 @@ impl fmt::Debug for RequestBuilder {
             .field("method", &self.method)
             .field("timeout", &self.timeout)
             .field("idempotent", &self.idempotent)
+            .field("allow_path_escape", &self.allow_path_escape)
             .finish_non_exhaustive()
     }
 }
