@@ -21,7 +21,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use resilient_http::{ApiClient, Bytes, HeaderValue, HookRequest, OAuth2ClientCredentials};
+use resilient_http::{
+    ApiClient, Bytes, HeaderValue, HookRequest, OAuth2ClientCredentials, Segments,
+};
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -161,7 +163,9 @@ async fn handle(
         .unwrap_or("none")
         .to_owned();
     // Everything the client does for this request sees its id.
-    let call = orders.get(format!("orders/{order}")).send();
+    // `order` comes from the caller: as one encoded segment it cannot climb
+    // to another path (`..%2F..%2Fadmin`) or add a query.
+    let call = orders.get(Segments::new(["orders", order])).send();
     match REQUEST_ID.scope(request_id, call).await {
         Ok(resp) => reply(StatusCode::OK, resp.text().unwrap_or_default()),
         Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {

@@ -207,12 +207,15 @@ impl Instance {
     }
 
     /// The URL for `path` (relative, as given to the request) on this
-    /// endpoint, with the query the request was built with.
-    pub(crate) fn url_for(&self, path: &str, query: Option<&str>) -> Result<Url, Error> {
-        let mut url = self
-            .base
-            .join(path)
-            .map_err(|e| Error::config_from("invalid request URL", e))?;
+    /// endpoint under the path rules (`crate::path`), with the query the
+    /// request was built with.
+    pub(crate) fn url_for(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        allow_escape: bool,
+    ) -> Result<Url, Error> {
+        let mut url = crate::path::join(&self.base, path, allow_escape)?;
         url.set_query(query);
         Ok(url)
     }

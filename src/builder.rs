@@ -93,6 +93,7 @@ pub struct ApiClientBuilder {
     tcp_keepalive: Option<Duration>,
     http2_prior_knowledge: bool,
     accept_invalid_certs: bool,
+    allow_path_escape: bool,
     error: Option<Error>,
 }
 
@@ -122,6 +123,7 @@ impl fmt::Debug for ApiClientBuilder {
             .field("max_concurrency", &self.max_concurrency)
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("allow_path_escape", &self.allow_path_escape)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +156,7 @@ impl ApiClientBuilder {
             tcp_keepalive: None,
             http2_prior_knowledge: false,
             accept_invalid_certs: false,
+            allow_path_escape: false,
             error: None,
         }
     }
@@ -170,7 +173,10 @@ impl ApiClientBuilder {
     /// A missing trailing `/` is added, so `http://h/api` and `http://h/api/`
     /// both give `http://h/api/users` for the path `users`. Paths are joined as
     /// a browser resolves a link (RFC 3986): a path that starts with `/`
-    /// replaces the base path, and an absolute URL replaces the base.
+    /// replaces the base path, and an absolute URL replaces the base. A
+    /// relative path may not leave the base path (`..`, `//host`...) unless
+    /// [`allow_path_escape`](Self::allow_path_escape); see
+    /// [`ApiClient::request`] for the rules.
     /// Without a base URL every request needs an absolute URL. Credential-like
     /// default headers are only sent to the base URL's origin.
     pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
@@ -392,6 +398,34 @@ impl ApiClientBuilder {
         self
     }
 
+    /// Whether request paths may leave the base URL's path (default `false`).
+    ///
+    /// By default a relative path that would resolve outside the base path is
+    /// a [`Config`](crate::ErrorKind::Config) error and nothing is sent: a
+    /// `..` segment (also percent-encoded, `%2e%2e`), a `.` segment after the
+    /// first, `//host`, a `\`, or `name:` read as a scheme. `true` restores
+    /// the plain RFC 3986 join for every request; prefer
+    /// [`RequestBuilder::allow_path_escape`](crate::RequestBuilder::allow_path_escape)
+    /// for the few paths that need it, and [`Segments`](crate::Segments) for
+    /// text from outside. Control characters and `#` stay refused. The rules
+    /// are listed at [`ApiClient::request`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/v1/")
+    ///     .allow_path_escape(true)   // "../v2/users" may now reach /v2/users
+    ///     .build()?;
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn allow_path_escape(mut self, allow: bool) -> Self {
+        self.allow_path_escape = allow;
+        self
+    }
+
     /// Speak HTTP/2 without negotiation (for `h2c` services).
     pub fn http2_prior_knowledge(mut self) -> Self {
         self.http2_prior_knowledge = true;
@@ -489,7 +523,7 @@ impl ApiClientBuilder {
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
         let budget = self.retry.budget.start();
         let limits = Limits::new(rate, self.max_concurrency);
-        Ok(ApiClient::from_inner(Arc::new(Inner::new(
+        let mut inner = Inner::new(
             http,
             base,
             balancer,
@@ -503,7 +537,9 @@ impl ApiClientBuilder {
             breakers,
             limits,
             self.headers,
-        ))))
+        );
+        inner.allow_path_escape = self.allow_path_escape;
+        Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 
     fn transport(&self) -> Result<reqwest::Client, Error> {

@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     /// Sent with every request to the base URL's origin; credential-like ones
     /// are left out of requests to any other origin.
     pub(crate) default_headers: HeaderMap,
+    /// Paths may leave the base path (`ApiClientBuilder::allow_path_escape`).
+    pub(crate) allow_path_escape: bool,
 }
 
 impl Inner {
@@ -112,6 +114,7 @@ impl Inner {
             breakers,
             limits,
             default_headers,
+            allow_path_escape: false,
         }
     }
 }
@@ -259,19 +262,30 @@ impl ApiClient {
         foreign
     }
 
-    /// Joins `path` onto the base URL (RFC 3986), or parses it as an absolute
-    /// URL. For a client with endpoints, a relative `path` is returned too: the
-    /// URL is then a placeholder, joined onto an endpoint per attempt.
-    pub(crate) fn url_for(&self, path: &str) -> Result<(Url, Option<Box<str>>), Error> {
+    /// Joins `path` onto the base URL under the path rules (`crate::path`),
+    /// or parses it as an absolute URL. For a client with endpoints, a
+    /// relative `path` is returned too: the URL is then a placeholder, joined
+    /// onto an endpoint per attempt.
+    pub(crate) fn url_for(
+        &self,
+        path: &str,
+        allow_escape: bool,
+    ) -> Result<(Url, Option<Box<str>>), Error> {
         let (url, routed) = match (&self.inner.base, &self.inner.balancer) {
-            (Some(base), _) => (base.join(path), None),
-            (None, Some(balancer)) => match Url::parse(path) {
-                Ok(url) => (Ok(url), None),
-                Err(_) => (balancer.placeholder().join(path), Some(path.into())),
-            },
-            (None, None) => (Url::parse(path), None),
+            (Some(base), _) => (
+                crate::path::join(base, path, allow_escape).map_err(|e| e.with_url(base)),
+                None,
+            ),
+            (None, Some(_)) if crate::path::is_absolute(path) => {
+                (crate::path::absolute(path), None)
+            }
+            (None, Some(balancer)) => (
+                crate::path::join(balancer.placeholder(), path, allow_escape),
+                Some(path.into()),
+            ),
+            (None, None) => (crate::path::absolute(path), None),
         };
-        let url = url.map_err(|e| Error::config_from("invalid request URL", e))?;
+        let url = url?;
         if matches!(url.scheme(), "http" | "https") {
             Ok((url, routed))
         } else {
@@ -333,11 +347,63 @@ impl ApiClient {
     }
 
     /// A request with any method.
+    ///
+    /// # Paths
+    ///
+    /// `path` is joined onto the base URL (or, with endpoints, onto the
+    /// endpoint each attempt goes to) as a browser resolves a link, with rules
+    /// that keep text from outside from changing which URL is called. A path
+    /// that breaks one is a [`Config`](crate::ErrorKind::Config) error from
+    /// `send()`, with 0 attempts and nothing sent:
+    ///
+    /// - `users/42` and `users?page=2` go under the base path; a `?` starts
+    ///   the query;
+    /// - `/health` (one leading `/`) replaces the base path, and a full URL
+    ///   (`scheme://...`) replaces the base: both explicit choices;
+    /// - a path may not leave the base path: a `..` segment (also written
+    ///   `%2e%2e`, `.%2e`...), a `.` segment after the first, a leading `//`
+    ///   (another host), a `\` (read as `/`) or a leading `name:` (read as a
+    ///   URL scheme; write `./users:search`) are refused, unless
+    ///   [`allow_path_escape`](ApiClientBuilder::allow_path_escape) is on for
+    ///   the client or [the request](RequestBuilder::allow_path_escape); and
+    ///   the joined URL must have the base's origin and start with its path;
+    /// - always refused: a `#` (the fragment is never sent, and would drop the
+    ///   rest) and an ASCII control character (tab, newline...) or a leading
+    ///   or trailing space, which the URL parser would drop silently.
+    ///
+    /// Build paths from untrusted text (an id from a request, a file name)
+    /// with [`Segments`](crate::Segments), which percent-encodes each segment
+    /// and refuses empty, `.` and `..` ones. Refusals name the rule, never the
+    /// path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(204))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ErrorKind, Method, Segments};
+    ///
+    /// let client = ApiClient::builder().base_url(format!("{}/v1/", server.uri())).build()?;
+    /// let id = "../admin";   // from an untrusted caller
+    ///
+    /// let err = client.request(Method::DELETE, format!("orders/{id}")).send().await.unwrap_err();
+    /// assert_eq!((err.kind(), err.attempts()), (ErrorKind::Config, 0));
+    ///
+    /// // Sends DELETE /v1/orders/..%2Fadmin
+    /// client.request(Method::DELETE, Segments::new(["orders", id])).send().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
     pub fn request(&self, method: Method, path: impl AsRef<str>) -> RequestBuilder {
         RequestBuilder::new(self.clone(), method, path.as_ref())
     }
 
-    /// A GET request for `path`, joined onto the base URL.
+    /// A GET request for `path`, joined onto the base URL (see the
+    /// [path rules](Self::request)).
     pub fn get(&self, path: impl AsRef<str>) -> RequestBuilder {
         self.request(Method::GET, path)
     }

@@ -63,6 +63,15 @@
 //!    policy, the deadline, the breaker and the retry budget allow, after the
 //!    backoff (or the server's `Retry-After`).
 //!
+//! # Paths
+//!
+//! A path is joined under the base URL (`users/42`, `users?page=2`), and may
+//! not leave it: a `..` segment (also `%2e%2e`), `//host` or a `\` is a
+//! `Config` error before anything is sent, so text from outside cannot pick
+//! another resource. Build paths from such text with [`Segments`], which
+//! percent-encodes each segment; [`ApiClient::request`] lists the rules and
+//! [`allow_path_escape`](ApiClientBuilder::allow_path_escape) lifts them.
+//!
 //! # Timeouts
 //!
 //! | timeout | bounds | default | phase |
@@ -182,6 +191,7 @@ mod hook;
 mod limit;
 mod oauth2;
 mod origin;
+mod path;
 mod pipeline;
 mod redact;
 mod redirect;
@@ -204,6 +214,7 @@ pub use etcd::EtcdResolver;
 pub use hook::{HookRequest, RequestHook};
 pub use limit::RateLimit;
 pub use oauth2::OAuth2ClientCredentials;
+pub use path::Segments;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::client::ApiClient;
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
-use crate::pipeline::{Buffer, Call, Plan, Streamed};
+use crate::pipeline::{Buffer, Call, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::is_idempotent_method;
 
@@ -56,6 +56,10 @@ pub struct RequestBuilder {
     /// The relative path, for a client with endpoints: joined onto the
     /// endpoint each attempt goes to.
     routed: Option<Box<str>>,
+    /// Why the path breaks the rules that keep it under the base path, if it
+    /// does; the request fails with it unless `allow_path_escape`.
+    escape: Option<Error>,
+    allow_path_escape: bool,
     body: Option<Bytes>,
     json: bool,
     timeout: Option<Duration>,
@@ -69,13 +73,25 @@ impl fmt::Debug for RequestBuilder {
             .field("method", &self.method)
             .field("timeout", &self.timeout)
             .field("idempotent", &self.idempotent)
+            .field("allow_path_escape", &self.allow_path_escape)
             .finish_non_exhaustive()
     }
 }
 
 impl RequestBuilder {
     pub(crate) fn new(client: ApiClient, method: Method, path: &str) -> Self {
-        let (inner, routed) = match client.url_for(path) {
+        let allow_path_escape = client.inner.allow_path_escape;
+        // A path refused only by the rules that keep it under the base path is
+        // built all the same, and refused at `send()` unless escaping is
+        // allowed, so that `allow_path_escape` works per request too.
+        let (joined, escape) = match client.url_for(path, false) {
+            Ok(joined) => (Ok(joined), None),
+            Err(strict) => match client.url_for(path, true) {
+                Ok(joined) => (Ok(joined), Some(strict)),
+                Err(err) => (Err(if allow_path_escape { err } else { strict }), None),
+            },
+        };
+        let (inner, routed) = match joined {
             Ok((url, routed)) => (Ok(client.http().request(method.clone(), url)), routed),
             Err(err) => (Err(err), None),
         };
@@ -84,6 +100,8 @@ impl RequestBuilder {
             method,
             inner,
             routed,
+            escape,
+            allow_path_escape,
             body: None,
             json: false,
             timeout: None,
@@ -177,18 +195,54 @@ impl RequestBuilder {
         }
     }
 
+    /// Whether this request's path may leave the base URL's path (a `..`
+    /// segment, `//host`, a `\`...), overriding the client's
+    /// [`allow_path_escape`](crate::ApiClientBuilder::allow_path_escape)
+    /// (default `false`). See [`ApiClient::request`] for the path rules.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/shared/logo.png"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ErrorKind};
+    ///
+    /// let client = ApiClient::builder().base_url(format!("{}/v1/", server.uri())).build()?;
+    /// let err = client.get("../shared/logo.png").send().await.unwrap_err();
+    /// assert_eq!((err.kind(), err.attempts()), (ErrorKind::Config, 0));
+    ///
+    /// // A path the program wrote itself may climb, when asked for.
+    /// client.get("../shared/logo.png").allow_path_escape(true).send().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn allow_path_escape(mut self, allow: bool) -> Self {
+        self.allow_path_escape = allow;
+        self
+    }
+
     fn into_call(self) -> (ApiClient, Result<Call, Error>) {
         let Self {
             client,
             method,
             inner,
             routed,
+            escape,
+            allow_path_escape,
             body,
             json,
             timeout,
             idempotent,
             has_key,
         } = self;
+        let inner = match escape {
+            Some(err) if !allow_path_escape => Err(err),
+            _ => inner,
+        };
         let request = inner
             .and_then(|r| r.build().map_err(Error::transport))
             .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO));
@@ -221,7 +275,10 @@ impl RequestBuilder {
                 plan: Plan {
                     idempotent,
                     guard_redirects,
-                    routed,
+                    routed: routed.map(|path| Routed {
+                        path,
+                        allow_escape: allow_path_escape,
+                    }),
                     use_token,
                 },
             }),

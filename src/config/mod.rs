@@ -196,6 +196,10 @@ pub struct ApiClientConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(alias = "danger_accept_invalid_certs")]
     pub tls_danger_accept_invalid_certs: Option<bool>,
+    /// Let request paths leave the base URL's path (`..`, `//host`...;
+    /// default `false`). See [`ApiClientBuilder::allow_path_escape`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_path_escape: Option<bool>,
 }
 
 impl fmt::Debug for ApiClientConfig {
@@ -248,7 +252,8 @@ impl fmt::Debug for ApiClientConfig {
             .field(
                 "tls_danger_accept_invalid_certs",
                 &self.tls_danger_accept_invalid_certs,
-            );
+            )
+            .field("allow_path_escape", &self.allow_path_escape);
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
         d.finish()
@@ -388,6 +393,9 @@ impl ApiClientConfig {
         }
         if let Some(accept) = self.tls_danger_accept_invalid_certs {
             b = b.tls_danger_accept_invalid_certs(accept);
+        }
+        if let Some(allow) = self.allow_path_escape {
+            b = b.allow_path_escape(allow);
         }
         b
     }

@@ -46,6 +46,15 @@ pub(crate) struct Call {
     pub(crate) plan: Plan,
 }
 
+/// The relative path of a call on a client with endpoints.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    /// Joined onto the endpoint each attempt goes to.
+    pub(crate) path: Box<str>,
+    /// The path may leave the endpoint's base path (`allow_path_escape`).
+    pub(crate) allow_escape: bool,
+}
+
 /// How the outcome of a successful pipeline becomes what the caller asked for:
 /// a buffered [`ApiResponse`] or a streamed [`ApiStream`].
 pub(crate) trait Finish: 'static {
@@ -146,7 +155,7 @@ pub(crate) struct Plan {
     pub(crate) guard_redirects: bool,
     /// For a client with endpoints: the relative path, joined onto the
     /// endpoint each attempt goes to (the request's URL is a placeholder).
-    pub(crate) routed: Option<Box<str>>,
+    pub(crate) routed: Option<Routed>,
     /// Send the client's token (see [`crate::auth`]) with each attempt.
     pub(crate) use_token: bool,
 }
@@ -211,10 +220,15 @@ impl CallContext<'_> {
         tracing::debug!(target: "resilient_http::limit", limit, wait_ms = ms(wait), "waited for a permit");
     }
 
-    /// Points a routed call at `instance`: its URL for `path` and `query`,
+    /// Points a routed call at `instance`: its URL for `routed` and `query`,
     /// recorded in the span.
-    fn aim(&mut self, instance: &Instance, path: &str, query: Option<&str>) -> Result<(), Error> {
-        self.url = instance.url_for(path, query)?;
+    fn aim(
+        &mut self,
+        instance: &Instance,
+        routed: &Routed,
+        query: Option<&str>,
+    ) -> Result<(), Error> {
+        self.url = instance.url_for(&routed.path, query, routed.allow_escape)?;
         self.placeholder = false;
         let span = self.span;
         if !span.is_disabled() {
