@@ -1,7 +1,8 @@
 //! A small hyper service that calls a dependency through the client, wired as
 //! a real service would: OAuth 2.0 client-credentials tokens, a request hook that
-//! propagates the caller's `x-request-id`, and metrics (the `metrics` facade,
-//! plus `ApiClient::stats()`) served at `/metrics`.
+//! propagates the caller's `x-request-id`, and metrics (the `metrics` facade
+//! recorded by `metrics-exporter-prometheus`, plus `ApiClient::stats()`)
+//! served at `/metrics`.
 //!
 //! Everything runs locally: the dependency and its token endpoint are stubs,
 //! and the example calls its own service a few times, prints what happened,
@@ -11,16 +12,15 @@
 
 #![allow(clippy::print_stdout)] // an example prints what it does
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resilient_http::{
     ApiClient, Bytes, HeaderValue, HookRequest, OAuth2ClientCredentials, Segments,
 };
@@ -34,8 +34,9 @@ tokio::task_local! {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let recorder = Recorder::default();
-    metrics::set_global_recorder(recorder.clone())?;
+    // The process-wide recorder, installed once at startup; its handle renders
+    // the Prometheus text format for the service's own `/metrics` route.
+    let recorder = PrometheusBuilder::new().install_recorder()?;
 
     let (dependency, auth) = (MockServer::start().await, MockServer::start().await);
     stub_dependency(&dependency, &auth).await;
@@ -122,7 +123,7 @@ async fn stub_dependency(dependency: &MockServer, auth: &MockServer) {
 }
 
 /// Serves `/checkout/{id}` (through the client) and `/metrics`.
-async fn serve(orders: ApiClient, recorder: Recorder) -> std::io::Result<SocketAddr> {
+async fn serve(orders: ApiClient, recorder: PrometheusHandle) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -145,7 +146,7 @@ async fn serve(orders: ApiClient, recorder: Recorder) -> std::io::Result<SocketA
 async fn handle(
     req: Request<Incoming>,
     orders: &ApiClient,
-    recorder: &Recorder,
+    recorder: &PrometheusHandle,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/metrics" {
@@ -182,112 +183,4 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
-}
-
-/// A minimal `metrics` recorder that keeps counters and histogram counts in
-/// memory and renders them as text; a real service installs an exporter
-/// (Prometheus, OpenTelemetry) instead.
-#[derive(Clone, Default)]
-struct Recorder {
-    values: Arc<Mutex<BTreeMap<String, f64>>>,
-}
-
-impl Recorder {
-    fn render(&self) -> String {
-        let values = self.values.lock().map(|v| v.clone()).unwrap_or_default();
-        let lines: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        lines.join("\n") + "\n"
-    }
-
-    fn handle(&self, key: &metrics::Key, suffix: &str) -> Arc<Handle> {
-        let labels: Vec<String> = key
-            .labels()
-            .filter(|l| !l.value().is_empty())
-            .map(|l| format!("{}=\"{}\"", l.key(), l.value()))
-            .collect();
-        Arc::new(Handle {
-            name: format!("{}{suffix}{{{}}}", key.name(), labels.join(",")),
-            values: Arc::clone(&self.values),
-        })
-    }
-}
-
-struct Handle {
-    name: String,
-    values: Arc<Mutex<BTreeMap<String, f64>>>,
-}
-
-impl Handle {
-    fn update(&self, f: impl FnOnce(&mut f64)) {
-        if let Ok(mut values) = self.values.lock() {
-            f(values.entry(self.name.clone()).or_default());
-        }
-    }
-}
-
-impl metrics::CounterFn for Handle {
-    fn increment(&self, value: u64) {
-        #[allow(clippy::cast_precision_loss)] // counts stay far below 2^52
-        self.update(|v| *v += value as f64);
-    }
-    fn absolute(&self, value: u64) {
-        #[allow(clippy::cast_precision_loss)]
-        self.update(|v| *v = value as f64);
-    }
-}
-
-impl metrics::GaugeFn for Handle {
-    fn increment(&self, value: f64) {
-        self.update(|v| *v += value);
-    }
-    fn decrement(&self, value: f64) {
-        self.update(|v| *v -= value);
-    }
-    fn set(&self, value: f64) {
-        self.update(|v| *v = value);
-    }
-}
-
-impl metrics::HistogramFn for Handle {
-    /// Keeps the count of samples only.
-    fn record(&self, _value: f64) {
-        self.update(|v| *v += 1.0);
-    }
-}
-
-impl metrics::Recorder for Recorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::from_arc(self.handle(key, ""))
-    }
-    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::from_arc(self.handle(key, ""))
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::from_arc(self.handle(key, "_count"))
-    }
 }

@@ -148,7 +148,7 @@ fn a_full_config_survives_a_toml_round_trip() {
 
 #[test]
 #[allow(clippy::duration_suboptimal_units)] // given in small units on purpose
-fn durations_are_written_in_their_largest_whole_unit() {
+fn durations_are_written_as_humantime_spans() {
     let mut config = ApiClientConfig::default();
     config.connect_timeout = Some(Duration::from_millis(2000));
     config.read_timeout = Some(Duration::from_millis(150));
@@ -159,7 +159,7 @@ fn durations_are_written_in_their_largest_whole_unit() {
     for line in [
         r#"connect_timeout = "2s""#,
         r#"read_timeout = "150ms""#,
-        r#"attempt_timeout = "1500ms""#,
+        r#"attempt_timeout = "1s 500ms""#,
         r#"total_timeout = "2m""#,
         r#"pool_idle_timeout = "500us""#,
     ] {

@@ -45,10 +45,10 @@ pub use crate::discovery::DEFAULT_RESOLVER_REFRESH;
 /// key, at the top or in a section, is an error that names it, so a typo does
 /// not silently leave a default in place.
 ///
-/// Durations are strings: a number and a unit with no space, such as `"2s"`,
-/// `"150ms"`, `"1.5s"`, `"1m"`, `"1h"` or `"500us"` (units `h`, `m`, `s`, `ms`,
-/// `us`, `ns`). They are written back in the largest unit that keeps them a
-/// whole number (`"2s"`, `"1500ms"`).
+/// Durations are strings in `humantime`'s format: one or more spans of a
+/// number and a unit, such as `"2s"`, `"150ms"`, `"1.5s"`, `"1m 30s"`, `"1h"`
+/// or `"500us"` (units `h`, `m`, `s`, `ms`, `us`, `ns`, and long forms such as
+/// `sec`). They are written back as spans (`"2s"`, `"1s 500ms"`).
 ///
 /// The sections `retry`, `retry.budget`, `circuit_breaker` and
 /// `circuit_breaker.failure_rate` can be switched off with a bare `false` (or
