@@ -32,6 +32,11 @@ pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Default `max_redirects`.
 pub const DEFAULT_MAX_REDIRECTS: usize = 10;
+/// Default `pool_idle_timeout`: 4 s, below the shortest common server
+/// keep-alive timeouts (Node.js and Apache close idle connections after 5 s,
+/// nginx after 75 s), so the client drops an idle connection before the
+/// server does, instead of sending a request into a connection being closed.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Builds an [`ApiClient`]. Get one from [`ApiClient::builder`].
 ///
@@ -89,7 +94,7 @@ pub struct ApiClientBuilder {
     max_response_bytes: usize,
     max_redirects: usize,
     pool_max_idle_per_host: Option<usize>,
-    pool_idle_timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
     tcp_keepalive: Option<Duration>,
     http2_prior_knowledge: bool,
     accept_invalid_certs: bool,
@@ -152,7 +157,7 @@ impl ApiClientBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_redirects: DEFAULT_MAX_REDIRECTS,
             pool_max_idle_per_host: None,
-            pool_idle_timeout: None,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             tcp_keepalive: None,
             http2_prior_knowledge: false,
             accept_invalid_certs: false,
@@ -386,9 +391,13 @@ impl ApiClientBuilder {
         self
     }
 
-    /// How long an idle pooled connection is kept (reqwest's default: 90 s).
+    /// How long an idle pooled connection is kept (default
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](crate::config::DEFAULT_POOL_IDLE_TIMEOUT),
+    /// 4 s). Keep it below the keep-alive timeout of the servers you call: a
+    /// request sent on a connection the server is closing fails, and unless it
+    /// is safe to repeat it cannot be retried.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.pool_idle_timeout = Some(timeout);
+        self.pool_idle_timeout = timeout;
         self
     }
 
@@ -559,9 +568,7 @@ impl ApiClientBuilder {
         if let Some(n) = self.pool_max_idle_per_host {
             b = b.pool_max_idle_per_host(n);
         }
-        if let Some(t) = self.pool_idle_timeout {
-            b = b.pool_idle_timeout(t);
-        }
+        b = b.pool_idle_timeout(self.pool_idle_timeout);
         if let Some(t) = self.tcp_keepalive {
             b = b.tcp_keepalive(t);
         }

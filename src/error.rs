@@ -90,7 +90,7 @@ impl fmt::Display for ErrorKind {
 /// | reason | kind |
 /// |---|---|
 /// | `Status` | by status: see [`ErrorKind`] |
-/// | `Connect`, `Timeout`, `Closed` | `Retryable` |
+/// | `Connect`, `Timeout`, `Closed`, `Truncated`, `Unprocessed` | `Retryable` |
 /// | `Protocol` | `Server` |
 /// | `Redirect` | `Client` |
 /// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
@@ -122,8 +122,17 @@ pub enum ErrorReason {
     Connect,
     /// A timeout fired; see [`Error::timeout_phase`].
     Timeout,
-    /// The connection was closed or reset before the response was complete.
+    /// The connection was closed or reset before any response arrived: the
+    /// server may or may not have processed the request (on a reused
+    /// connection, typically a keep-alive race with the server closing it).
     Closed,
+    /// The connection was closed or reset after the response began (mid-body,
+    /// or short of its `Content-Length`): the server answered.
+    Truncated,
+    /// The server proved it did not process the request: an HTTP/2 stream it
+    /// refused (`REFUSED_STREAM`) or one above its `GOAWAY`'s last stream.
+    /// Safe to send again, whatever the method; see [`Error::is_unprocessed`].
+    Unprocessed,
     /// The peer sent bytes that are not a valid HTTP response.
     Protocol,
     /// Too many redirects, or a redirect loop.
@@ -156,6 +165,8 @@ impl ErrorReason {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
             Self::Closed => "closed",
+            Self::Truncated => "truncated",
+            Self::Unprocessed => "unprocessed",
             Self::Protocol => "protocol",
             Self::Redirect => "redirect",
             Self::CircuitOpen => "circuit_open",
@@ -186,8 +197,12 @@ pub(crate) enum What {
     Connect,
     #[error("{0} timeout elapsed")]
     Timeout(TimeoutPhase),
-    #[error("connection closed before the response was complete")]
+    #[error("connection closed before a response arrived")]
     Closed,
+    #[error("connection closed before the response was complete")]
+    Truncated,
+    #[error("the server did not process the request ({0}); it is safe to send again")]
+    Unprocessed(Unprocessed),
     #[error("peer sent an invalid HTTP response")]
     Protocol,
     #[error("too many redirects or a redirect loop")]
@@ -216,7 +231,11 @@ impl What {
     pub(crate) const fn kind(&self) -> ErrorKind {
         match self {
             Self::Status(status) => status_kind(*status),
-            Self::Connect | Self::Timeout(_) | Self::Closed => ErrorKind::Retryable,
+            Self::Connect
+            | Self::Timeout(_)
+            | Self::Closed
+            | Self::Truncated
+            | Self::Unprocessed(_) => ErrorKind::Retryable,
             Self::Protocol => ErrorKind::Server,
             Self::Redirect => ErrorKind::Client,
             Self::CircuitOpen
@@ -235,6 +254,8 @@ impl What {
             Self::Connect => ErrorReason::Connect,
             Self::Timeout(_) => ErrorReason::Timeout,
             Self::Closed => ErrorReason::Closed,
+            Self::Truncated => ErrorReason::Truncated,
+            Self::Unprocessed(_) => ErrorReason::Unprocessed,
             Self::Protocol => ErrorReason::Protocol,
             Self::Redirect => ErrorReason::Redirect,
             Self::CircuitOpen => ErrorReason::CircuitOpen,
@@ -261,6 +282,24 @@ impl What {
     }
 }
 
+/// How the server proved it did not process a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unprocessed {
+    /// `RST_STREAM(REFUSED_STREAM)`: "guaranteed to be safe to retry" (RFC 9113 §8.7).
+    RefusedStream,
+    /// A stream above the last stream id of the server's `GOAWAY` (RFC 9113 §6.8).
+    GoAway,
+}
+
+impl fmt::Display for Unprocessed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RefusedStream => "HTTP/2 stream refused",
+            Self::GoAway => "HTTP/2 stream above the server's GOAWAY",
+        })
+    }
+}
+
 /// The outcome of one attempt (or one local step) that is not a success.
 #[derive(Debug)]
 pub(crate) enum Outcome<'a> {
@@ -277,11 +316,13 @@ pub(crate) enum Outcome<'a> {
 ///
 /// How transport failures map: DNS failure, connection refused and TLS
 /// handshake are `Connect`; reqwest's connect timeout is `Timeout(Connect)`
-/// and its read timeout `Timeout(Read)`; a connection closed or reset (also
-/// mid-body, or short of its Content-Length) is `Closed`; bytes that are not
+/// and its read timeout `Timeout(Read)`; a connection closed or reset
+/// before a response is `Closed`, after the response began (mid-body, or short
+/// of its Content-Length) `Truncated`; bytes that are not
 /// HTTP or a header block too large are `Protocol` (the peer is broken, not
-/// busy); too many redirects is `Redirect`; a request reqwest cannot build is
-/// `Config`.
+/// busy); an HTTP/2 stream the server refused, or one above the last stream id
+/// of its `GOAWAY`, is `Unprocessed` (provably not processed); too many
+/// redirects is `Redirect`; a request reqwest cannot build is `Config`.
 pub(crate) fn classify(outcome: &Outcome<'_>) -> What {
     match outcome {
         Outcome::Status(status) => What::Status(*status),
@@ -316,9 +357,22 @@ fn transport_what(err: &reqwest::Error) -> What {
     if err.is_connect() {
         return What::Connect;
     }
-    // Walk the cause chain: hyper tells a broken peer from a closed connection.
+    // Walk the cause chain: h2 tells a stream the server never processed,
+    // hyper a broken peer from a closed connection.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && h2.is_remote()
+        {
+            // h2 gives this error only to the streams above the GOAWAY's
+            // last stream id (those below fail as a closed connection).
+            if h2.is_go_away() {
+                return What::Unprocessed(Unprocessed::GoAway);
+            }
+            if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return What::Unprocessed(Unprocessed::RefusedStream);
+            }
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && (h.is_parse() || h.is_parse_status())
         {
@@ -415,6 +469,16 @@ impl Error {
         let what = classify(&Outcome::Transport(&err));
         // reqwest's message embeds the URL unredacted; ours carries it redacted.
         Self::new(what).with_source(err.without_url())
+    }
+
+    /// A transport failure while reading a body, after the response began: a
+    /// closed connection is then `Truncated`, not `Closed`.
+    pub(crate) fn transport_mid_body(err: reqwest::Error) -> Self {
+        let mut err = Self::transport(err);
+        if matches!(err.inner.what, What::Closed) {
+            err.inner.what = What::Truncated;
+        }
+        err
     }
 
     /// One of our own timers fired.
@@ -568,10 +632,24 @@ impl Error {
         matches!(self.inner.what, What::ConcurrencyLimited)
     }
 
-    /// Whether this failure proves that nothing reached the server (a connect
-    /// failure or a local rejection), so even a POST may be sent again.
-    pub(crate) fn nothing_sent(&self) -> bool {
-        self.is_connect() || self.kind() == ErrorKind::Rejected
+    /// Whether the server provably did not process the request, so it is safe
+    /// to send again whatever the method (a POST included). True for exactly:
+    ///
+    /// - a connect failure ([`is_connect`](Self::is_connect)): nothing reached
+    ///   the server;
+    /// - a local rejection ([`ErrorKind::Rejected`]): nothing was sent;
+    /// - an HTTP/2 stream the server refused (`REFUSED_STREAM`) or that was
+    ///   above the last stream id of its `GOAWAY` ([`ErrorReason::Unprocessed`]).
+    ///
+    /// A timeout, or a connection reset or closed after the request was
+    /// written, proves nothing: the server may have acted on it. The client
+    /// retries unprocessed failures for every method (within the attempts and
+    /// the deadline), and HTTP/2 refusals do not count against the breaker.
+    #[must_use]
+    pub fn is_unprocessed(&self) -> bool {
+        self.is_connect()
+            || matches!(self.kind(), ErrorKind::Rejected)
+            || matches!(self.inner.what, What::Unprocessed(_))
     }
 
     /// The status of an error response.
@@ -777,7 +855,7 @@ mod tests {
         );
         assert!(!err.is_connect() && !err.is_timeout());
         let connect = Error::timeout(TimeoutPhase::Connect);
-        assert!(connect.is_connect() && connect.nothing_sent());
+        assert!(connect.is_connect() && connect.is_unprocessed());
         assert_eq!(connect.reason(), ErrorReason::Timeout);
         assert_eq!(connect.status(), None);
         for (err, kind, reason) in [

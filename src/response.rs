@@ -342,7 +342,7 @@ impl Stream for ApiStream {
                 Some(Ok(bytes)) => Some(Ok(bytes)),
                 Some(Err(e)) => {
                     self.finish();
-                    Some(Err(self.fail(Error::transport(e))))
+                    Some(Err(self.fail(Error::transport_mid_body(e))))
                 }
             });
         }

@@ -51,13 +51,13 @@ pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Resu
     if resp.content_length().is_some_and(|len| len > limit as u64) {
         return Err(Error::too_large(limit));
     }
-    let Some(first) = resp.chunk().await.map_err(Error::transport)? else {
+    let Some(first) = resp.chunk().await.map_err(Error::transport_mid_body)? else {
         return Ok(Bytes::new());
     };
     if first.len() > limit {
         return Err(Error::too_large(limit));
     }
-    let Some(second) = resp.chunk().await.map_err(Error::transport)? else {
+    let Some(second) = resp.chunk().await.map_err(Error::transport_mid_body)? else {
         return Ok(first);
     };
     let both = first.len().saturating_add(second.len());
@@ -76,7 +76,7 @@ pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Resu
             return Err(Error::too_large(limit));
         }
         buf.extend_from_slice(&chunk);
-        next = resp.chunk().await.map_err(Error::transport)?;
+        next = resp.chunk().await.map_err(Error::transport_mid_body)?;
     }
     Ok(buf.freeze())
 }

@@ -27,7 +27,7 @@ use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
-use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind};
+use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind, ErrorReason};
 use crate::hook::HookRequest;
 use crate::redact;
 use crate::redirect;
@@ -422,7 +422,7 @@ impl ApiClient {
                 }
                 Err(err) => {
                     if let Some(p) = permit {
-                        p.record(Verdict::of(err.kind()), now);
+                        p.record(verdict(&err), now);
                     }
                     attempt_failed(attempts, &err);
                     if let (Some(auth), Some((_, generation))) = (auth, &credential)
@@ -685,6 +685,17 @@ fn call_span(call: &Call) -> tracing::Span {
         span.record("server.port", url.port_or_known_default().unwrap_or(0));
     }
     span
+}
+
+/// What a failed attempt says about its endpoint: the kind decides, except
+/// that a stream the server refused or dropped unprocessed (HTTP/2 flow
+/// control, a graceful shutdown) is not ill health.
+fn verdict(err: &Error) -> Verdict {
+    if err.reason() == ErrorReason::Unprocessed {
+        Verdict::Neutral
+    } else {
+        Verdict::of(err.kind())
+    }
 }
 
 /// Reports a failed attempt.

@@ -190,7 +190,7 @@ impl RetryPolicy {
         if !kind_ok {
             return Decision::Stop(Stop::NotRetryable);
         }
-        if !idempotent && !err.nothing_sent() {
+        if !idempotent && !err.is_unprocessed() {
             return Decision::Stop(Stop::NotIdempotent);
         }
         if attempt >= self.max_attempts {
