@@ -104,7 +104,9 @@
 //! safe: GET, HEAD, OPTIONS, TRACE, PUT and DELETE are; POST and PATCH only with
 //! an [`idempotency_key`](RequestBuilder::idempotency_key), with
 //! [`idempotent(true)`](RequestBuilder::idempotent), or after a failure that
-//! proves nothing was sent (a connect failure). Delays grow exponentially from
+//! proves the server did not process the request
+//! ([`Error::is_unprocessed`]: a connect failure, or an HTTP/2 stream it
+//! refused or dropped in a `GOAWAY`). Delays grow exponentially from
 //! 100 ms to at most 5 s with full jitter; a `Retry-After` replaces the delay.
 //!
 //! `max_attempts` alone does not protect a struggling service: when every call
