@@ -193,6 +193,7 @@ mod oauth2;
 mod origin;
 mod path;
 mod pipeline;
+mod proxy;
 mod redact;
 mod redirect;
 mod request;
@@ -200,6 +201,7 @@ mod response;
 mod retry;
 mod stats;
 mod timeout;
+mod tls;
 
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
@@ -220,6 +222,7 @@ pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
 pub use stats::ClientStats;
 pub use timeout::TimeoutPhase;
+pub use tls::TlsVersion;
 
 // Moved to `config` in 0.2; kept at the root for one release.
 #[cfg(feature = "etcd")]
