@@ -741,3 +741,81 @@ async fn proxy_credentials_are_sent_to_the_proxy_and_never_shown() {
         assert!(!text.contains("c3ZjOn"), "{text}");
     }
 }
+
+/// Set in the child process of `the_environments_proxy_is_used_but_never_for_loopback`.
+const CHILD: &str = "RESILIENT_HTTP_TEST_ENV_PROXY_CHILD";
+
+#[tokio::test]
+async fn the_environments_proxy_is_used_but_never_for_loopback() {
+    // The environment is the process's: the calls run in a child process
+    // (this test binary, running only `environment_proxy_child`).
+    let ca = Ca::new("orders CA");
+    let server = orders_test_server(&ca).await;
+    let proxy = ConnectProxy::start(None).await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", "environment_proxy_child", "--test-threads=1"]);
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        child.env_remove(name);
+    }
+    child
+        .env("HTTPS_PROXY", proxy.url())
+        .env(CHILD, format!("{}\n{}", server.addr.port(), ca.pem()));
+
+    // Its output is captured: its own "test result" line would read as ours.
+    let out = tokio::task::spawn_blocking(move || child.output())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(
+        out.status.success(),
+        "the child's calls failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1, "only the call by name is proxied: {seen:?}");
+    assert!(seen[0].starts_with("CONNECT orders.test:"), "{seen:?}");
+}
+
+/// The child of `the_environments_proxy_is_used_but_never_for_loopback`;
+/// passes at once when run on its own.
+#[tokio::test]
+async fn environment_proxy_child() {
+    let Ok(setup) = std::env::var(CHILD) else {
+        return;
+    };
+    let (port, ca) = setup.split_once('\n').unwrap();
+    let by_name = format!("https://orders.test:{port}/");
+    let by_address = format!("https://127.0.0.1:{port}/");
+    // Through HTTPS_PROXY: the proxy resolves orders.test.
+    let proxied = fast_builder(&by_name)
+        .tls_root_certificate_pem(ca)
+        .build()
+        .unwrap();
+    // Loopback: direct, whatever the environment says.
+    let loopback = fast_builder(&by_address)
+        .tls_root_certificate_pem(ca)
+        .build()
+        .unwrap();
+    // no_proxy(): direct (orders.test mapped to 127.0.0.1 by the override).
+    let direct = fast_builder(&by_address)
+        .tls_root_certificate_pem(ca)
+        .tls_server_name("orders.test")
+        .no_proxy()
+        .build()
+        .unwrap();
+
+    for client in [proxied, loopback, direct] {
+        assert_eq!(client.get("x").send().await.unwrap().status(), 200);
+    }
+}
