@@ -536,7 +536,9 @@ impl ApiClientBuilder {
     /// endpoints must share one address (their ports may differ); several
     /// addresses, a [`resolver`](Self::resolver), a host that is not an IP
     /// address or a `name` that is not a DNS name are `Config` errors from
-    /// `build()`. A request to an absolute URL is sent as written.
+    /// `build()`. A request to an absolute URL is sent as written. Through a
+    /// [`proxy`](Self::proxy), the proxy is asked for `name` and resolves it
+    /// itself.
     ///
     /// # Examples
     ///

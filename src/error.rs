@@ -118,7 +118,8 @@ impl fmt::Display for ErrorKind {
 pub enum ErrorReason {
     /// The server answered with a status that is not 2xx; see [`Error::status`].
     Status,
-    /// The connection could not be made (DNS, refused, TLS handshake).
+    /// The connection could not be made (DNS, refused, a TLS handshake that
+    /// failed for a reason other than a certificate).
     Connect,
     /// A timeout fired; see [`Error::timeout_phase`].
     Timeout,
@@ -653,7 +654,9 @@ impl Error {
     }
 
     /// Whether the connection could not be made (DNS, refused, TLS handshake,
-    /// connect timeout). Nothing reached the server.
+    /// connect timeout, a refused certificate). Nothing reached the server's
+    /// application: a TLS 1.3 server may refuse the client's certificate only
+    /// after the request was written, but it did not act on it.
     #[must_use]
     pub fn is_connect(&self) -> bool {
         self.inner.what.is_connect()
