@@ -819,3 +819,28 @@ async fn environment_proxy_child() {
         assert_eq!(client.get("x").send().await.unwrap().status(), 200);
     }
 }
+
+#[test]
+fn the_tls_and_proxy_keys_are_written_back_as_they_were_read() {
+    let text = r#"
+        tls_root_certificate_pem = "/etc/pki/ca.pem"
+        tls_built_in_roots = false
+        tls_identity_pem = { cert_chain = "/run/secrets/c.pem", key = "/run/secrets/c.key" }
+        tls_min_version = "1.3"
+        tls_server_name = "orders.internal"
+        proxy = "http://proxy.internal:3128"
+        proxy_bypass = ["10.0.0.0/8", ".internal"]
+        no_proxy = false
+    "#;
+    let config: ApiClientConfig = toml::from_str(text).unwrap();
+
+    let again: ApiClientConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+
+    assert_eq!(again, config);
+    assert_eq!(config.tls_min_version, Some(TlsVersion::V1_3));
+    assert!(toml::from_str::<ApiClientConfig>(r#"tls_min_version = "1.1""#).is_err());
+    assert!(
+        toml::from_str::<ApiClientConfig>(r#"tls_identity_pem = { cert = "c.pem", key = "k" }"#)
+            .is_err()
+    );
+}
