@@ -16,9 +16,11 @@ use crate::headers::{bearer, header_pair};
 use crate::hook::RequestHook;
 use crate::limit::{Limits, RateLimit};
 use crate::origin;
+use crate::proxy::ProxySettings;
 use crate::redact;
 use crate::redirect;
 use crate::retry::RetryPolicy;
+use crate::tls::{Identity, TlsSettings, TlsVersion};
 
 /// Default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,6 +58,9 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// | `max_response_bytes` | 16 MiB |
 /// | `max_redirects` | 10 |
 /// | `user_agent` | `resilient-http/<version>` |
+/// | TLS roots | the platform's roots, plus any `tls_root_certificate_pem` |
+/// | `tls_min_version` | TLS 1.2 |
+/// | proxies | from `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`; loopback never proxied |
 ///
 /// # Examples
 ///
@@ -97,7 +102,8 @@ pub struct ApiClientBuilder {
     pool_idle_timeout: Duration,
     tcp_keepalive: Option<Duration>,
     http2_prior_knowledge: bool,
-    accept_invalid_certs: bool,
+    tls: TlsSettings,
+    proxy: ProxySettings,
     allow_path_escape: bool,
     error: Option<Error>,
 }
@@ -128,6 +134,8 @@ impl fmt::Debug for ApiClientBuilder {
             .field("max_concurrency", &self.max_concurrency)
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("tls", &self.tls)
+            .field("proxy", &self.proxy)
             .field("allow_path_escape", &self.allow_path_escape)
             .finish_non_exhaustive()
     }
@@ -160,7 +168,8 @@ impl ApiClientBuilder {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             tcp_keepalive: None,
             http2_prior_knowledge: false,
-            accept_invalid_certs: false,
+            tls: TlsSettings::default(),
+            proxy: ProxySettings::default(),
             allow_path_escape: false,
             error: None,
         }
@@ -448,7 +457,156 @@ impl ApiClientBuilder {
     /// certificates; `build()` logs a WARN when it is on. The name is
     /// reqwest's own.
     pub fn tls_danger_accept_invalid_certs(mut self, accept: bool) -> Self {
-        self.accept_invalid_certs = accept;
+        self.tls.accept_invalid_certs = accept;
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more `CERTIFICATE`
+    /// blocks), in addition to the platform's roots unless
+    /// [`tls_built_in_roots(false)`](Self::tls_built_in_roots). Call it again
+    /// to add more. For a private PKI: prefer this to turning verification off.
+    ///
+    /// Read once, when the client is built: a rotated CA is trusted by a
+    /// client built after the rotation.
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns a [`Config`](crate::ErrorKind::Config) error when
+    /// `pem` holds no valid certificate.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, ErrorKind};
+    ///
+    /// let err = ApiClient::builder()
+    ///     .tls_root_certificate_pem(b"not a certificate")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Config);
+    /// ```
+    pub fn tls_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls.roots.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Whether the platform's root certificates are trusted (default `true`).
+    /// `false` trusts only the roots given with
+    /// [`tls_root_certificate_pem`](Self::tls_root_certificate_pem) (at least
+    /// one is then needed, or `build()` fails): a service that only ever calls
+    /// its company's PKI cannot be fooled by a certificate from a public CA.
+    pub fn tls_built_in_roots(mut self, enabled: bool) -> Self {
+        self.tls.built_in_roots = Some(enabled);
+        self
+    }
+
+    /// The client certificate presented to servers that ask for one (mutual
+    /// TLS): `cert_chain_pem` holds the client's certificate first, then any
+    /// intermediates; `key_pem` its private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    /// The key is never shown by `Debug`.
+    ///
+    /// A server that refuses the certificate (or its absence) fails the call
+    /// with a [`Certificate`](crate::ErrorReason::Certificate) error of kind
+    /// [`Config`](crate::ErrorKind::Config), also when a TLS 1.3 server says
+    /// so only after the request was written. Read once, when the client is
+    /// built: to rotate a short-lived certificate, build a new client (a
+    /// reload in place is not supported yet).
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns a [`Config`](crate::ErrorKind::Config) error when
+    /// either PEM is invalid or the key is missing.
+    pub fn tls_identity_pem(
+        mut self,
+        cert_chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls.identity = Some(Identity {
+            cert_chain: cert_chain_pem.as_ref().to_vec(),
+            key: key_pem.as_ref().to_vec(),
+        });
+        self
+    }
+
+    /// The lowest TLS version accepted (default [`TlsVersion::V1_2`]).
+    pub fn tls_min_version(mut self, version: TlsVersion) -> Self {
+        self.tls.min_version = Some(version);
+        self
+    }
+
+    /// The name the server's certificate must carry when the base URL (or
+    /// the endpoints) name the server by IP address: the connection goes to
+    /// the address, while SNI, the certificate check and the `Host` header use
+    /// `name`.
+    ///
+    /// How: the host of `base_url` and of the endpoints is replaced by `name`
+    /// (so [`ApiClient::base_url`], errors and spans show `name` with the
+    /// URL's port), and the transport resolves `name` to that address. The
+    /// endpoints must share one address (their ports may differ); several
+    /// addresses, a [`resolver`](Self::resolver), a host that is not an IP
+    /// address or a `name` that is not a DNS name are `Config` errors from
+    /// `build()`. A request to an absolute URL is sent as written. Through a
+    /// [`proxy`](Self::proxy), the proxy is asked for `name` and resolves it
+    /// itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("https://10.0.0.7:8443/api/")
+    ///     .tls_server_name("orders.internal")
+    ///     .build()?;
+    /// assert_eq!(client.base_url().unwrap().as_str(), "https://orders.internal:8443/api/");
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// Sends every call through the proxy at `url` (`http://host:port`; a
+    /// bare `host:port` means `http://`), HTTPS calls through a `CONNECT`
+    /// tunnel, whatever the environment says. Credentials in the URL
+    /// (`http://user:password@proxy:3128`) go to the proxy as
+    /// `Proxy-Authorization` and are never shown by `Debug` or errors.
+    /// Loopback destinations and the [`proxy_bypass`](Self::proxy_bypass)
+    /// rules still go direct.
+    ///
+    /// Without it, the environment's `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`
+    /// and `NO_PROXY` are read when the client is built (as curl does), but
+    /// never for loopback (`localhost`, `127.0.0.0/8`, `::1`).
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns a [`Config`](crate::ErrorKind::Config) error for a URL
+    /// that is not `http://` or `https://`, or with [`no_proxy`](Self::no_proxy).
+    pub fn proxy(mut self, url: impl AsRef<str>) -> Self {
+        self.proxy.url = Some(url.as_ref().to_owned());
+        self
+    }
+
+    /// Destinations that never go through a proxy, added to loopback and the
+    /// environment's `NO_PROXY`: a host name (`orders.internal`, which also
+    /// covers its subdomains; `.internal` for a whole domain), an IP address,
+    /// a network (`10.0.0.0/8`) or `*` for all. Call it again to add more.
+    pub fn proxy_bypass<I, S>(mut self, rules: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.proxy
+            .bypass
+            .extend(rules.into_iter().map(|r| r.as_ref().trim().to_owned()));
+        self
+    }
+
+    /// No proxy for any call: the environment's `HTTPS_PROXY`, `HTTP_PROXY`
+    /// and `ALL_PROXY` are ignored. Setting both `proxy` and `no_proxy` is a
+    /// `Config` error.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy.off = true;
         self
     }
 
@@ -470,12 +628,14 @@ impl ApiClientBuilder {
     /// input: a URL that is not `http`/`https`, an invalid header, a zero
     /// timeout, `max_attempts(0)`, `max_concurrency(0)`, a budget ratio or
     /// failure-rate threshold outside `0.0..=1.0`, `min_calls > window`, a zero
-    /// window, a rate of 0, or a TLS backend that cannot start.
+    /// window, a rate of 0, an invalid PEM certificate or key, a
+    /// `tls_server_name` that cannot be honoured, an invalid proxy URL, or a
+    /// TLS backend that cannot start.
     pub fn build(self) -> Result<ApiClient, Error> {
         if let Some(err) = self.error {
             return Err(err);
         }
-        let base = self
+        let mut base = self
             .base_url
             .as_deref()
             .map(|raw| origin::parse_base(raw, "base_url"))
@@ -491,11 +651,29 @@ impl ApiClientBuilder {
                 "set either a token provider or an Authorization default header, not both",
             ));
         }
-        let endpoints = self
+        let mut endpoints = self
             .endpoints
             .iter()
             .map(parse_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
+        let server_address = match &self.tls.server_name {
+            Some(_) if self.resolver.is_some() => {
+                return Err(Error::config(
+                    "tls_server_name with a resolver is not supported yet",
+                ));
+            }
+            Some(name) => {
+                let mut urls: Vec<&mut url::Url> = base
+                    .iter_mut()
+                    .chain(endpoints.iter_mut().map(|(url, _)| url))
+                    .collect();
+                Some((
+                    name.clone(),
+                    crate::tls::server_name_override(name, &mut urls)?,
+                ))
+            }
+            None => None,
+        };
         for (name, value) in [
             ("resolver_refresh", self.resolver_refresh),
             ("connect_timeout", self.connect_timeout),
@@ -519,7 +697,7 @@ impl ApiClientBuilder {
             return Err(Error::config("max_concurrency must be at least 1"));
         }
 
-        let http = self.transport()?;
+        let http = self.transport(server_address)?;
         let balancer = has_endpoints.then(|| {
             Balancer::new(
                 endpoints,
@@ -551,7 +729,10 @@ impl ApiClientBuilder {
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 
-    fn transport(&self) -> Result<reqwest::Client, Error> {
+    fn transport(
+        &self,
+        server_address: Option<(String, std::net::SocketAddr)>,
+    ) -> Result<reqwest::Client, Error> {
         let user_agent = self.user_agent.clone().unwrap_or_else(|| {
             HeaderValue::from_static(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         });
@@ -575,14 +756,11 @@ impl ApiClientBuilder {
         if self.http2_prior_knowledge {
             b = b.http2_prior_knowledge();
         }
-        if self.accept_invalid_certs {
-            tracing::warn!(
-                target: "resilient_http::tls",
-                "TLS certificate verification is OFF (tls_danger_accept_invalid_certs): \
-                 traffic can be read and changed by anyone on the path"
-            );
-            b = b.tls_danger_accept_invalid_certs(true);
+        if let Some((name, address)) = server_address {
+            b = b.resolve(&name, address);
         }
+        b = self.tls.apply(b)?;
+        b = self.proxy.apply(b)?;
         b.build()
             .map_err(|e| Error::config_from("could not build the HTTP transport", e))
     }

@@ -33,7 +33,7 @@ pub(crate) const BODY_TEXT_LIMIT: usize = 4 * 1024;
 /// | `Client` | every other 4xx, a 3xx that was not followed, a redirect loop | no |
 /// | `Rejected` | refused locally, nothing sent: open circuit, rate or concurrency limit | no |
 /// | `Decode` | a 2xx that cannot be used as asked: wrong type, not UTF-8, too large | no |
-/// | `Config` | invalid URL, header, option or unserializable body | no |
+/// | `Config` | invalid URL, header, option or unserializable body; a TLS certificate refused by either side | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -95,7 +95,7 @@ impl fmt::Display for ErrorKind {
 /// | `Redirect` | `Client` |
 /// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
 /// | `TooLarge`, `Decode` | `Decode` |
-/// | `Config` | `Config` |
+/// | `Config`, `Certificate` | `Config` |
 ///
 /// # Examples
 ///
@@ -118,7 +118,8 @@ impl fmt::Display for ErrorKind {
 pub enum ErrorReason {
     /// The server answered with a status that is not 2xx; see [`Error::status`].
     Status,
-    /// The connection could not be made (DNS, refused, TLS handshake).
+    /// The connection could not be made (DNS, refused, a TLS handshake that
+    /// failed for a reason other than a certificate).
     Connect,
     /// A timeout fired; see [`Error::timeout_phase`].
     Timeout,
@@ -153,6 +154,12 @@ pub enum ErrorReason {
     Decode,
     /// An invalid option, URL, header or body.
     Config,
+    /// A TLS certificate was refused: the server's (unknown issuer, name
+    /// mismatch, expired, revoked...) or the client's own, refused by the
+    /// server. The message names which. Kind `Config`: another attempt meets
+    /// the same certificate, so it is not retried and does not count against
+    /// the circuit breaker; [`Error::is_connect`] is true.
+    Certificate,
 }
 
 impl ErrorReason {
@@ -177,6 +184,7 @@ impl ErrorReason {
             Self::TooLarge => "too_large",
             Self::Decode => "decode",
             Self::Config => "config",
+            Self::Certificate => "certificate",
         }
     }
 }
@@ -223,6 +231,47 @@ pub(crate) enum What {
     Decode(Cow<'static, str>),
     #[error("invalid configuration: {0}")]
     Config(Cow<'static, str>),
+    #[error("TLS certificate refused: {0}")]
+    Certificate(Certificate),
+}
+
+/// Which certificate failed a TLS handshake, and why: the reason a
+/// [`What::Certificate`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Certificate {
+    /// The server's certificate chains to no trusted root.
+    UnknownIssuer,
+    /// The server's certificate is not valid for the name called.
+    NameMismatch,
+    /// The server's certificate has expired.
+    Expired,
+    /// The server's certificate is not valid yet.
+    NotYetValid,
+    /// The server's certificate was revoked.
+    Revoked,
+    /// The server's certificate is invalid for another reason (bad
+    /// encoding, signature, purpose...).
+    Invalid,
+    /// The server refused the client's certificate, or its absence.
+    ClientRefused,
+}
+
+impl fmt::Display for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnknownIssuer => {
+                "the server's certificate is not issued by a trusted CA (unknown issuer)"
+            }
+            Self::NameMismatch => {
+                "the server's certificate is not valid for the name called (name mismatch)"
+            }
+            Self::Expired => "the server's certificate has expired",
+            Self::NotYetValid => "the server's certificate is not valid yet",
+            Self::Revoked => "the server's certificate was revoked",
+            Self::Invalid => "the server's certificate is invalid",
+            Self::ClientRefused => "the server refused the client certificate (or its absence)",
+        })
+    }
 }
 
 impl What {
@@ -244,7 +293,7 @@ impl What {
             | Self::Auth(_)
             | Self::NoEndpoints(_) => ErrorKind::Rejected,
             Self::TooLarge(_) | Self::Decode(_) => ErrorKind::Decode,
-            Self::Config(_) => ErrorKind::Config,
+            Self::Config(_) | Self::Certificate(_) => ErrorKind::Config,
         }
     }
 
@@ -266,6 +315,7 @@ impl What {
             Self::TooLarge(_) => ErrorReason::TooLarge,
             Self::Decode(_) => ErrorReason::Decode,
             Self::Config(_) => ErrorReason::Config,
+            Self::Certificate(_) => ErrorReason::Certificate,
         }
     }
 
@@ -276,9 +326,14 @@ impl What {
         }
     }
 
-    /// Whether the connection could not be made.
+    /// Whether the connection could not be made. A refused certificate is
+    /// one, also when a TLS 1.3 server's refusal arrives after the request
+    /// was written: the server refused it before acting on it.
     const fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect | Self::Timeout(TimeoutPhase::Connect))
+        matches!(
+            self,
+            Self::Connect | Self::Timeout(TimeoutPhase::Connect) | Self::Certificate(_)
+        )
     }
 }
 
@@ -314,11 +369,15 @@ pub(crate) enum Outcome<'a> {
 /// Classifies an outcome: what failed, from which its [`ErrorKind`] follows
 /// by the table on [`ErrorKind`]. Every kind decision in the crate starts here.
 ///
-/// How transport failures map: DNS failure, connection refused and TLS
-/// handshake are `Connect`; reqwest's connect timeout is `Timeout(Connect)`
-/// and its read timeout `Timeout(Read)`; a connection closed or reset
-/// before a response is `Closed`, after the response began (mid-body, or short
-/// of its Content-Length) `Truncated`; bytes that are not
+/// How transport failures map: a certificate refused by either side (a
+/// `rustls::Error` in the cause chain: the server's certificate invalid, or
+/// the server's alert that it refused ours, also after the request was
+/// written) is `Certificate`, kind `Config`; DNS failure, connection refused
+/// and any other TLS handshake failure are `Connect`; reqwest's connect
+/// timeout is `Timeout(Connect)` and its read timeout `Timeout(Read)`; a
+/// connection closed or reset before a response is `Closed`, after the
+/// response began (mid-body, or short of its Content-Length) `Truncated`;
+/// bytes that are not
 /// HTTP or a header block too large are `Protocol` (the peer is broken, not
 /// busy); an HTTP/2 stream the server refused, or one above the last stream id
 /// of its `GOAWAY`, is `Unprocessed` (provably not processed); too many
@@ -346,6 +405,9 @@ fn transport_what(err: &reqwest::Error) -> What {
     }
     if err.is_redirect() {
         return What::Redirect;
+    }
+    if let Some(cert) = certificate_failure(err) {
+        return What::Certificate(cert);
     }
     if err.is_timeout() {
         return What::Timeout(if err.is_connect() {
@@ -391,6 +453,55 @@ fn transport_what(err: &reqwest::Error) -> What {
         cause = e.source();
     }
     What::Closed
+}
+
+/// The certificate failure in `err`'s cause chain, if any. An `io::Error`'s
+/// `source()` skips the error it wraps, so its `get_ref()` is looked at too.
+fn certificate_failure(err: &(dyn std::error::Error + 'static)) -> Option<Certificate> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return tls_certificate(tls);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(cert) = certificate_failure(inner)
+        {
+            return Some(cert);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Which certificate failure a rustls error reports; `None` for a handshake
+/// that failed for another reason (those stay `Connect`, retryable).
+fn tls_certificate(err: &rustls::Error) -> Option<Certificate> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    match err {
+        rustls::Error::InvalidCertificate(cert) => Some(match cert {
+            Cert::UnknownIssuer => Certificate::UnknownIssuer,
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                Certificate::NameMismatch
+            }
+            Cert::Expired | Cert::ExpiredContext { .. } => Certificate::Expired,
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => Certificate::NotYetValid,
+            Cert::Revoked => Certificate::Revoked,
+            _ => Certificate::Invalid,
+        }),
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::CertificateRequired
+            | Alert::AccessDenied,
+        ) => Some(Certificate::ClientRefused),
+        _ => None,
+    }
 }
 
 /// The error of a call: what failed, classified, with the context to log it.
@@ -608,7 +719,9 @@ impl Error {
     }
 
     /// Whether the connection could not be made (DNS, refused, TLS handshake,
-    /// connect timeout). Nothing reached the server.
+    /// connect timeout, a refused certificate). Nothing reached the server's
+    /// application: a TLS 1.3 server may refuse the client's certificate only
+    /// after the request was written, but it did not act on it.
     #[must_use]
     pub fn is_connect(&self) -> bool {
         self.inner.what.is_connect()
@@ -727,7 +840,7 @@ impl fmt::Display for Error {
         write!(f, "{}", inner.what)?;
         if let Some(e) = &inner.source {
             let kind = inner.what.kind();
-            if kind == ErrorKind::Config {
+            if kind == ErrorKind::Config && !matches!(inner.what, What::Certificate(_)) {
                 write!(f, " ({e})")?;
             } else if kind == ErrorKind::Decode {
                 // A decoder's message can quote the body (a mistyped token
@@ -914,6 +1027,72 @@ mod tests {
         assert!(text.contains("250ms"), "{text}");
         let debug = format!("{err:?}");
         assert!(!debug.contains("pw") && !debug.contains("t0k"), "{debug}");
+    }
+
+    #[test]
+    fn certificate_failures_are_config_connect_and_name_their_reason() {
+        use rustls::{AlertDescription as Alert, CertificateError as Cert};
+        let table = [
+            (
+                rustls::Error::InvalidCertificate(Cert::UnknownIssuer),
+                Certificate::UnknownIssuer,
+            ),
+            (
+                rustls::Error::InvalidCertificate(Cert::NotValidForName),
+                Certificate::NameMismatch,
+            ),
+            (
+                rustls::Error::InvalidCertificate(Cert::Expired),
+                Certificate::Expired,
+            ),
+            (
+                rustls::Error::InvalidCertificate(Cert::NotValidYet),
+                Certificate::NotYetValid,
+            ),
+            (
+                rustls::Error::InvalidCertificate(Cert::Revoked),
+                Certificate::Revoked,
+            ),
+            (
+                rustls::Error::InvalidCertificate(Cert::BadEncoding),
+                Certificate::Invalid,
+            ),
+            (
+                rustls::Error::AlertReceived(Alert::CertificateRequired),
+                Certificate::ClientRefused,
+            ),
+            (
+                rustls::Error::AlertReceived(Alert::BadCertificate),
+                Certificate::ClientRefused,
+            ),
+            (
+                rustls::Error::AlertReceived(Alert::UnknownCA),
+                Certificate::ClientRefused,
+            ),
+        ];
+        for (tls, expected) in table {
+            // As the transport wraps it: in an io::Error, whose source() skips it.
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+            assert_eq!(certificate_failure(&io), Some(expected), "{io}");
+            let what = What::Certificate(expected);
+            assert_eq!(what.kind(), ErrorKind::Config);
+            assert_eq!(what.reason(), ErrorReason::Certificate);
+            assert!(what.is_connect());
+        }
+    }
+
+    #[test]
+    fn other_handshake_failures_are_not_certificate_failures() {
+        for tls in [
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+            rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion),
+            rustls::Error::HandshakeNotComplete,
+        ] {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+            assert_eq!(certificate_failure(&io), None, "{io}");
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(certificate_failure(&reset), None);
     }
 
     #[test]

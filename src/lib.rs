@@ -143,6 +143,27 @@
 //! refresh; [`request_hook`](ApiClientBuilder::request_hook) for headers on
 //! every attempt; [`ApiClient::stats`] (and the `metrics` feature) for numbers.
 //!
+//! # TLS and proxies
+//!
+//! For a private PKI, trust its CA with
+//! [`tls_root_certificate_pem`](ApiClientBuilder::tls_root_certificate_pem)
+//! (and only it with [`tls_built_in_roots(false)`](ApiClientBuilder::tls_built_in_roots))
+//! rather than turning verification off; present a client certificate with
+//! [`tls_identity_pem`](ApiClientBuilder::tls_identity_pem);
+//! [`tls_min_version`](ApiClientBuilder::tls_min_version) and
+//! [`tls_server_name`](ApiClientBuilder::tls_server_name) (call a server by
+//! IP address, check its certificate by name) complete the set. A certificate
+//! refused by either side is an [`ErrorKind::Config`] error with the reason
+//! [`ErrorReason::Certificate`] and a message that names why: it never heals,
+//! so it is tried once and spares the circuit breaker. Certificates are read
+//! when the client is built; build a new client to rotate them.
+//!
+//! Proxies come from [`proxy`](ApiClientBuilder::proxy) or, without it, the
+//! environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`);
+//! [`no_proxy`](ApiClientBuilder::no_proxy) turns them off. Loopback never goes
+//! through a proxy; [`proxy_bypass`](ApiClientBuilder::proxy_bypass) adds more
+//! direct destinations. Proxy passwords are never shown.
+//!
 //! # Configuration files
 //!
 //! [`ApiClientConfig`] holds every builder option that can be written as data,
@@ -195,6 +216,7 @@ mod oauth2;
 mod origin;
 mod path;
 mod pipeline;
+mod proxy;
 mod redact;
 mod redirect;
 mod request;
@@ -202,6 +224,7 @@ mod response;
 mod retry;
 mod stats;
 mod timeout;
+mod tls;
 
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
@@ -222,6 +245,7 @@ pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
 pub use stats::ClientStats;
 pub use timeout::TimeoutPhase;
+pub use tls::TlsVersion;
 
 // Moved to `config` in 0.2; kept at the root for one release.
 #[cfg(feature = "etcd")]

@@ -259,7 +259,8 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
         .default_header("x-tenant", "acme")
         .bearer_auth("t0ken")
         .user_agent("orders-service/1.4")
-        .max_response_bytes(1_048_576);
+        .max_response_bytes(1_048_576)
+        .tls_danger_accept_invalid_certs(true);
     assert_eq!(format!("{from_file:?}"), format!("{in_code:?}"));
 }
 

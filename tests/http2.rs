@@ -5,6 +5,8 @@
 //! The server is a small raw HTTP/2 (h2c) frame writer, so which streams it
 //! refuses or drops is exact, not left to timing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -91,13 +93,14 @@ async fn serve(mut socket: TcpStream, mode: Option<Mode>, counts: Arc<Counts>) {
     let mut refused: Vec<u32> = Vec::new();
     let mut gone_away = false;
     loop {
-        let mut head = [0u8; 9];
-        if socket.read_exact(&mut head).await.is_err() {
+        let mut frame_head = [0u8; 9];
+        if socket.read_exact(&mut frame_head).await.is_err() {
             return;
         }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let h = frame_head;
+        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let (kind, flags) = (h[3], h[4]);
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; len];
         if socket.read_exact(&mut payload).await.is_err() {
             return;

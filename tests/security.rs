@@ -70,9 +70,10 @@ async fn certificates_are_verified_by_default() {
 
     assert!(
         err.is_connect(),
-        "a failed TLS handshake is a connect error: {err:?}"
+        "a refused certificate is a connect error: {err:?}"
     );
-    assert_eq!(err.kind(), ErrorKind::Retryable);
+    // It never heals: not retried, not the endpoint's fault (see tests/tls.rs).
+    assert_eq!(err.kind(), ErrorKind::Config);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use crate::client::ApiClient;
 use crate::error::Error;
 use crate::redact;
 use crate::retry::RetryPolicy;
+use crate::tls::TlsVersion;
 
 mod duration;
 mod section;
@@ -197,6 +199,38 @@ pub struct ApiClientConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(alias = "danger_accept_invalid_certs")]
     pub tls_danger_accept_invalid_certs: Option<bool>,
+    /// A PEM file of CA certificates to trust (default none), read when the
+    /// client is built. See [`ApiClientBuilder::tls_root_certificate_pem`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_root_certificate_pem: Option<PathBuf>,
+    /// Whether the platform's roots are trusted too (default `true`). See
+    /// [`ApiClientBuilder::tls_built_in_roots`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_built_in_roots: Option<bool>,
+    /// The client certificate for mutual TLS: `{ cert_chain = "client.pem",
+    /// key = "client.key" }`, PEM files read when the client is built (default
+    /// none). See [`ApiClientBuilder::tls_identity_pem`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_identity_pem: Option<TlsIdentityFiles>,
+    /// The lowest TLS version, `"1.2"` (default) or `"1.3"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// The name the server's certificate must carry when the base URL names
+    /// it by IP address (default none). See [`ApiClientBuilder::tls_server_name`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// Every call through this proxy (default: the environment's). Its
+    /// password is never shown by `Debug`. See [`ApiClientBuilder::proxy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Destinations that never go through a proxy (default none beyond
+    /// loopback and `NO_PROXY`). See [`ApiClientBuilder::proxy_bypass`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_bypass: Vec<String>,
+    /// `true`: no proxy, the environment ignored (default `false`). See
+    /// [`ApiClientBuilder::no_proxy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_proxy: Option<bool>,
     /// Let request paths leave the base URL's path (`..`, `//host`...;
     /// default `false`). See [`ApiClientBuilder::allow_path_escape`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -254,6 +288,14 @@ impl fmt::Debug for ApiClientConfig {
                 "tls_danger_accept_invalid_certs",
                 &self.tls_danger_accept_invalid_certs,
             )
+            .field("tls_root_certificate_pem", &self.tls_root_certificate_pem)
+            .field("tls_built_in_roots", &self.tls_built_in_roots)
+            .field("tls_identity_pem", &self.tls_identity_pem)
+            .field("tls_min_version", &self.tls_min_version)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("proxy", &self.proxy.as_deref().map(crate::proxy::shown))
+            .field("proxy_bypass", &self.proxy_bypass)
+            .field("no_proxy", &self.no_proxy)
             .field("allow_path_escape", &self.allow_path_escape);
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
@@ -398,8 +440,62 @@ impl ApiClientConfig {
         if let Some(allow) = self.allow_path_escape {
             b = b.allow_path_escape(allow);
         }
+        self.apply_tls(b)
+    }
+
+    /// Sets the TLS and proxy options; files are read here, and one that
+    /// cannot be read is the error `build()` returns.
+    fn apply_tls(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
+        if let Some(path) = &self.tls_root_certificate_pem {
+            b = match read("tls_root_certificate_pem", path) {
+                Ok(pem) => b.tls_root_certificate_pem(pem),
+                Err(err) => b.fail(err),
+            };
+        }
+        if let Some(on) = self.tls_built_in_roots {
+            b = b.tls_built_in_roots(on);
+        }
+        if let Some(files) = &self.tls_identity_pem {
+            let cert = read("tls_identity_pem.cert_chain", &files.cert_chain);
+            let key = read("tls_identity_pem.key", &files.key);
+            b = match (cert, key) {
+                (Ok(cert), Ok(key)) => b.tls_identity_pem(cert, key),
+                (Err(err), _) | (_, Err(err)) => b.fail(err),
+            };
+        }
+        if let Some(v) = self.tls_min_version {
+            b = b.tls_min_version(v);
+        }
+        if let Some(name) = &self.tls_server_name {
+            b = b.tls_server_name(name);
+        }
+        if let Some(url) = &self.proxy {
+            b = b.proxy(url);
+        }
+        if !self.proxy_bypass.is_empty() {
+            b = b.proxy_bypass(&self.proxy_bypass);
+        }
+        if self.no_proxy == Some(true) {
+            b = b.no_proxy();
+        }
         b
     }
+}
+
+/// Reads a PEM file named by a configuration key.
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(format!("{key}: cannot read {}", path.display())).with_source(e))
+}
+
+/// The client certificate files of [`ApiClientConfig::tls_identity_pem`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsIdentityFiles {
+    /// A PEM file with the client's certificate, then any intermediates.
+    pub cert_chain: PathBuf,
+    /// A PEM file with the certificate's private key.
+    pub key: PathBuf,
 }
 
 impl ApiClientBuilder {
