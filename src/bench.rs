@@ -45,10 +45,9 @@ impl Breaker {
     pub fn open() -> Self {
         let b = Self::default();
         let now = Instant::now();
-        for _ in 0..5 {
-            if let Ok(p) = b.0.try_acquire(now) {
-                p.record(Verdict::Failure, now);
-            }
+        // The default opens on 30 failures in a row.
+        while let Ok(p) = b.0.try_acquire(now) {
+            p.record(Verdict::Failure, now);
         }
         b
     }

@@ -111,10 +111,12 @@
 //!
 //! # Circuit breaker
 //!
-//! One breaker per endpoint (scheme, host, port), shared by clones: after 5
-//! failures in a row, or at least 50% failures over the last 20 attempts, calls
-//! fail at once for 10 s; then one probe tests the endpoint. See
-//! [`CircuitBreakerConfig`].
+//! One breaker per endpoint (scheme, host, port), shared by clones. Once open,
+//! calls fail at once for 10 s; then one probe tests the endpoint. The default
+//! tells an outage from a flaky dependency: a dead endpoint opens it within 20
+//! failed attempts or 1 s, a dependency that fails at random (up to 30%) does
+//! not, at any call rate. The trip rules, their defaults and the arithmetic
+//! behind that promise are on [`CircuitBreakerConfig`].
 //!
 //! # Limits
 //!
