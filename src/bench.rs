@@ -72,7 +72,7 @@ pub struct Budget(retry::Budget);
 impl Default for Budget {
     fn default() -> Self {
         Self(retry::Budget::new(
-            0.2,
+            retry::DEFAULT_RATIO,
             10,
             Duration::from_secs(10),
             Instant::now(),

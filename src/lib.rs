@@ -105,9 +105,11 @@
 //!
 //! `max_attempts` alone does not protect a struggling service: when every call
 //! fails, every call retries, and the load triples exactly when the service can
-//! least take it. The [`RetryBudget`] bounds retries to a share (20%) of the
+//! least take it. The [`RetryBudget`] bounds retries to a share (half) of the
 //! calls that recently succeeded, plus a small floor, so in a full outage
-//! retries add almost nothing. See [`RetryPolicy`] and [`RetryBudget`].
+//! retries add almost nothing, while random failures up to about 30% are still
+//! healed as far as the attempts allow. See [`RetryPolicy`] and [`RetryBudget`]
+//! (with the arithmetic of both).
 //!
 //! # Circuit breaker
 //!

@@ -470,7 +470,7 @@ mod tests {
             RetryPolicy::exponential()
                 .max_attempts(5)
                 .max_backoff(Duration::from_secs(2))
-                .budget(RetryBudget::ratio(0.2).min_per_second(3))
+                .budget(RetryBudget::default().min_per_second(3))
         );
         let breaker = config.circuit_breaker_config().unwrap();
         assert_eq!(breaker.open_duration, Duration::from_secs(60));

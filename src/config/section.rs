@@ -66,7 +66,7 @@ pub struct RetrySection {
     /// Also retry 500, 501... (default `false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_server_errors: Option<bool>,
-    /// The retry budget (default [`RetryBudget::ratio(0.2)`](RetryBudget::ratio));
+    /// The retry budget (default [`RetryBudget::default()`], ratio 0.5);
     /// `false` for none, like [`RetryBudget::unlimited()`].
     #[serde(with = "switch", skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudgetSection>,
@@ -83,7 +83,7 @@ pub struct RetryBudgetSection {
     /// `false` removes the budget: every retry the policy allows is made (default `true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Retries as a share of recent successful calls, `0.0..=1.0` (default 0.2).
+    /// Retries as a share of recent successful calls, `0.0..=1.0` (default 0.5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     /// Retries per second allowed with no successful call (default 10).

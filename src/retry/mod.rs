@@ -13,9 +13,11 @@ use reqwest::header::HeaderValue;
 use crate::error::{Error, ErrorKind};
 
 mod budget;
+#[cfg(test)]
+mod model;
 
 pub use budget::RetryBudget;
-pub(crate) use budget::{Budget, Withdrawal};
+pub(crate) use budget::{Budget, DEFAULT_RATIO, Withdrawal};
 
 /// When and how often a failed call is tried again.
 ///
@@ -42,7 +44,7 @@ pub(crate) use budget::{Budget, Withdrawal};
 /// | `jitter` | on |
 /// | `max_retry_after` | 60 s |
 /// | `retry_server_errors` | off |
-/// | `budget` | [`RetryBudget::ratio(0.2)`](RetryBudget::ratio) |
+/// | `budget` | [`RetryBudget::default()`]: retries add at most half of the successful calls, plus 10 a second |
 ///
 /// # Examples
 ///
