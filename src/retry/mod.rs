@@ -16,8 +16,10 @@ mod budget;
 #[cfg(test)]
 mod model;
 
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) use budget::DEFAULT_RATIO;
 pub use budget::RetryBudget;
-pub(crate) use budget::{Budget, DEFAULT_RATIO, Withdrawal};
+pub(crate) use budget::{Budget, Withdrawal};
 
 /// When and how often a failed call is tried again.
 ///
