@@ -120,11 +120,12 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 /// The default tells an outage from a flaky dependency:
 ///
 /// - **An outage opens it fast.** A full outage that starts from a healthy
-///   state opens it within 20 failed attempts or 1 s, whichever is later: at 20
-///   attempts a second or fewer, the 20th failure in a row comes at least 1 s
-///   after the first and opens it; faster, the run opens it once it has lasted
-///   1 s, or at its 30th failure if that comes first (so a burst of calls
-///   into a dead endpoint costs about 30 requests, not a second of them).
+///   state opens it within 20 failed attempts or 1 s, whichever is later: when
+///   the 20th failure in a row comes 1 s or more after the first, it opens the
+///   breaker; when it comes sooner, the run opens it once it has lasted 1 s
+///   (the next attempt is refused), or at its 30th failure if that comes
+///   first (so a burst of calls into a dead endpoint costs about 30 requests,
+///   not a second of them).
 /// - **A bad share opens it.** Failures of 50% or more sustained for 30 s at 10
 ///   attempts a second or more open it: the window (the current second and 30
 ///   before it) then holds 300 attempts or more, and a share of 50% trips it
@@ -155,15 +156,16 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 ///   binomial; P(Bin(n, 0.3) ≥ n/2) is largest at n = 300, where it is 3.5e-13
 ///   (the Chernoff bound, e^(−300·D(0.5‖0.3)) = 4.4e-12, is looser). There is
 ///   one check per failed attempt; counting one per attempt:
-///   3.6e8 × 3.5e-13 = 1.3e-4 an hour. Below 10 attempts a second the window
-///   never holds 300 attempts, and the checks are fewer at any lower rate.
+///   3.6e8 × 3.5e-13 = 1.3e-4 an hour. At lower rates the checks are fewer,
+///   and below about 10 attempts a second the window seldom holds 300.
 /// - *Together*: at most 1.3e-4 openings an hour, once in about 7,800 hours.
 ///   At 20% failures the share term is 5e-31 a check.
 ///
 /// A fixed count cannot carry this alone: 10 failures in a row start at
-/// about one attempt in 6,800 at p = 0.3 (0.7 × 0.3^10), about 740 an hour at
-/// 50,000 attempts a second; a count long enough to be safe at that rate (about
-/// 22) is too long for a quiet client, which the time condition serves.
+/// about one attempt in 240,000 at p = 0.3 (0.7 × 0.3^10), about 740 an hour
+/// at 50,000 attempts a second; a count safe at that rate (22 or more) would
+/// break the promise of opening within 20 failed attempts for a quiet client.
+/// The time condition lets 20 apply where 20 is safe.
 ///
 /// Explicit settings keep their meaning: `consecutive_failures(5)` opens on
 /// any 5 failures in a row (which also covers the sustained rule), and

@@ -50,7 +50,9 @@ fn the_false_trip_arithmetic_on_the_config_docs_holds() {
     assert!(1.0 / total > 7_700.0, "hours between openings");
     assert!(half_or_more(300, 0.2) < 1e-30);
     // Why not a fixed count of 10: 740 runs an hour at 50,000 a second.
-    let ten = 50_000.0 * 3600.0 * 0.7 * p.powi(10);
+    let one_in = 1.0 / (0.7 * p.powi(10));
+    assert!((240_000.0..244_000.0).contains(&one_in), "{one_in}");
+    let ten = 50_000.0 * 3600.0 / one_in;
     assert!((740.0..750.0).contains(&ten), "{ten}");
 }
 
