@@ -45,10 +45,9 @@ impl Breaker {
     pub fn open() -> Self {
         let b = Self::default();
         let now = Instant::now();
-        for _ in 0..5 {
-            if let Ok(p) = b.0.try_acquire(now) {
-                p.record(Verdict::Failure, now);
-            }
+        // The default opens on 30 failures in a row.
+        while let Ok(p) = b.0.try_acquire(now) {
+            p.record(Verdict::Failure, now);
         }
         b
     }
@@ -73,7 +72,7 @@ pub struct Budget(retry::Budget);
 impl Default for Budget {
     fn default() -> Self {
         Self(retry::Budget::new(
-            0.2,
+            retry::DEFAULT_RATIO,
             10,
             Duration::from_secs(10),
             Instant::now(),

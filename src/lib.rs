@@ -111,16 +111,20 @@
 //!
 //! `max_attempts` alone does not protect a struggling service: when every call
 //! fails, every call retries, and the load triples exactly when the service can
-//! least take it. The [`RetryBudget`] bounds retries to a share (20%) of the
+//! least take it. The [`RetryBudget`] bounds retries to a share (half) of the
 //! calls that recently succeeded, plus a small floor, so in a full outage
-//! retries add almost nothing. See [`RetryPolicy`] and [`RetryBudget`].
+//! retries add almost nothing, while random failures up to about 30% are still
+//! healed as far as the attempts allow. See [`RetryPolicy`] and [`RetryBudget`]
+//! (with the arithmetic of both).
 //!
 //! # Circuit breaker
 //!
-//! One breaker per endpoint (scheme, host, port), shared by clones: after 5
-//! failures in a row, or at least 50% failures over the last 20 attempts, calls
-//! fail at once for 10 s; then one probe tests the endpoint. See
-//! [`CircuitBreakerConfig`].
+//! One breaker per endpoint (scheme, host, port), shared by clones. Once open,
+//! calls fail at once for 10 s; then one probe tests the endpoint. The default
+//! tells an outage from a flaky dependency: a dead endpoint opens it within 20
+//! failed attempts or 1 s, a dependency that fails at random (up to 30%) does
+//! not, at any call rate. The trip rules, their defaults and the arithmetic
+//! behind that promise are on [`CircuitBreakerConfig`].
 //!
 //! # Limits
 //!

@@ -67,6 +67,60 @@ async fn trips_after_consecutive_failures_and_sends_nothing_more() {
 }
 
 #[tokio::test]
+async fn the_default_breaker_stops_a_burst_into_a_dead_endpoint_within_30_requests() {
+    let server = MockServer::start().await;
+    serve(&server, &Sequence::statuses(&[503])).await;
+    let client = client(&server, CircuitBreakerConfig::default());
+
+    let mut refused = 0;
+    for _ in 0..60 {
+        if client
+            .get("x")
+            .send()
+            .await
+            .is_err_and(|e| e.is_circuit_open())
+        {
+            refused += 1;
+        }
+    }
+
+    // 30 in a row open it at any speed; had 20 of them taken 1 s or more (a
+    // slow machine), the sustained rule would have opened it sooner.
+    let sent = received(&server).await;
+    assert!(
+        (20..=30).contains(&sent),
+        "{sent} requests reached the server"
+    );
+    assert_eq!(refused, 60 - sent);
+    assert_eq!(client.circuit_state(), CircuitState::Open);
+}
+
+#[tokio::test]
+async fn runs_of_ten_failures_at_20_percent_do_not_open_the_default_breaker() {
+    // 10 failures in a row, then 40 successes, ten times over: the old
+    // default (5 in a row) opened on the first run.
+    let server = MockServer::start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.extend([503; 10]);
+        statuses.extend([200; 40]);
+    }
+    serve(&server, &Sequence::statuses(&statuses)).await;
+    let client = client(&server, CircuitBreakerConfig::default());
+
+    let mut ok = 0;
+    for _ in 0..statuses.len() {
+        if client.get("x").send().await.is_ok() {
+            ok += 1;
+        }
+    }
+
+    assert_eq!(ok, 400);
+    assert_eq!(received(&server).await, 500);
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+}
+
+#[tokio::test]
 async fn a_probe_after_the_open_duration_closes_on_success() {
     let server = MockServer::start().await;
     serve(&server, &Sequence::statuses(&[503, 503, 503, 200])).await;

@@ -2,9 +2,10 @@
 //!
 //! States, as a list:
 //!
-//! - **Closed**: calls pass; failures are counted. `consecutive_failures` in a
-//!   row, or a failure rate of at least `threshold` over the last `window`
-//!   attempts (once `min_calls` are seen), opens the breaker.
+//! - **Closed**: calls pass; failed attempts are counted, and the first trip
+//!   rule that is met opens the breaker (the rules, their defaults and the
+//!   default configuration's promise, with its arithmetic, are on
+//!   [`CircuitBreakerConfig`]).
 //! - **Open**: calls are refused at once with [`ErrorKind::Rejected`] and
 //!   [`Error::is_circuit_open`]; [`Error::retry_after`] says when the next probe
 //!   may go. After `open_duration` the breaker is half-open.
@@ -15,6 +16,14 @@
 //! Failures are [`ErrorKind::Retryable`] and [`ErrorKind::Server`] outcomes;
 //! every other outcome proves the endpoint answered. Every attempt is recorded,
 //! not every call, so a breaker can open in the middle of a retry loop.
+//!
+//! Mechanism: the closed fast path ([`Breaker::try_acquire`]) reads two atomics
+//! (the packed state, and the deadline of a sustained run, if one is armed) and
+//! neither locks nor allocates. Recording an outcome takes a short lock on the
+//! counts: the run of failures in a row, and the rate window (`window.rs`:
+//! per-second buckets, or a ring of outcomes), both sized when the breaker is
+//! built. The model tests in `model.rs` drive millions of attempts through
+//! this state machine on an injected clock.
 //!
 //! [`ErrorKind::Rejected`]: crate::ErrorKind::Rejected
 //! [`ErrorKind::Retryable`]: crate::ErrorKind::Retryable
@@ -31,9 +40,14 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
 
+#[cfg(test)]
+mod model;
 mod registry;
+mod window;
 
 pub(crate) use registry::Breakers;
+pub(crate) use window::{FailureRate, RateWindow};
+use window::{MAX_TIME_WINDOW, Window};
 
 /// The state of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,14 +80,96 @@ impl fmt::Display for CircuitState {
 
 type StateCallback = Arc<dyn Fn(&str, CircuitState, CircuitState) + Send + Sync>;
 
+/// The default of [`CircuitBreakerConfig::consecutive_failures`].
+const CONSECUTIVE: u32 = 30;
+/// The default of [`CircuitBreakerConfig::sustained_failures`].
+const SUSTAINED: Sustained = Sustained {
+    failures: 20,
+    span: Duration::from_secs(1),
+};
+/// The default window of [`CircuitBreakerConfig::failure_rate_over`].
+pub(crate) const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(30);
+/// The default of [`CircuitBreakerConfig::failure_rate_over`].
+pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
+    threshold: 0.5,
+    window: RateWindow::Time(DEFAULT_RATE_WINDOW),
+    min_calls: 300,
+};
+
 /// When a circuit breaker opens and how it probes its way back.
 ///
-/// | option | default |
+/// A closed breaker opens on the first of three trip rules that is met:
+///
+/// | rule | default | set with |
+/// |---|---|---|
+/// | failed attempts in a row, at any speed | 30 | [`consecutive_failures`](Self::consecutive_failures) |
+/// | failed attempts in a row that have lasted a while | 20, lasting 1 s | [`sustained_failures`](Self::sustained_failures) |
+/// | the share of failed attempts among the recent ones | 50% of the most recent whole seconds that hold 300 attempts, within the last 30 s | [`failure_rate_over`](Self::failure_rate_over), or [`failure_rate`](Self::failure_rate) over a count of attempts |
+///
+/// | other option | default |
 /// |---|---|
-/// | `consecutive_failures` | 5 (0 turns this trip off) |
-/// | `failure_rate(threshold, window, min_calls)` | `(0.5, 20, 10)` |
 /// | `open_duration` | 10 s |
 /// | `half_open_max_calls` | 1 |
+///
+/// A sustained run opens the breaker as soon as it has lasted its span: the
+/// first attempt asked for after that is refused, even if the run reached its
+/// count earlier.
+///
+/// # What the default configuration promises
+///
+/// The default tells an outage from a flaky dependency:
+///
+/// - **An outage opens it fast.** A full outage that starts from a healthy
+///   state opens it within 20 failed attempts or 1 s, whichever is later: when
+///   the 20th failure in a row comes 1 s or more after the first, it opens the
+///   breaker; when it comes sooner, the run opens it once it has lasted 1 s
+///   (the next attempt is refused), or at its 30th failure if that comes
+///   first (so a burst of calls into a dead endpoint costs about 30 requests,
+///   not a second of them).
+/// - **A bad share opens it.** Failures of 50% or more sustained for 30 s at 10
+///   attempts a second or more open it: the window (the current second and 30
+///   before it) then holds 300 attempts or more, and a share of 50% trips it
+///   at the next failed attempt (a success never opens the breaker).
+///   At a higher rate it reacts sooner: from 300 attempts a second, the last
+///   second alone holds enough.
+/// - **Healing is seen at once.** After `open_duration` one probe goes; its
+///   success closes the breaker, so calls succeed again within `open_duration`
+///   plus one probe.
+/// - **Random failures do not open it.** Independent random failures at a rate
+///   up to 30%, at any call rate from 1 to 50,000 calls a second, open it less
+///   than once per 1,000 hours (expected openings below 1e-3 an hour).
+///
+/// The arithmetic for the last promise, with p = 0.3 and, to leave room for
+/// retries (4 attempts at 30% make 1.42 attempts a call), 100,000 attempts a
+/// second, 3.6e8 an hour; every attempt's outcome is assumed independent of the
+/// others and of when attempts are made:
+///
+/// - *30 in a row*: a run of 30 failures starts at a given attempt with
+///   probability at most p^30 = 2.1e-16; 3.6e8 × 2.1e-16 = 7.4e-8 an hour.
+/// - *20 in a row lasting 1 s*: such a run holds every attempt of its first
+///   second, and at least 20. Cut the hour into 3,600 one-second slices: an
+///   attempt that is the j-th from the end of its slice starts such a run with
+///   probability at most p^max(20, j), so a slice adds at most
+///   20·p^20 + p^21/(1 − p) = 7.1e-10, whatever the call rate or its bursts:
+///   3,600 × 7.1e-10 = 2.6e-6 an hour.
+/// - *The share*: each check counts n ≥ 300 attempts, whose failures are
+///   binomial; P(Bin(n, 0.3) ≥ n/2) is largest at n = 300, where it is 3.5e-13
+///   (the Chernoff bound, e^(−300·D(0.5‖0.3)) = 4.4e-12, is looser). There is
+///   one check per failed attempt; counting one per attempt:
+///   3.6e8 × 3.5e-13 = 1.3e-4 an hour. At lower rates the checks are fewer,
+///   and below about 10 attempts a second the window seldom holds 300.
+/// - *Together*: at most 1.3e-4 openings an hour, once in about 7,800 hours.
+///   At 20% failures the share term is 5e-31 a check.
+///
+/// A fixed count cannot carry this alone: 10 failures in a row start at
+/// about one attempt in 240,000 at p = 0.3 (0.7 × 0.3^10), about 740 an hour
+/// at 50,000 attempts a second; a count safe at that rate (22 or more) would
+/// break the promise of opening within 20 failed attempts for a quiet client.
+/// The time condition lets 20 apply where 20 is safe.
+///
+/// Explicit settings keep their meaning: `consecutive_failures(5)` opens on
+/// any 5 failures in a row (which also covers the sustained rule), and
+/// `failure_rate(0.5, 20, 10)` counts the last 20 attempts.
 ///
 /// # Examples
 ///
@@ -98,31 +194,32 @@ type StateCallback = Arc<dyn Fn(&str, CircuitState, CircuitState) + Send + Sync>
 #[must_use]
 pub struct CircuitBreakerConfig {
     pub(crate) consecutive_failures: u32,
+    pub(crate) sustained: Sustained,
     pub(crate) failure_rate: Option<FailureRate>,
     pub(crate) open_duration: Duration,
     pub(crate) half_open_max_calls: u32,
     pub(crate) on_state_change: Option<StateCallback>,
+    /// The first invalid setting found while reading a configuration file.
+    pub(crate) invalid: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct FailureRate {
-    pub(crate) threshold: f64,
-    pub(crate) window: u32,
-    pub(crate) min_calls: u32,
+/// The sustained-run rule: `failures` in a row (0: off) lasting `span`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sustained {
+    pub(crate) failures: u32,
+    pub(crate) span: Duration,
 }
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
         Self {
-            consecutive_failures: 5,
-            failure_rate: Some(FailureRate {
-                threshold: 0.5,
-                window: 20,
-                min_calls: 10,
-            }),
+            consecutive_failures: CONSECUTIVE,
+            sustained: SUSTAINED,
+            failure_rate: Some(DEFAULT_RATE),
             open_duration: Duration::from_secs(10),
             half_open_max_calls: 1,
             on_state_change: None,
+            invalid: None,
         }
     }
 }
@@ -131,35 +228,65 @@ impl fmt::Debug for CircuitBreakerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerConfig")
             .field("consecutive_failures", &self.consecutive_failures)
+            .field("sustained", &self.sustained)
             .field("failure_rate", &self.failure_rate)
             .field("open_duration", &self.open_duration)
             .field("half_open_max_calls", &self.half_open_max_calls)
             .field("on_state_change", &self.on_state_change.is_some())
+            .field("invalid", &self.invalid)
             .finish()
     }
 }
 
 impl CircuitBreakerConfig {
-    /// Open after this many failed attempts in a row (default 5; 0 turns it off).
+    /// Open after this many failed attempts in a row, however fast they come
+    /// (default 30; 0 turns this rule off). The sustained rule
+    /// ([`sustained_failures`](Self::sustained_failures)) is separate.
     pub fn consecutive_failures(mut self, failures: u32) -> Self {
         self.consecutive_failures = failures;
         self
     }
 
+    /// Open after `failures` failed attempts in a row once the run has lasted
+    /// `span` since its first failure (default 20 over 1 s; 0 failures turns
+    /// this rule off). The breaker opens at the first attempt asked for after
+    /// the span has passed, so a run that reached its count sooner does not
+    /// wait for another failure.
+    pub fn sustained_failures(mut self, failures: u32, span: Duration) -> Self {
+        self.sustained = Sustained { failures, span };
+        self
+    }
+
     /// Open when at least `threshold` (0.0 to 1.0) of the last `window`
-    /// attempts failed, once `min_calls` attempts are in the window
-    /// (default `0.5, 20, 10`). Invalid values are a `Config` error from
-    /// [`build()`](crate::ApiClientBuilder::build).
+    /// attempts failed, once `min_calls` attempts are in the window. This
+    /// replaces the default time-based rule
+    /// ([`failure_rate_over`](Self::failure_rate_over)). Invalid values are a
+    /// `Config` error from [`build()`](crate::ApiClientBuilder::build).
     pub fn failure_rate(mut self, threshold: f64, window: u32, min_calls: u32) -> Self {
         self.failure_rate = Some(FailureRate {
             threshold,
-            window,
+            window: RateWindow::Calls(window),
             min_calls,
         });
         self
     }
 
-    /// Trip on consecutive failures only.
+    /// Open when at least `threshold` (0.0 to 1.0) of the attempts of the most
+    /// recent whole seconds that hold `min_calls` attempts failed, looking back
+    /// over the current second and `window` (rounded up to whole seconds, 1 s
+    /// to 10 min) before it; fewer than `min_calls` attempts in all never trip
+    /// it. Default `0.5, 30 s, 300`: see the table above for why. Invalid
+    /// values are a `Config` error from [`build()`](crate::ApiClientBuilder::build).
+    pub fn failure_rate_over(mut self, threshold: f64, window: Duration, min_calls: u32) -> Self {
+        self.failure_rate = Some(FailureRate {
+            threshold,
+            window: RateWindow::Time(window),
+            min_calls,
+        });
+        self
+    }
+
+    /// No failure-rate rule: trip on failures in a row only.
     pub fn no_failure_rate(mut self) -> Self {
         self.failure_rate = None;
         self
@@ -188,6 +315,9 @@ impl CircuitBreakerConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Some(reason) = self.invalid {
+            return Err(Error::config(reason));
+        }
         if self.half_open_max_calls == 0 {
             return Err(Error::config(
                 "circuit breaker: half_open_max_calls must be at least 1",
@@ -199,15 +329,25 @@ impl CircuitBreakerConfig {
                     "circuit breaker: failure_rate threshold must be within 0.0..=1.0",
                 ));
             }
-            if rate.window == 0 {
-                return Err(Error::config(
-                    "circuit breaker: failure_rate window must not be 0",
-                ));
-            }
-            if rate.min_calls > rate.window {
-                return Err(Error::config(
-                    "circuit breaker: failure_rate min_calls must not exceed the window",
-                ));
+            match rate.window {
+                RateWindow::Calls(0) => {
+                    return Err(Error::config(
+                        "circuit breaker: failure_rate window must not be 0",
+                    ));
+                }
+                RateWindow::Calls(window) if rate.min_calls > window => {
+                    return Err(Error::config(
+                        "circuit breaker: failure_rate min_calls must not exceed the window",
+                    ));
+                }
+                RateWindow::Time(window)
+                    if window < Duration::from_secs(1) || window > MAX_TIME_WINDOW =>
+                {
+                    return Err(Error::config(
+                        "circuit breaker: failure_rate_over window must be within 1 s..=10 min",
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -218,6 +358,7 @@ impl CircuitBreakerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
     Consecutive,
+    Sustained,
     Rate,
     ProbeFailed,
 }
@@ -226,6 +367,7 @@ impl Reason {
     const fn as_str(self) -> &'static str {
         match self {
             Self::Consecutive => "consecutive failures",
+            Self::Sustained => "sustained failures",
             Self::Rate => "failure rate",
             Self::ProbeFailed => "probe failed",
         }
@@ -235,6 +377,8 @@ impl Reason {
 const TAG_CLOSED: u64 = 0;
 const TAG_OPEN: u64 = 1;
 const TAG_HALF_OPEN: u64 = 2;
+/// `trip_at` when no sustained run is armed.
+const UNARMED: u64 = u64::MAX;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -247,37 +391,12 @@ enum State {
 struct Machine {
     state: State,
     generation: u64,
+    /// Failed attempts in a row, and when the first of them was recorded.
     consecutive: u32,
-    ring: Vec<bool>,
-    next: usize,
-    seen: u32,
-    failures: u32,
-}
-
-impl Machine {
-    fn clear_counts(&mut self) {
-        self.consecutive = 0;
-        self.ring.iter_mut().for_each(|f| *f = false);
-        self.next = 0;
-        self.seen = 0;
-        self.failures = 0;
-    }
-
-    fn push(&mut self, failed: bool) {
-        if self.ring.is_empty() {
-            return;
-        }
-        let len = u32::try_from(self.ring.len()).unwrap_or(u32::MAX);
-        if self.seen == len && self.ring[self.next] {
-            self.failures -= 1;
-        }
-        self.ring[self.next] = failed;
-        if failed {
-            self.failures += 1;
-        }
-        self.seen = (self.seen + 1).min(len);
-        self.next = (self.next + 1) % self.ring.len();
-    }
+    run_start: Instant,
+    /// Whether `trip_at` holds this run's deadline.
+    armed: bool,
+    window: Window,
 }
 
 /// A transition to report once the lock is released.
@@ -292,8 +411,13 @@ struct Transition {
 pub(crate) struct Breaker {
     endpoint: Box<str>,
     cfg: CircuitBreakerConfig,
+    /// Where the rate window's seconds and `trip_at` count from.
+    epoch: Instant,
     /// `generation << 2 | tag`, for the lock-free closed-state fast path.
     packed: AtomicU64,
+    /// Nanoseconds after `epoch` when an armed sustained run opens the
+    /// breaker (`UNARMED` when none is), for the same fast path.
+    trip_at: AtomicU64,
     machine: Mutex<Machine>,
 }
 
@@ -343,21 +467,28 @@ impl Verdict {
     }
 }
 
+/// Nanoseconds from `epoch` to `t` (0 before it, saturating far after).
+fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
 impl Breaker {
     pub(crate) fn new(endpoint: impl Into<Box<str>>, cfg: CircuitBreakerConfig) -> Self {
-        let window = cfg.failure_rate.map_or(0, |r| r.window as usize);
+        let now = Instant::now();
+        let window = Window::new(cfg.failure_rate);
         Self {
             endpoint: endpoint.into(),
             cfg,
+            epoch: now,
             packed: AtomicU64::new(TAG_CLOSED),
+            trip_at: AtomicU64::new(UNARMED),
             machine: Mutex::new(Machine {
                 state: State::Closed,
                 generation: 0,
                 consecutive: 0,
-                ring: vec![false; window],
-                next: 0,
-                seen: 0,
-                failures: 0,
+                run_start: now,
+                armed: false,
+                window,
             }),
         }
     }
@@ -372,7 +503,7 @@ impl Breaker {
     /// next probe may go (`None` when half-open probes are all taken).
     pub(crate) fn try_acquire(&self, now: Instant) -> Result<Permit<'_>, Option<Duration>> {
         let packed = self.packed.load(Ordering::Acquire);
-        if packed & 3 == TAG_CLOSED {
+        if packed & 3 == TAG_CLOSED && !self.run_due(now) {
             return Ok(Permit {
                 breaker: self,
                 generation: packed >> 2,
@@ -382,7 +513,7 @@ impl Breaker {
         }
         let (result, transition) = {
             let mut m = self.lock();
-            let transition = self.expire(&mut m, now);
+            let transition = self.advance(&mut m, now);
             let generation = m.generation;
             let result = match m.state {
                 State::Closed => Ok(Permit {
@@ -412,11 +543,18 @@ impl Breaker {
         result
     }
 
+    /// Whether an armed sustained run has lasted its span at `now` (lock-free;
+    /// the lock confirms it).
+    fn run_due(&self, now: Instant) -> bool {
+        let at = self.trip_at.load(Ordering::Acquire);
+        at != UNARMED && nanos_since(self.epoch, now) >= at
+    }
+
     /// The state at `now` (an open breaker whose time is up reports half-open).
     pub(crate) fn state(&self, now: Instant) -> CircuitState {
         let transition = {
             let mut m = self.lock();
-            let t = self.expire(&mut m, now);
+            let t = self.advance(&mut m, now);
             (public(m.state), t)
         };
         self.report(transition.1);
@@ -434,23 +572,45 @@ impl Breaker {
         }
     }
 
-    /// Open -> `HalfOpen` once the open duration has passed.
-    fn expire(&self, m: &mut Machine, now: Instant) -> Option<Transition> {
-        if let State::Open { until } = m.state
-            && now >= until
-        {
-            return Some(self.set(m, State::HalfOpen { in_flight: 0 }, None));
+    /// The changes time alone makes: Open -> `HalfOpen` once the open
+    /// duration has passed, Closed -> Open once an armed sustained run has
+    /// lasted its span.
+    fn advance(&self, m: &mut Machine, now: Instant) -> Option<Transition> {
+        match m.state {
+            State::Open { until } if now >= until => {
+                Some(self.set(m, State::HalfOpen { in_flight: 0 }, None))
+            }
+            State::Closed if m.armed && self.sustained(m, now) => {
+                Some(self.open(m, now, Reason::Sustained))
+            }
+            _ => None,
         }
-        None
+    }
+
+    /// Whether the run of failures meets the sustained rule at `now`.
+    fn sustained(&self, m: &Machine, now: Instant) -> bool {
+        let rule = self.cfg.sustained;
+        rule.failures > 0
+            && m.consecutive >= rule.failures
+            && now.saturating_duration_since(m.run_start) >= rule.span
+    }
+
+    fn disarm(&self, m: &mut Machine) {
+        if m.armed {
+            m.armed = false;
+            self.trip_at.store(UNARMED, Ordering::Release);
+        }
     }
 
     fn set(&self, m: &mut Machine, to: State, reason: Option<Reason>) -> Transition {
         let from = public(m.state);
         m.state = to;
         m.generation += 1;
+        self.disarm(m);
         let tag = match to {
             State::Closed => {
-                m.clear_counts();
+                m.consecutive = 0;
+                m.window.clear();
                 TAG_CLOSED
             }
             State::Open { .. } => TAG_OPEN,
@@ -476,24 +636,8 @@ impl Breaker {
                 return;
             }
             match (m.state, verdict) {
-                (State::Closed, Verdict::Success) => {
-                    m.consecutive = 0;
-                    m.push(false);
-                    None
-                }
-                (State::Closed, Verdict::Failure) => {
-                    m.consecutive = m.consecutive.saturating_add(1);
-                    m.push(true);
-                    let cf = self.cfg.consecutive_failures;
-                    let reason = if cf > 0 && m.consecutive >= cf {
-                        Some(Reason::Consecutive)
-                    } else if self.rate_tripped(&m) {
-                        Some(Reason::Rate)
-                    } else {
-                        None
-                    };
-                    reason.map(|r| self.open(&mut m, now, r))
-                }
+                (State::Closed, Verdict::Success) => self.counted(&mut m, now, false),
+                (State::Closed, Verdict::Failure) => self.counted(&mut m, now, true),
                 (State::HalfOpen { .. }, Verdict::Success) => {
                     Some(self.set(&mut m, State::Closed, None))
                 }
@@ -512,6 +656,58 @@ impl Breaker {
         self.report(transition);
     }
 
+    /// Counts an attempt in the closed state and, after a failure, applies
+    /// the trip rules.
+    fn counted(&self, m: &mut Machine, now: Instant, failed: bool) -> Option<Transition> {
+        m.window.push(failed, self.second(now));
+        if failed {
+            if m.consecutive == 0 {
+                m.run_start = now;
+            }
+            m.consecutive = m.consecutive.saturating_add(1);
+        } else {
+            m.consecutive = 0;
+            self.disarm(m);
+        }
+        let cf = self.cfg.consecutive_failures;
+        let reason = if !failed {
+            // A success never opens the breaker.
+            None
+        } else if cf > 0 && m.consecutive >= cf {
+            Some(Reason::Consecutive)
+        } else if self.sustained(m, now) {
+            Some(Reason::Sustained)
+        } else if self
+            .cfg
+            .failure_rate
+            .is_some_and(|rule| m.window.tripped(&rule))
+        {
+            Some(Reason::Rate)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Some(self.open(m, now, reason));
+        }
+        let rule = self.cfg.sustained;
+        if failed && rule.failures > 0 && m.consecutive >= rule.failures && !m.armed {
+            // The count is reached before the span: open once the span has
+            // passed, at whatever asks first.
+            let due = m
+                .run_start
+                .checked_add(rule.span)
+                .map_or(UNARMED - 1, |at| nanos_since(self.epoch, at));
+            m.armed = true;
+            self.trip_at.store(due, Ordering::Release);
+        }
+        None
+    }
+
+    /// Whole seconds from the epoch to `now`: the rate window's bucket.
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
     fn open(&self, m: &mut Machine, now: Instant, reason: Reason) -> Transition {
         // A duration too long to add means "open until further notice".
         let until = now
@@ -519,15 +715,6 @@ impl Breaker {
             .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
             .unwrap_or(now);
         self.set(m, State::Open { until }, Some(reason))
-    }
-
-    fn rate_tripped(&self, m: &Machine) -> bool {
-        let Some(rate) = self.cfg.failure_rate else {
-            return false;
-        };
-        m.seen > 0
-            && m.seen >= rate.min_calls
-            && f64::from(m.failures) / f64::from(m.seen) >= rate.threshold
     }
 
     /// Gives back a probe slot of a permit dropped without a result.
@@ -741,6 +928,88 @@ mod tests {
     }
 
     #[test]
+    fn a_sustained_run_opens_once_it_has_lasted_its_span() {
+        let t0 = Instant::now();
+        let b = Breaker::new(
+            "e",
+            CircuitBreakerConfig::default()
+                .consecutive_failures(0)
+                .no_failure_rate()
+                .sustained_failures(3, Duration::from_secs(1)),
+        );
+        let ms = |n| t0 + Duration::from_millis(n);
+        for t in [0, 100, 200, 300] {
+            fail(&b, ms(t));
+        }
+        assert_eq!(
+            b.state(ms(999)),
+            CircuitState::Closed,
+            "4 failures, 0.999 s"
+        );
+        // No further failure is needed: the next ask after 1 s is refused.
+        assert_eq!(
+            b.try_acquire(ms(1_000)).unwrap_err(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(b.state(ms(1_000)), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_success_disarms_a_sustained_run() {
+        let t0 = Instant::now();
+        let b = Breaker::new(
+            "e",
+            CircuitBreakerConfig::default()
+                .consecutive_failures(0)
+                .no_failure_rate()
+                .sustained_failures(3, Duration::from_secs(1)),
+        );
+        for _ in 0..3 {
+            fail(&b, t0);
+        }
+        b.try_acquire(t0).unwrap().record(Verdict::Success, t0);
+        let later = t0 + Duration::from_secs(5);
+        assert!(b.try_acquire(later).is_ok());
+        assert_eq!(b.state(later), CircuitState::Closed);
+        // A slow run opens at its count.
+        for s in 5..8 {
+            fail(&b, t0 + Duration::from_secs(s));
+        }
+        assert_eq!(b.state(t0 + Duration::from_secs(7)), CircuitState::Open);
+    }
+
+    #[test]
+    fn the_default_rate_rule_counts_seconds_not_attempts() {
+        let t0 = Instant::now();
+        let b = Breaker::new(
+            "e",
+            CircuitBreakerConfig::default()
+                .consecutive_failures(0)
+                .sustained_failures(0, Duration::ZERO),
+        );
+        // 299 attempts, alternating, over 29.9 s: below min_calls.
+        for i in 0..299u64 {
+            let now = t0 + Duration::from_millis(100 * i);
+            let v = if i % 2 == 1 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            };
+            b.try_acquire(now).unwrap().record(v, now);
+        }
+        assert_eq!(
+            b.state(t0 + Duration::from_millis(29_800)),
+            CircuitState::Closed
+        );
+        // The 300th, a failure: 150 of 300, exactly the threshold.
+        fail(&b, t0 + Duration::from_millis(29_900));
+        assert_eq!(
+            b.state(t0 + Duration::from_millis(29_900)),
+            CircuitState::Open
+        );
+    }
+
+    #[test]
     fn config_is_validated() {
         assert!(CircuitBreakerConfig::default().validate().is_ok());
         assert!(
@@ -766,6 +1035,20 @@ mod tests {
                 .failure_rate(0.5, 5, 6)
                 .validate()
                 .is_err()
+        );
+        for bad in [Duration::from_millis(999), Duration::from_secs(601)] {
+            assert!(
+                CircuitBreakerConfig::default()
+                    .failure_rate_over(0.5, bad, 10)
+                    .validate()
+                    .is_err()
+            );
+        }
+        assert!(
+            CircuitBreakerConfig::default()
+                .failure_rate_over(0.5, Duration::from_secs(600), 10_000)
+                .validate()
+                .is_ok()
         );
     }
 

@@ -83,7 +83,10 @@ mod tests {
 
     #[test]
     fn endpoint_breakers_are_bounded() {
-        let breakers = Breakers::new(CircuitBreakerConfig::default(), None);
+        let breakers = Breakers::new(
+            CircuitBreakerConfig::default().consecutive_failures(5),
+            None,
+        );
         let tripped = Url::parse("http://tripped.example:1/").unwrap();
         let t0 = Instant::now();
         for _ in 0..5 {

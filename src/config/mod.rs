@@ -559,7 +559,7 @@ impl ApiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::FailureRate;
+    use crate::breaker::{FailureRate, RateWindow};
     use crate::retry::RetryBudget;
 
     fn from_toml(text: &str) -> ApiClientConfig {
@@ -584,17 +584,56 @@ mod tests {
             RetryPolicy::exponential()
                 .max_attempts(5)
                 .max_backoff(Duration::from_secs(2))
-                .budget(RetryBudget::ratio(0.2).min_per_second(3))
+                .budget(RetryBudget::default().min_per_second(3))
         );
         let breaker = config.circuit_breaker_config().unwrap();
         assert_eq!(breaker.open_duration, Duration::from_secs(60));
-        assert_eq!(breaker.consecutive_failures, 5);
+        assert_eq!(breaker.consecutive_failures, 30);
         assert_eq!(
             breaker.failure_rate,
             Some(FailureRate {
                 threshold: 0.25,
-                window: 20,
+                window: RateWindow::Time(Duration::from_secs(30)),
+                min_calls: 300
+            })
+        );
+    }
+
+    #[test]
+    fn breaker_keys_choose_the_run_rules_and_the_rate_window() {
+        let config = from_toml(
+            r#"
+            [circuit_breaker]
+            sustained_failures = 10
+            sustained_for = "2s"
+            failure_rate = { window = 40 }
+            "#,
+        );
+        let breaker = config.circuit_breaker_config().unwrap();
+        assert_eq!(breaker.consecutive_failures, 30);
+        assert_eq!(
+            (breaker.sustained.failures, breaker.sustained.span),
+            (10, Duration::from_secs(2))
+        );
+        assert_eq!(
+            breaker.failure_rate,
+            Some(FailureRate {
+                threshold: 0.5,
+                window: RateWindow::Calls(40),
                 min_calls: 10
+            })
+        );
+        let config = from_toml(
+            r#"circuit_breaker = { sustained_failures = 0, failure_rate = { time_window = "5s", min_calls = 50 } }"#,
+        );
+        let breaker = config.circuit_breaker_config().unwrap();
+        assert_eq!(breaker.sustained.failures, 0);
+        assert_eq!(
+            breaker.failure_rate,
+            Some(FailureRate {
+                threshold: 0.5,
+                window: RateWindow::Time(Duration::from_secs(5)),
+                min_calls: 50
             })
         );
     }

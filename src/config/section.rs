@@ -10,7 +10,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::breaker::CircuitBreakerConfig;
+use crate::breaker::{CircuitBreakerConfig, DEFAULT_RATE, DEFAULT_RATE_WINDOW, Sustained};
 use crate::error::Error;
 use crate::limit::RateLimit;
 use crate::retry::{RetryBudget, RetryPolicy};
@@ -66,7 +66,7 @@ pub struct RetrySection {
     /// Also retry 500, 501... (default `false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_server_errors: Option<bool>,
-    /// The retry budget (default [`RetryBudget::ratio(0.2)`](RetryBudget::ratio));
+    /// The retry budget (default [`RetryBudget::default()`], ratio 0.5);
     /// `false` for none, like [`RetryBudget::unlimited()`].
     #[serde(with = "switch", skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudgetSection>,
@@ -83,7 +83,7 @@ pub struct RetryBudgetSection {
     /// `false` removes the budget: every retry the policy allows is made (default `true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Retries as a share of recent successful calls, `0.0..=1.0` (default 0.2).
+    /// Retries as a share of recent successful calls, `0.0..=1.0` (default 0.5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     /// Retries per second allowed with no successful call (default 10).
@@ -118,11 +118,23 @@ pub struct CircuitBreakerSection {
     /// `false` turns the breaker off (default `true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Open after this many failed attempts in a row (default 5; 0 turns this trip off).
+    /// Open after this many failed attempts in a row, however fast (default
+    /// 30; 0 turns this rule off). See [`CircuitBreakerConfig::consecutive_failures`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_failures: Option<u32>,
-    /// The failure-rate trip (default `threshold = 0.5, window = 20, min_calls = 10`);
-    /// `false` to trip on consecutive failures only.
+    /// Open after this many failed attempts in a row once they have lasted
+    /// `sustained_for` (default 20; 0 turns this rule off). See
+    /// [`CircuitBreakerConfig::sustained_failures`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sustained_failures: Option<u32>,
+    /// How long a sustained run must last (default `"1s"`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sustained_for: Option<Duration>,
+    /// The failure-rate trip (default `threshold = 0.5, time_window = "30s",
+    /// min_calls = 300`); `false` to trip on failures in a row only.
     #[serde(with = "switch", skip_serializing_if = "Option::is_none")]
     pub failure_rate: Option<FailureRateSection>,
     /// How long the breaker stays open before a probe (default `"10s"`).
@@ -151,10 +163,20 @@ pub struct FailureRateSection {
     /// The share of failed attempts that opens the breaker, `0.0..=1.0` (default 0.5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
-    /// How many of the last attempts are counted (default 20; 0 is an error).
+    /// Count the last this many attempts instead of a time window, as
+    /// [`CircuitBreakerConfig::failure_rate`] does (0 is an error; not with
+    /// `time_window`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
-    /// Attempts seen before the rate counts (default 10; at most `window`).
+    /// The time window, as [`CircuitBreakerConfig::failure_rate_over`] takes
+    /// it (default `"30s"`; `"1s"` to `"10m"`; not with `window`).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time_window: Option<Duration>,
+    /// Attempts counted before the rate counts (default 300 for the time
+    /// window, 10 with `window`, and at most `window`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_calls: Option<u32>,
 }
@@ -247,19 +269,17 @@ impl CircuitBreakerSection {
         if let Some(n) = self.consecutive_failures {
             c = c.consecutive_failures(n);
         }
+        if self.sustained_failures.is_some() || self.sustained_for.is_some() {
+            let Sustained { failures, span } = c.sustained;
+            c = c.sustained_failures(
+                self.sustained_failures.unwrap_or(failures),
+                self.sustained_for.unwrap_or(span),
+            );
+        }
         match &self.failure_rate {
             None => {}
             Some(rate) if rate.enabled == Some(false) => c = c.no_failure_rate(),
-            Some(rate) => {
-                // The default breaker has a failure-rate trip; absent keys keep its values.
-                if let Some(default) = c.failure_rate {
-                    c = c.failure_rate(
-                        rate.threshold.unwrap_or(default.threshold),
-                        rate.window.unwrap_or(default.window),
-                        rate.min_calls.unwrap_or(default.min_calls),
-                    );
-                }
-            }
+            Some(rate) => c = rate.apply(c),
         }
         if let Some(d) = self.open_duration {
             c = c.open_duration(d);
@@ -270,6 +290,33 @@ impl CircuitBreakerSection {
         Some(c)
     }
 }
+
+impl FailureRateSection {
+    /// Applies the section over `c`'s defaults: by attempts when `window` is
+    /// given, by time otherwise.
+    fn apply(&self, mut c: CircuitBreakerConfig) -> CircuitBreakerConfig {
+        let threshold = self.threshold.unwrap_or(DEFAULT_RATE.threshold);
+        match (self.window, self.time_window) {
+            (Some(_), Some(_)) => {
+                c.invalid = Some(
+                    "circuit_breaker.failure_rate: set window (attempts) or time_window, not both",
+                );
+                c
+            }
+            (Some(window), None) => {
+                c.failure_rate(threshold, window, self.min_calls.unwrap_or(CALLS_MIN_CALLS))
+            }
+            (None, time_window) => c.failure_rate_over(
+                threshold,
+                time_window.unwrap_or(DEFAULT_RATE_WINDOW),
+                self.min_calls.unwrap_or(DEFAULT_RATE.min_calls),
+            ),
+        }
+    }
+}
+
+/// `min_calls` when a `window` of attempts is given without it.
+const CALLS_MIN_CALLS: u32 = 10;
 
 impl RateLimitSection {
     pub(super) fn rate_limit(&self) -> Result<RateLimit, Error> {

@@ -13,7 +13,11 @@ use reqwest::header::HeaderValue;
 use crate::error::{Error, ErrorKind};
 
 mod budget;
+#[cfg(test)]
+mod model;
 
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) use budget::DEFAULT_RATIO;
 pub use budget::RetryBudget;
 pub(crate) use budget::{Budget, Withdrawal};
 
@@ -42,7 +46,7 @@ pub(crate) use budget::{Budget, Withdrawal};
 /// | `jitter` | on |
 /// | `max_retry_after` | 60 s |
 /// | `retry_server_errors` | off |
-/// | `budget` | [`RetryBudget::ratio(0.2)`](RetryBudget::ratio) |
+/// | `budget` | [`RetryBudget::default()`]: retries add at most half of the successful calls, plus 10 a second |
 ///
 /// # Examples
 ///
