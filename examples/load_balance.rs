@@ -61,8 +61,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             CircuitBreakerConfig::default()
                 .consecutive_failures(3)
                 .open_duration(open_for)
-                .on_state_change(|endpoint, from, to| {
-                    println!("  [breaker] {endpoint}: {from} -> {to}");
+                .on_state_change(|change| {
+                    println!(
+                        "  [breaker] {}: {} -> {}",
+                        change.endpoint, change.from, change.to
+                    );
                 }),
         )
         .build()?;

@@ -232,7 +232,7 @@ mod tls;
 
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
-pub use breaker::{CircuitBreakerConfig, CircuitState};
+pub use breaker::{CircuitBreakerConfig, CircuitState, StateChange};
 pub use builder::ApiClientBuilder;
 pub use client::ApiClient;
 pub use config::ApiClientConfig;

@@ -317,8 +317,10 @@ async fn reports_every_state_change_to_the_callback() {
     let log = Arc::clone(&seen);
     let client = client(
         &server,
-        breaker().on_state_change(move |endpoint, from, to| {
-            log.lock().unwrap().push((endpoint.to_owned(), from, to));
+        breaker().on_state_change(move |change| {
+            log.lock()
+                .unwrap()
+                .push((change.endpoint.to_owned(), change.from, change.to));
         }),
     );
 

@@ -384,7 +384,7 @@ fn soak_client(uri: &str, transitions: &Arc<Transitions>) -> ApiClient {
                 .consecutive_failures(5)
                 .failure_rate(0.5, 20, 10)
                 .open_duration(OPEN)
-                .on_state_change(move |_, _, to| match to {
+                .on_state_change(move |change| match change.to {
                     CircuitState::Open => {
                         seen.opened.fetch_add(1, Ordering::SeqCst);
                     }

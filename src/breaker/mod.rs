@@ -78,7 +78,22 @@ impl fmt::Display for CircuitState {
     }
 }
 
-type StateCallback = Arc<dyn Fn(&str, CircuitState, CircuitState) + Send + Sync>;
+type StateCallback = Arc<dyn Fn(&StateChange<'_>) + Send + Sync>;
+
+/// A circuit breaker's change of state, as
+/// [`on_state_change`](CircuitBreakerConfig::on_state_change) reports it.
+///
+/// `#[non_exhaustive]`: fields may be added (read them by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateChange<'a> {
+    /// The endpoint, as `scheme://host:port`.
+    pub endpoint: &'a str,
+    /// The state before the change.
+    pub from: CircuitState,
+    /// The state after the change.
+    pub to: CircuitState,
+}
 
 /// The default of [`CircuitBreakerConfig::consecutive_failures`].
 const CONSECUTIVE: u32 = 30;
@@ -183,8 +198,8 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 ///         CircuitBreakerConfig::default()
 ///             .consecutive_failures(3)
 ///             .open_duration(Duration::from_secs(5))
-///             .on_state_change(|endpoint, from, to| {
-///                 eprintln!("{endpoint}: {from} -> {to}");
+///             .on_state_change(|change| {
+///                 eprintln!("{}: {} -> {}", change.endpoint, change.from, change.to);
 ///             }),
 ///     )
 ///     .build()?;
@@ -304,11 +319,11 @@ impl CircuitBreakerConfig {
         self
     }
 
-    /// Called with `(endpoint, from, to)` on every state change, after the
-    /// change, outside any lock. Keep it short: it runs on the caller's task.
+    /// Called with a [`StateChange`] (endpoint, from, to) on every state
+    /// change, after the change, outside any lock. Keep it short: it runs on the caller's task.
     pub fn on_state_change<F>(mut self, callback: F) -> Self
     where
-        F: Fn(&str, CircuitState, CircuitState) + Send + Sync + 'static,
+        F: Fn(&StateChange<'_>) + Send + Sync + 'static,
     {
         self.on_state_change = Some(Arc::new(callback));
         self
@@ -750,7 +765,11 @@ impl Breaker {
         #[cfg(feature = "metrics")]
         crate::stats::breaker_transition(endpoint, t.to);
         if let Some(cb) = &self.cfg.on_state_change {
-            cb(endpoint, t.from, t.to);
+            cb(&StateChange {
+                endpoint,
+                from: t.from,
+                to: t.to,
+            });
         }
     }
 }
@@ -905,8 +924,10 @@ mod tests {
         let log = Arc::clone(&seen);
         let b = Arc::new(Breaker::new(
             "http://x:1",
-            cfg().on_state_change(move |e, from, to| {
-                log.lock().unwrap().push((e.to_owned(), from, to));
+            cfg().on_state_change(move |c| {
+                log.lock()
+                    .unwrap()
+                    .push((c.endpoint.to_owned(), c.from, c.to));
             }),
         ));
         for _ in 0..3 {

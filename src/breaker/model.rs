@@ -62,8 +62,8 @@ fn counted(cfg: CircuitBreakerConfig) -> (Breaker, Arc<AtomicU32>) {
     let seen = Arc::clone(&opened);
     let b = Breaker::new(
         "model",
-        cfg.on_state_change(move |_, _, to| {
-            if to == CircuitState::Open {
+        cfg.on_state_change(move |change| {
+            if change.to == CircuitState::Open {
                 seen.fetch_add(1, Ordering::Relaxed);
             }
         }),

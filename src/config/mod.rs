@@ -341,7 +341,7 @@ impl ApiClientConfig {
     /// let mut builder = ApiClientBuilder::from_config(&config);
     /// if let Some(breaker) = config.circuit_breaker_config() {
     ///     builder = builder.circuit_breaker(
-    ///         breaker.on_state_change(|endpoint, from, to| eprintln!("{endpoint}: {from} -> {to}")),
+    ///         breaker.on_state_change(|c| eprintln!("{}: {} -> {}", c.endpoint, c.from, c.to)),
     ///     );
     /// }
     /// let client = builder.build()?;
