@@ -208,10 +208,10 @@ pub use builder::ApiClientBuilder;
 pub use client::ApiClient;
 pub use config::ApiClientConfig;
 pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};
-pub use error::{BoxError, Error, ErrorKind, ErrorReason, Result};
+pub use error::{BoxError, Error, ErrorBuilder, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
-pub use hook::{HookRequest, RequestHook};
+pub use hook::{HookRequest, RequestHook, RequestSigner, SignFuture, SignRequest};
 pub use limit::RateLimit;
 pub use oauth2::OAuth2ClientCredentials;
 pub use path::Segments;
