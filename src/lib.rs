@@ -92,7 +92,8 @@
 //! [`ErrorKind`]) and a [`reason`](Error::reason) that says what happened
 //! ([`ErrorReason`]).
 //!
-//! The error carries the status, the first 4 KiB of the body, `Retry-After`,
+//! The error carries the status, the body (up to `max_error_body_bytes`,
+//! 64 KiB by default; [`Error::body_json`] decodes it), `Retry-After`,
 //! the number of attempts, the elapsed time and the redacted URL. Its `Display`
 //! is one log line; secrets (Authorization, cookies, API-key headers, URL
 //! passwords, credential-like query values) never appear in `Display`, `Debug`
