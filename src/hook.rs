@@ -201,7 +201,8 @@ pub type SignFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Se
 /// running when the deadline passes ends the call with a `Total` timeout).
 /// An error ends the call with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected)
 /// and [`ErrorReason::Signer`](crate::ErrorReason::Signer): nothing was sent,
-/// and it is not retried. Closures `Fn(&mut SignRequest<'_>) -> SignFuture<'_>`
+/// and it is not retried. The error's message is part of that error's
+/// `Display`: keep key material out of it. Closures `Fn(&mut SignRequest<'_>) -> SignFuture<'_>`
 /// implement it.
 ///
 /// # Examples

@@ -471,6 +471,14 @@ fn errors_built_for_tests_follow_the_classification_table() {
         Some(&b"2"[..])
     );
 
+    let decode = Error::builder(ErrorReason::Decode)
+        .status(StatusCode::OK)
+        .build();
+    assert_eq!(
+        (decode.kind(), decode.status()),
+        (ErrorKind::Decode, Some(StatusCode::OK))
+    );
+
     let server_error = Error::builder(ErrorReason::Status).build();
     assert_eq!(
         (server_error.kind(), server_error.status()),

@@ -106,9 +106,10 @@ impl Error {
 }
 
 impl ErrorBuilder {
-    /// The status of an error response (default 500); makes the reason `Status`.
+    /// The status of an error response (reason `Status`, default 500), or of
+    /// the response whose body a `Decode` error could not decode (default
+    /// none). Ignored for other reasons.
     pub fn status(mut self, status: StatusCode) -> Self {
-        self.reason = ErrorReason::Status;
         self.status = Some(status);
         self
     }
