@@ -69,6 +69,10 @@ pub struct RequestBuilder {
     has_key: bool,
     retry: Option<Box<RetryPolicy>>,
     allow: Vec<StatusCode>,
+    /// The query pairs added, already form-encoded.
+    query: Option<String>,
+    /// Why a query could not be serialized, if one could not.
+    bad_query: Option<Error>,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -115,6 +119,8 @@ impl RequestBuilder {
             has_key: false,
             retry: None,
             allow: Vec::new(),
+            query: None,
+            bad_query: None,
         }
     }
 
@@ -124,7 +130,7 @@ impl RequestBuilder {
     }
 
     fn fail(mut self, err: Error) -> Self {
-        if self.inner.is_ok() {
+        if self.inner.is_ok() && self.bad_query.is_none() {
             self.inner = Err(err);
         }
         self
@@ -137,24 +143,26 @@ impl RequestBuilder {
     /// `send()` fail with a [`Config`](crate::ErrorKind::Config) error that
     /// says "query cannot be serialized", with serde's reason, the method and
     /// the (redacted) URL; nothing is sent.
-    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+    pub fn query<T: Serialize + ?Sized>(mut self, query: &T) -> Self {
         match serde_urlencoded::to_string(query) {
-            Ok(_) => self.map(|r| r.query(query)),
+            Ok(text) if text.is_empty() => self,
+            Ok(text) => {
+                match &mut self.query {
+                    Some(pairs) => {
+                        pairs.push('&');
+                        pairs.push_str(&text);
+                    }
+                    None => self.query = Some(text),
+                }
+                self
+            }
             Err(e) => {
+                // Reported with the URL once it is built, in `into_call`.
                 let err = Error::config(format!("query cannot be serialized: {e}"));
-                let url = match (&self.inner, &self.routed) {
-                    // Only a built URL is worth naming; a routed one is a placeholder.
-                    (Ok(r), None) => r
-                        .try_clone()
-                        .and_then(|r| r.build().ok())
-                        .map(|r| r.url().clone()),
-                    _ => None,
-                };
-                let err = match url {
-                    Some(url) => err.with_url(&url),
-                    None => err,
-                };
-                self.fail(err)
+                if self.inner.is_ok() && self.bad_query.is_none() {
+                    self.bad_query = Some(err);
+                }
+                self
             }
         }
     }
@@ -410,6 +418,8 @@ impl RequestBuilder {
             has_key,
             retry,
             allow,
+            query,
+            bad_query,
         } = self;
         let inner = match escape {
             Some(err) if !allow_path_escape => Err(err),
@@ -422,10 +432,26 @@ impl RequestBuilder {
         let request = inner
             .and_then(|r| r.build().map_err(Error::transport))
             .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO));
-        let mut request = match request {
-            Ok(request) => request,
-            Err(err) => return (client, Err(err)),
+        let mut request = match (request, bad_query) {
+            (Ok(request), None) => request,
+            (Ok(request), Some(err)) => {
+                // A routed call's URL is a placeholder: not worth naming.
+                let err = match routed {
+                    None => err.with_url(request.url()),
+                    Some(_) => err,
+                };
+                return (client, Err(err.with_call(&method, None, 0, Duration::ZERO)));
+            }
+            (Err(err), _) => return (client, Err(err)),
         };
+        if let Some(pairs) = query {
+            let url = request.url_mut();
+            let joined = match url.query() {
+                Some(existing) if !existing.is_empty() => format!("{existing}&{pairs}"),
+                _ => pairs,
+            };
+            url.set_query(Some(&joined));
+        }
         *request.body_mut() = body.clone().map(reqwest::Body::from);
         if let Some(content_type) = content_type {
             request

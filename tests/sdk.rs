@@ -688,3 +688,27 @@ async fn retries_ended_by_the_policy_claim_no_cut() {
     assert_eq!(err.attempts(), 3);
     assert!(!err.to_string().contains("allowed"), "{err}");
 }
+
+#[tokio::test]
+async fn query_pairs_are_appended_to_the_paths_own_query_in_order() {
+    let server = MockServer::start().await;
+    Mock::given(path("/orders"))
+        .and(wiremock::matchers::query_param("a", "1"))
+        .and(wiremock::matchers::query_param("b", "2"))
+        .and(wiremock::matchers::query_param("c", "x y"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server);
+
+    let resp = client
+        .get("orders?a=1")
+        .query(&[("b", "2")])
+        .query(&[("c", "x y")])
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.url().query(), Some("a=1&b=2&c=x+y"));
+}
