@@ -712,3 +712,27 @@ async fn query_pairs_are_appended_to_the_paths_own_query_in_order() {
 
     assert_eq!(resp.url().query(), Some("a=1&b=2&c=x+y"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_signer_still_running_at_the_deadline_ends_the_call_with_a_total_timeout() {
+    struct Stuck;
+    impl RequestSigner for Stuck {
+        fn sign<'a>(&'a self, _req: &'a mut SignRequest<'_>) -> SignFuture<'a> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            })
+        }
+    }
+    let client = ApiClient::builder()
+        .base_url("http://127.0.0.1:9/")
+        .total_timeout(Duration::from_secs(1))
+        .signer(Stuck)
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Total));
+    assert_eq!(err.attempts(), 0);
+}
