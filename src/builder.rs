@@ -13,7 +13,7 @@ use crate::client::{ApiClient, Inner};
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
-use crate::hook::RequestHook;
+use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::{Limits, RateLimit};
 use crate::origin;
 use crate::proxy::ProxySettings;
@@ -39,6 +39,8 @@ pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 /// nginx after 75 s), so the client drops an idle connection before the
 /// server does, instead of sending a request into a connection being closed.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Default `max_error_body_bytes` (64 KiB).
+pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// Builds an [`ApiClient`]. Get one from [`ApiClient::builder`].
 ///
@@ -56,6 +58,7 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// | `circuit_breaker` | [`CircuitBreakerConfig::default()`] |
 /// | `rate_limit`, `max_concurrency` | off |
 /// | `max_response_bytes` | 16 MiB |
+/// | `max_error_body_bytes` | 64 KiB |
 /// | `max_redirects` | 10 |
 /// | `user_agent` | `resilient-http/<version>` |
 /// | TLS roots | the platform's roots, plus any `tls_root_certificate_pem` |
@@ -86,6 +89,7 @@ pub struct ApiClientBuilder {
     resolver_refresh: Duration,
     token_provider: Option<Arc<dyn TokenProvider>>,
     hooks: Vec<Arc<dyn RequestHook>>,
+    signer: Option<Arc<dyn RequestSigner>>,
     connect_timeout: Duration,
     read_timeout: Duration,
     attempt_timeout: Duration,
@@ -97,6 +101,7 @@ pub struct ApiClientBuilder {
     headers: HeaderMap,
     user_agent: Option<HeaderValue>,
     max_response_bytes: usize,
+    max_error_body_bytes: usize,
     max_redirects: usize,
     pool_max_idle_per_host: Option<usize>,
     pool_idle_timeout: Duration,
@@ -124,6 +129,7 @@ impl fmt::Debug for ApiClientBuilder {
             .field("resolver", &self.resolver.is_some())
             .field("token_provider", &self.token_provider.is_some())
             .field("request_hooks", &self.hooks.len())
+            .field("signer", &self.signer.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
@@ -136,6 +142,7 @@ impl fmt::Debug for ApiClientBuilder {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("tls", &self.tls)
             .field("proxy", &self.proxy)
+            .field("max_error_body_bytes", &self.max_error_body_bytes)
             .field("allow_path_escape", &self.allow_path_escape)
             .finish_non_exhaustive()
     }
@@ -152,6 +159,7 @@ impl ApiClientBuilder {
             resolver_refresh: DEFAULT_RESOLVER_REFRESH,
             token_provider: None,
             hooks: Vec::new(),
+            signer: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
@@ -163,6 +171,7 @@ impl ApiClientBuilder {
             headers: HeaderMap::new(),
             user_agent: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_error_body_bytes: DEFAULT_MAX_ERROR_BODY_BYTES,
             max_redirects: DEFAULT_MAX_REDIRECTS,
             pool_max_idle_per_host: None,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
@@ -271,6 +280,15 @@ impl ApiClientBuilder {
     /// they are added; see [`RequestHook`] for an example.
     pub fn request_hook(mut self, hook: impl RequestHook) -> Self {
         self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Runs `signer` on every attempt, last before it is sent: after the
+    /// token and the [`request_hook`](Self::request_hook)s, so it sees every
+    /// header and the body (for request signing). Setting another replaces
+    /// it; see [`RequestSigner`] for an example.
+    pub fn signer(mut self, signer: impl RequestSigner) -> Self {
+        self.signer = Some(Arc::new(signer));
         self
     }
 
@@ -384,6 +402,33 @@ impl ApiClientBuilder {
     /// an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error, never an unbounded read.
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
         self.max_response_bytes = bytes;
+        self
+    }
+
+    /// How much of an error response's body (a non-2xx status) the [`Error`]
+    /// keeps for [`Error::body_text`] and [`Error::body_json`] (default
+    /// 64 KiB). The rest is not read. Separate from `max_response_bytes`,
+    /// which bounds 2xx bodies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(400).set_body_string("x".repeat(500)))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .max_error_body_bytes(100)
+    ///     .build()?;
+    /// let err = client.get("x").send().await.unwrap_err();
+    /// assert_eq!(err.body_text().map(str::len), Some(100));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn max_error_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_error_body_bytes = bytes;
         self
     }
 
@@ -726,6 +771,8 @@ impl ApiClientBuilder {
             self.headers,
         );
         inner.allow_path_escape = self.allow_path_escape;
+        inner.max_error_body_bytes = self.max_error_body_bytes;
+        inner.signer = self.signer;
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 

@@ -18,7 +18,7 @@ use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
 use crate::discovery::Balancer;
 use crate::error::Error;
-use crate::hook::RequestHook;
+use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
 use crate::origin;
 use crate::redact;
@@ -67,10 +67,14 @@ pub(crate) struct Inner {
     pub(crate) balancer: Option<Balancer>,
     pub(crate) auth: Option<TokenCache>,
     pub(crate) hooks: Box<[Arc<dyn RequestHook>]>,
+    /// The async hook run last on every attempt (`ApiClientBuilder::signer`).
+    pub(crate) signer: Option<Arc<dyn RequestSigner>>,
     pub(crate) stats: Stats,
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
     pub(crate) max_response_bytes: usize,
+    /// How much of an error response's body is kept in the `Error`.
+    pub(crate) max_error_body_bytes: usize,
     pub(crate) retry: RetryPolicy,
     pub(crate) budget: Option<Budget>,
     pub(crate) breakers: Option<Breakers>,
@@ -105,10 +109,12 @@ impl Inner {
             balancer,
             auth,
             hooks,
+            signer: None,
             stats: Stats::default(),
             attempt_timeout,
             total_timeout,
             max_response_bytes,
+            max_error_body_bytes: crate::builder::DEFAULT_MAX_ERROR_BODY_BYTES,
             retry,
             budget,
             breakers,
@@ -442,6 +448,54 @@ impl ApiClient {
     /// is not the expected JSON.
     pub async fn get_json<T: DeserializeOwned>(&self, path: impl AsRef<str>) -> Result<T, Error> {
         self.get(path).send_json().await
+    }
+
+    /// GET `path` and decode the JSON body, or `Ok(None)` when the server
+    /// answers 404 Not Found: for lookups where a missing resource is an
+    /// answer, not a failure.
+    ///
+    /// The 404 is an answer (see [`RequestBuilder::allow_status`]): it is
+    /// not retried and the circuit breaker counts it as a success.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_json`](Self::get_json), for every other outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/users/42"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_body_json(serde_json::json!({"id": 42})))
+    /// #     .mount(&server).await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/users/7"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(404))
+    /// #     .mount(&server).await;
+    /// #[derive(serde::Deserialize)]
+    /// struct User { id: u64 }
+    ///
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let found: Option<User> = client.get_json_opt("users/42").await?;
+    /// assert_eq!(found.map(|u| u.id), Some(42));
+    /// assert!(client.get_json_opt::<User>("users/7").await?.is_none());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn get_json_opt<T: DeserializeOwned>(
+        &self,
+        path: impl AsRef<str>,
+    ) -> Result<Option<T>, Error> {
+        let resp = self
+            .get(path)
+            .allow_status(reqwest::StatusCode::NOT_FOUND)
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        resp.json().map(Some)
     }
 
     /// POST `body` as JSON to `path` and decode the JSON answer.

@@ -5,10 +5,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::timeout::TimeoutPhase;
@@ -21,8 +24,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// or `&str` converts into it with `?` or `.into()`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// How much of an error response's body [`Error::body_text`] keeps.
-pub(crate) const BODY_TEXT_LIMIT: usize = 4 * 1024;
+mod build;
+
+pub use self::build::ErrorBuilder;
 
 /// The class of a failure: what went wrong, and so what can be done about it.
 ///
@@ -93,7 +97,7 @@ impl fmt::Display for ErrorKind {
 /// | `Connect`, `Timeout`, `Closed`, `Truncated`, `Unprocessed` | `Retryable` |
 /// | `Protocol` | `Server` |
 /// | `Redirect` | `Client` |
-/// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
+/// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `Signer`, `NoEndpoints` | `Rejected` |
 /// | `TooLarge`, `Decode` | `Decode` |
 /// | `Config`, `Certificate` | `Config` |
 ///
@@ -146,6 +150,8 @@ pub enum ErrorReason {
     ConcurrencyLimited,
     /// The token provider could not give a token.
     Auth,
+    /// The [`RequestSigner`](crate::RequestSigner) failed; nothing was sent.
+    Signer,
     /// A client with endpoints had none to send to.
     NoEndpoints,
     /// A 2xx body was larger than `max_response_bytes`.
@@ -180,6 +186,7 @@ impl ErrorReason {
             Self::RateLimited => "rate_limited",
             Self::ConcurrencyLimited => "concurrency_limited",
             Self::Auth => "auth",
+            Self::Signer => "signer",
             Self::NoEndpoints => "no_endpoints",
             Self::TooLarge => "too_large",
             Self::Decode => "decode",
@@ -223,12 +230,15 @@ pub(crate) enum What {
     ConcurrencyLimited,
     #[error("could not get a token: {0}")]
     Auth(Cow<'static, str>),
+    #[error("could not sign the request: {0}")]
+    Signer(Cow<'static, str>),
     #[error("no endpoint available: {0}")]
     NoEndpoints(Cow<'static, str>),
     #[error("response body is larger than {0} bytes")]
     TooLarge(usize),
+    /// What failed, and the status of the response whose body it was.
     #[error("could not decode the response body: {0}")]
-    Decode(Cow<'static, str>),
+    Decode(Cow<'static, str>, Option<StatusCode>),
     #[error("invalid configuration: {0}")]
     Config(Cow<'static, str>),
     #[error("TLS certificate refused: {0}")]
@@ -291,8 +301,9 @@ impl What {
             | Self::RateLimited
             | Self::ConcurrencyLimited
             | Self::Auth(_)
+            | Self::Signer(_)
             | Self::NoEndpoints(_) => ErrorKind::Rejected,
-            Self::TooLarge(_) | Self::Decode(_) => ErrorKind::Decode,
+            Self::TooLarge(_) | Self::Decode(..) => ErrorKind::Decode,
             Self::Config(_) | Self::Certificate(_) => ErrorKind::Config,
         }
     }
@@ -311,9 +322,10 @@ impl What {
             Self::RateLimited => ErrorReason::RateLimited,
             Self::ConcurrencyLimited => ErrorReason::ConcurrencyLimited,
             Self::Auth(_) => ErrorReason::Auth,
+            Self::Signer(_) => ErrorReason::Signer,
             Self::NoEndpoints(_) => ErrorReason::NoEndpoints,
             Self::TooLarge(_) => ErrorReason::TooLarge,
-            Self::Decode(_) => ErrorReason::Decode,
+            Self::Decode(..) => ErrorReason::Decode,
             Self::Config(_) => ErrorReason::Config,
             Self::Certificate(_) => ErrorReason::Certificate,
         }
@@ -508,8 +520,12 @@ fn tls_certificate(err: &rustls::Error) -> Option<Certificate> {
 ///
 /// The returned error is the last attempt's error, enriched with the number of
 /// attempts, the elapsed time, the (redacted) URL and, for error responses, the
-/// status, the first 4 KiB of the body and any `Retry-After`. There is no
-/// "retries exhausted" wrapper hiding the real cause.
+/// status, the headers, the body (kept up to
+/// [`max_error_body_bytes`](crate::ApiClientBuilder::max_error_body_bytes),
+/// 64 KiB by default; [`body_json`](Self::body_json) decodes it) and any
+/// `Retry-After`. There is no "retries exhausted" wrapper hiding the real
+/// cause; when the circuit breaker or the retry budget cut the retries short,
+/// `Display` says so ("3 attempts allowed, 1 made: circuit opened").
 ///
 /// `Display` is one log line; neither it nor `Debug` ever shows credentials.
 ///
@@ -544,8 +560,42 @@ struct Inner {
     attempts: u32,
     elapsed: Option<Duration>,
     retry_after: Option<Duration>,
-    body: Option<Box<str>>,
+    /// An error response's body, up to `max_error_body_bytes`.
+    body: Option<Bytes>,
+    /// `body` decoded lossily, made on first use when it is not UTF-8.
+    lossy: OnceLock<Box<str>>,
     headers: Option<HeaderMap>,
+    /// Why the retries stopped before `max_attempts`, when a layer cut them.
+    cut: Option<Cut>,
+}
+
+/// Retries cut short by a layer other than the policy: how many attempts the
+/// policy allowed, and which layer stopped them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut {
+    pub(crate) allowed: u32,
+    pub(crate) by: CutBy,
+}
+
+/// The layer that ended a retry loop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutBy {
+    /// The endpoint's circuit breaker opened.
+    CircuitOpen,
+    /// The shared retry budget had nothing left.
+    Budget,
+    /// The rate limit could not admit the retry within the deadline.
+    RateLimit,
+}
+
+impl CutBy {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::CircuitOpen => "circuit opened",
+            Self::Budget => "retry budget exhausted",
+            Self::RateLimit => "rate limit reached",
+        }
+    }
 }
 
 impl Error {
@@ -560,7 +610,9 @@ impl Error {
                 elapsed: None,
                 retry_after: None,
                 body: None,
+                lossy: OnceLock::new(),
                 headers: None,
+                cut: None,
             }),
         }
     }
@@ -597,29 +649,57 @@ impl Error {
         Self::new(classify(&Outcome::Timeout(phase)))
     }
 
-    /// A non-2xx response.
+    /// A non-2xx response (`body`: what was kept of it).
+    pub(crate) fn from_response(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut err = Self::new(classify(&Outcome::Status(status)));
+        err.inner.retry_after = retry_after;
+        if !body.is_empty() {
+            err.inner.body = Some(body);
+        }
+        err.inner.headers = Some(headers);
+        err
+    }
+
+    /// A non-2xx response, from a borrowed body (copied).
+    #[cfg(test)]
     pub(crate) fn from_status(
         status: StatusCode,
         headers: HeaderMap,
         body: &[u8],
         retry_after: Option<Duration>,
     ) -> Self {
-        let mut err = Self::new(classify(&Outcome::Status(status)));
-        err.inner.retry_after = retry_after;
-        if !body.is_empty() {
-            let end = body.len().min(BODY_TEXT_LIMIT);
-            let text = String::from_utf8_lossy(&body[..end]);
-            err.inner.body = Some(text.into());
-        }
-        err.inner.headers = Some(headers);
+        Self::from_response(status, headers, Bytes::copy_from_slice(body), retry_after)
+    }
+
+    /// A body that cannot be used as asked.
+    pub(crate) fn decode(detail: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
+        let mut err = Self::new(What::Decode(detail.into(), None));
+        err.inner.source = source;
         err
     }
 
-    /// A 2xx body that cannot be used as asked.
-    pub(crate) fn decode(detail: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
-        let mut err = Self::new(What::Decode(detail.into()));
-        err.inner.source = source;
-        err
+    /// Keeps, on a `Decode` error, the status of the response whose body it was.
+    pub(crate) fn with_decoded_status(mut self, status: StatusCode) -> Self {
+        if let What::Decode(_, kept) = &mut self.inner.what {
+            *kept = Some(status);
+        }
+        self
+    }
+
+    /// The request signer failed; nothing was sent.
+    pub(crate) fn signer(why: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(What::Signer(why.into()))
+    }
+
+    /// Records that `by` ended the retries before the policy's `allowed` attempts.
+    pub(crate) fn with_cut(mut self, allowed: u32, by: CutBy) -> Self {
+        self.inner.cut = Some(Cut { allowed, by });
+        self
     }
 
     /// A 2xx body larger than `max_response_bytes`.
@@ -765,11 +845,12 @@ impl Error {
             || matches!(self.inner.what, What::Unprocessed(_))
     }
 
-    /// The status of an error response.
+    /// The status of an error response, or of the response whose body could
+    /// not be decoded (a [`Decode`](ErrorKind::Decode) error).
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self.inner.what {
-            What::Status(status) => Some(status),
+            What::Status(status) | What::Decode(_, Some(status)) => Some(status),
             _ => None,
         }
     }
@@ -800,10 +881,81 @@ impl Error {
         self.inner.retry_after
     }
 
-    /// The first 4 KiB of an error response's body, lossily decoded as UTF-8.
+    /// An error response's body as text: all of what was kept (up to
+    /// [`max_error_body_bytes`](crate::ApiClientBuilder::max_error_body_bytes),
+    /// 64 KiB by default), lossily decoded as UTF-8. `None` when the response
+    /// had no body. Never part of `Display` or `Debug`.
     #[must_use]
     pub fn body_text(&self) -> Option<&str> {
-        self.inner.body.as_deref()
+        let body = self.inner.body.as_ref()?;
+        match std::str::from_utf8(body) {
+            Ok(text) => Some(text),
+            Err(_) => Some(
+                self.inner
+                    .lossy
+                    .get_or_init(|| String::from_utf8_lossy(body).into()),
+            ),
+        }
+    }
+
+    /// An error response's body as it came, up to
+    /// [`max_error_body_bytes`](crate::ApiClientBuilder::max_error_body_bytes)
+    /// (64 KiB by default). `None` when the response had no body.
+    #[must_use]
+    pub fn body_bytes(&self) -> Option<&Bytes> {
+        self.inner.body.as_ref()
+    }
+
+    /// Decodes an error response's JSON body as `T`: a problem+json
+    /// document, a service's own error type.
+    ///
+    /// # Errors
+    ///
+    /// A [`Decode`](ErrorKind::Decode) error with this error's status, method
+    /// and URL when there is no body (not an error response, or an empty body),
+    /// or when it is not JSON of `T`'s shape; its message names the serde
+    /// category and the path to the failing field, never the values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(409).set_body_raw(
+    /// #         r#"{"type":"/errors/out-of-stock","title":"Out of stock","sku":"B-7"}"#,
+    /// #         "application/problem+json"))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, StatusCode};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Problem { title: String, sku: String }
+    ///
+    /// let client = ApiClient::builder().base_url(server.uri()).build()?;
+    /// let err = client.post("orders").send().await.unwrap_err();
+    /// assert_eq!(err.status(), Some(StatusCode::CONFLICT));
+    /// let problem: Problem = err.body_json()?;
+    /// assert_eq!((problem.title.as_str(), problem.sku.as_str()), ("Out of stock", "B-7"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn body_json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let decoded = match &self.inner.body {
+            Some(body) => decode_json(body),
+            None => Err(Self::decode("the error response has no body", None)),
+        };
+        decoded.map_err(|err| {
+            let mut err = match self.status() {
+                Some(status) => err.with_decoded_status(status),
+                None => err,
+            };
+            let inner = &mut *err.inner;
+            inner.method.clone_from(&self.inner.method);
+            inner.url.clone_from(&self.inner.url);
+            inner.attempts = self.inner.attempts;
+            inner.elapsed = self.inner.elapsed;
+            err
+        })
     }
 
     /// The URL of the call, with its password and credential-like query values removed.
@@ -863,6 +1015,15 @@ impl fmt::Display for Error {
                 write!(f, " in {}ms", el.as_millis())?;
             }
         }
+        if let Some(cut) = inner.cut {
+            write!(
+                f,
+                "; {} attempts allowed, {} made: {}",
+                cut.allowed,
+                inner.attempts,
+                cut.by.as_str()
+            )?;
+        }
         Ok(())
     }
 }
@@ -886,6 +1047,9 @@ impl fmt::Debug for Error {
         if let Some(r) = &inner.retry_after {
             d.field("retry_after", r);
         }
+        if let Some(cut) = &inner.cut {
+            d.field("cut", cut);
+        }
         if let Some(s) = &inner.source {
             d.field("source", s);
         }
@@ -899,6 +1063,74 @@ impl std::error::Error for Error {
             .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Decodes a JSON body as `T`. On failure: a `Decode` error whose message
+/// names the serde category, the path to the failing field (field names and
+/// indexes only) and the position, but never a value; serde's own message,
+/// which can quote the body, stays in `source()`.
+pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let decoded = serde_path_to_error::deserialize(&mut de)
+        .map_err(|err| (json_path(err.path()), err.into_inner()))
+        .and_then(|value| {
+            // Trailing bytes after the value are an error too, as with `from_slice`.
+            de.end()
+                .map(|()| value)
+                .map_err(|err| ("the top level".to_owned(), err))
+        });
+    decoded.map_err(|(path, inner)| {
+        let category = match inner.classify() {
+            serde_json::error::Category::Io => "I/O",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "type",
+            serde_json::error::Category::Eof => "end of input",
+        };
+        let detail = format!(
+            "body is not the expected JSON ({category} error at {path}, line {} column {})",
+            inner.line(),
+            inner.column()
+        );
+        Error::decode(detail, Some(Box::new(inner)))
+    })
+}
+
+/// A path like `` `items[2].id` `` (or `the top level`). Keys that do not look
+/// like field names (a map keyed by data) are shown as `<key>`, so no value
+/// of the body reaches the message.
+fn json_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(out, "[{index}]");
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let named = !key.is_empty()
+                    && key.len() <= 64
+                    && key.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'@' | b'$')
+                    });
+                out.push_str(if named { key } else { "<key>" });
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        "the top level".to_owned()
+    } else {
+        format!("`{out}`")
     }
 }
 
@@ -1096,9 +1328,58 @@ mod tests {
     }
 
     #[test]
-    fn body_text_keeps_the_first_4_kib() {
+    fn body_text_is_the_whole_kept_body() {
         let body = vec![b'a'; 10_000];
         let err = Error::from_status(StatusCode::BAD_REQUEST, HeaderMap::new(), &body, None);
-        assert_eq!(err.body_text().map(str::len), Some(BODY_TEXT_LIMIT));
+        assert_eq!(err.body_text().map(str::len), Some(10_000));
+        let lossy = Error::from_status(StatusCode::BAD_REQUEST, HeaderMap::new(), b"a\xffb", None);
+        assert_eq!(lossy.body_text(), Some("a\u{fffd}b"));
+        assert_eq!(lossy.body_bytes().map(bytes::Bytes::len), Some(3));
+    }
+
+    #[test]
+    fn decode_errors_name_the_category_and_path_but_no_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Item {
+            id: u64,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Page {
+            items: Vec<Item>,
+        }
+        let err = decode_json::<Page>(br#"{"items":[{"id":1},{"id":"s3cr3t"}]}"#).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(text.contains("type error at `items[1].id`"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        let err = decode_json::<std::collections::HashMap<String, u64>>(br#"{"tok en":"x"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`<key>`"), "{err}");
+        let err = decode_json::<u64>(b"1 2").unwrap_err();
+        assert!(
+            err.to_string().contains("syntax error at the top level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_cut_retry_loop_says_why() {
+        let err = Error::timeout(TimeoutPhase::Attempt)
+            .with_cut(3, CutBy::CircuitOpen)
+            .with_call(&Method::GET, None, 1, Duration::from_millis(5));
+        let text = err.to_string();
+        assert!(
+            text.ends_with("; 3 attempts allowed, 1 made: circuit opened"),
+            "{text}"
+        );
+        let err = Error::timeout(TimeoutPhase::Attempt)
+            .with_cut(3, CutBy::Budget)
+            .with_call(&Method::GET, None, 2, Duration::from_millis(5));
+        assert!(
+            err.to_string()
+                .ends_with("3 attempts allowed, 2 made: retry budget exhausted")
+        );
     }
 }

@@ -92,7 +92,8 @@
 //! [`ErrorKind`]) and a [`reason`](Error::reason) that says what happened
 //! ([`ErrorReason`]).
 //!
-//! The error carries the status, the first 4 KiB of the body, `Retry-After`,
+//! The error carries the status, the body (up to `max_error_body_bytes`,
+//! 64 KiB by default; [`Error::body_json`] decodes it), `Retry-After`,
 //! the number of attempts, the elapsed time and the redacted URL. Its `Display`
 //! is one log line; secrets (Authorization, cookies, API-key headers, URL
 //! passwords, credential-like query values) never appear in `Display`, `Debug`
@@ -237,10 +238,10 @@ pub use builder::ApiClientBuilder;
 pub use client::ApiClient;
 pub use config::ApiClientConfig;
 pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};
-pub use error::{BoxError, Error, ErrorKind, ErrorReason, Result};
+pub use error::{BoxError, Error, ErrorBuilder, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
-pub use hook::{HookRequest, RequestHook};
+pub use hook::{HookRequest, RequestHook, RequestSigner, SignFuture, SignRequest};
 pub use limit::RateLimit;
 pub use oauth2::OAuth2ClientCredentials;
 pub use path::Segments;

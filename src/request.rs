@@ -3,9 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
-use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -14,7 +15,7 @@ use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
 use crate::pipeline::{Buffer, Call, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
-use crate::retry::is_idempotent_method;
+use crate::retry::{RetryPolicy, is_idempotent_method};
 
 /// The header an idempotency key is sent in.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -61,10 +62,17 @@ pub struct RequestBuilder {
     escape: Option<Error>,
     allow_path_escape: bool,
     body: Option<Bytes>,
-    json: bool,
+    /// The `Content-Type` the body setter implies, unless the request sets one.
+    content_type: Option<&'static str>,
     timeout: Option<Duration>,
     idempotent: Option<bool>,
     has_key: bool,
+    retry: Option<Box<RetryPolicy>>,
+    allow: Vec<StatusCode>,
+    /// The query pairs added, already form-encoded.
+    query: Option<String>,
+    /// Why a query could not be serialized, if one could not.
+    bad_query: Option<Error>,
 }
 
 impl fmt::Debug for RequestBuilder {
@@ -74,6 +82,8 @@ impl fmt::Debug for RequestBuilder {
             .field("timeout", &self.timeout)
             .field("idempotent", &self.idempotent)
             .field("allow_path_escape", &self.allow_path_escape)
+            .field("retry", &self.retry)
+            .field("allow_status", &self.allow)
             .finish_non_exhaustive()
     }
 }
@@ -103,10 +113,14 @@ impl RequestBuilder {
             escape,
             allow_path_escape,
             body: None,
-            json: false,
+            content_type: None,
             timeout: None,
             idempotent: None,
             has_key: false,
+            retry: None,
+            allow: Vec::new(),
+            query: None,
+            bad_query: None,
         }
     }
 
@@ -116,7 +130,7 @@ impl RequestBuilder {
     }
 
     fn fail(mut self, err: Error) -> Self {
-        if self.inner.is_ok() {
+        if self.inner.is_ok() && self.bad_query.is_none() {
             self.inner = Err(err);
         }
         self
@@ -124,8 +138,33 @@ impl RequestBuilder {
 
     /// Appends query parameters, serialized with `serde_urlencoded`
     /// (`&[("page", "2")]`, a struct, a map).
-    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
-        self.map(|r| r.query(query))
+    ///
+    /// A value that cannot be serialized (a nested struct, a sequence) makes
+    /// `send()` fail with a [`Config`](crate::ErrorKind::Config) error that
+    /// says "query cannot be serialized", with serde's reason, the method and
+    /// the (redacted) URL; nothing is sent.
+    pub fn query<T: Serialize + ?Sized>(mut self, query: &T) -> Self {
+        match serde_urlencoded::to_string(query) {
+            Ok(text) if text.is_empty() => self,
+            Ok(text) => {
+                match &mut self.query {
+                    Some(pairs) => {
+                        pairs.push('&');
+                        pairs.push_str(&text);
+                    }
+                    None => self.query = Some(text),
+                }
+                self
+            }
+            Err(e) => {
+                // Reported with the URL once it is built, in `into_call`.
+                let err = Error::config(format!("query cannot be serialized: {e}"));
+                if self.inner.is_ok() && self.bad_query.is_none() {
+                    self.bad_query = Some(err);
+                }
+                self
+            }
+        }
     }
 
     /// Adds a header to this request (credential-like values are never printed).
@@ -150,6 +189,40 @@ impl RequestBuilder {
         }
     }
 
+    /// Sends `Authorization: Basic <base64(user:password)>` with this request
+    /// (marked sensitive: never printed, and not forwarded on a redirect to
+    /// another origin). It replaces the client's token for this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::header("authorization", "Basic YWRhOnB3"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// client.get("me").basic_auth("ada", Some("pw")).send().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn basic_auth(self, user: impl fmt::Display, password: Option<impl fmt::Display>) -> Self {
+        let pair = match password {
+            Some(password) => format!("{user}:{password}"),
+            None => format!("{user}:"),
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        match HeaderValue::from_str(&format!("Basic {encoded}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.map(|r| r.header(reqwest::header::AUTHORIZATION, value))
+            }
+            // Base64 is always a valid header value; kept for the type.
+            Err(e) => self.fail(Error::config_from("invalid basic auth credentials", e)),
+        }
+    }
+
     /// A JSON body (and `Content-Type: application/json` unless set). It is
     /// serialized once and replayed on every attempt.
     pub fn json<T: Serialize + ?Sized>(self, body: &T) -> Self {
@@ -157,16 +230,121 @@ impl RequestBuilder {
             Ok(bytes) => {
                 let mut this = self;
                 this.body = Some(Bytes::from(bytes));
-                this.json = true;
+                this.content_type = Some("application/json");
                 this
             }
             Err(e) => self.fail(Error::config_from("request body is not serializable", e)),
         }
     }
 
+    /// A form body (`application/x-www-form-urlencoded`, unless the request
+    /// sets another `Content-Type`), serialized once with `serde_urlencoded`
+    /// (`&[("grant_type", "client_credentials")]`, a struct, a map) and
+    /// replayed on every attempt.
+    ///
+    /// A value that cannot be serialized makes `send()` fail with a
+    /// [`Config`](crate::ErrorKind::Config) error ("form body cannot be
+    /// serialized"); nothing is sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::body_string("grant_type=client_credentials&scope=read+write"))
+    /// #     .and(wiremock::matchers::header("content-type", "application/x-www-form-urlencoded"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// client
+    ///     .post("token")
+    ///     .form(&[("grant_type", "client_credentials"), ("scope", "read write")])
+    ///     .send()
+    ///     .await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn form<T: Serialize + ?Sized>(self, form: &T) -> Self {
+        match serde_urlencoded::to_string(form) {
+            Ok(text) => {
+                let mut this = self;
+                this.body = Some(Bytes::from(text));
+                this.content_type = Some("application/x-www-form-urlencoded");
+                this
+            }
+            Err(e) => self.fail(Error::config_from("form body cannot be serialized", e)),
+        }
+    }
+
     /// A raw body, replayed on every attempt.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = Some(body.into());
+        self.content_type = None;
+        self
+    }
+
+    /// This call's retry policy, replacing the client's (`RetryPolicy::none()`
+    /// for one attempt). The client's retry budget and circuit breaker still
+    /// apply; the policy's own `budget` setting is not used per call. An
+    /// invalid policy (`max_attempts(0)`) fails `send()` with a
+    /// [`Config`](crate::ErrorKind::Config) error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, RetryPolicy};
+    ///
+    /// let client = ApiClient::new(server.uri())?;   // 3 attempts by default
+    /// let err = client.get("health").retry(RetryPolicy::none()).send().await.unwrap_err();
+    /// assert_eq!(err.attempts(), 1);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(Box::new(policy));
+        self
+    }
+
+    /// Makes `status` an answer for this call, not an error: `send()` returns
+    /// `Ok(ApiResponse)` with it and its body (bounded by
+    /// `max_response_bytes`), as for a 2xx. Call it again to allow more.
+    ///
+    /// An allowed status is an answer, not a failure: it is not retried (even
+    /// a 503), and the circuit breaker counts it as a success. A 401 that is
+    /// allowed is not retried with a fresh token either.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(409).set_body_string("taken"))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, StatusCode};
+    ///
+    /// let client = ApiClient::new(server.uri())?;
+    /// let resp = client
+    ///     .put("names/ada")
+    ///     .allow_status(StatusCode::CONFLICT)
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(resp.status(), StatusCode::CONFLICT);
+    /// assert_eq!(resp.text()?, "taken");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn allow_status(mut self, status: StatusCode) -> Self {
+        if !self.allow.contains(&status) {
+            self.allow.push(status);
+        }
         self
     }
 
@@ -234,28 +412,52 @@ impl RequestBuilder {
             escape,
             allow_path_escape,
             body,
-            json,
+            content_type,
             timeout,
             idempotent,
             has_key,
+            retry,
+            allow,
+            query,
+            bad_query,
         } = self;
         let inner = match escape {
             Some(err) if !allow_path_escape => Err(err),
             _ => inner,
         };
+        let inner = match retry.as_deref().map(RetryPolicy::validate) {
+            Some(Err(err)) => inner.and(Err(err)),
+            _ => inner,
+        };
         let request = inner
             .and_then(|r| r.build().map_err(Error::transport))
             .map_err(|e| e.with_call(&method, None, 0, Duration::ZERO));
-        let mut request = match request {
-            Ok(request) => request,
-            Err(err) => return (client, Err(err)),
+        let mut request = match (request, bad_query) {
+            (Ok(request), None) => request,
+            (Ok(request), Some(err)) => {
+                // A routed call's URL is a placeholder: not worth naming.
+                let err = match routed {
+                    None => err.with_url(request.url()),
+                    Some(_) => err,
+                };
+                return (client, Err(err.with_call(&method, None, 0, Duration::ZERO)));
+            }
+            (Err(err), _) => return (client, Err(err)),
         };
+        if let Some(pairs) = query {
+            let url = request.url_mut();
+            let joined = match url.query() {
+                Some(existing) if !existing.is_empty() => format!("{existing}&{pairs}"),
+                _ => pairs,
+            };
+            url.set_query(Some(&joined));
+        }
         *request.body_mut() = body.clone().map(reqwest::Body::from);
-        if json {
+        if let Some(content_type) = content_type {
             request
                 .headers_mut()
                 .entry(reqwest::header::CONTENT_TYPE)
-                .or_insert(HeaderValue::from_static("application/json"));
+                .or_insert(HeaderValue::from_static(content_type));
         }
         let own_auth = request
             .headers()
@@ -280,6 +482,8 @@ impl RequestBuilder {
                         allow_escape: allow_path_escape,
                     }),
                     use_token,
+                    retry,
+                    allow: allow.into_boxed_slice(),
                 },
             }),
         )

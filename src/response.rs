@@ -18,7 +18,8 @@ use crate::error::Error;
 use crate::redact;
 use crate::timeout::{Deadline, TimeoutPhase};
 
-/// A successful (2xx) response whose body is already buffered.
+/// A successful (2xx) response whose body is already buffered, or one with a
+/// status the call allowed ([`RequestBuilder::allow_status`](crate::RequestBuilder::allow_status)).
 ///
 /// The body was read inside the attempt, bounded by `max_response_bytes`, so a
 /// body that failed midway was retried like any other transient failure.
@@ -67,7 +68,8 @@ impl fmt::Debug for ApiResponse {
 }
 
 impl ApiResponse {
-    /// The status code (always 2xx).
+    /// The status code: 2xx, or one the call allowed with
+    /// [`allow_status`](crate::RequestBuilder::allow_status).
     #[must_use]
     pub fn status(&self) -> StatusCode {
         self.status
@@ -132,24 +134,13 @@ impl ApiResponse {
     /// # Errors
     ///
     /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) when the body is not JSON
-    /// of the requested shape.
+    /// of the requested shape. The error keeps the response's
+    /// [`status`](Error::status), and its message names the serde category
+    /// (syntax, type, end of input), the path to the failing field
+    /// (`` `items[2].id` ``) and the position, never a value of the body;
+    /// serde's own message is its [`source`](std::error::Error::source).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            // Where and what kind, but not serde's wording, which can quote
-            // the body; the full message stays in `source()`.
-            let what = match e.classify() {
-                serde_json::error::Category::Io => "I/O",
-                serde_json::error::Category::Syntax => "syntax",
-                serde_json::error::Category::Data => "type",
-                serde_json::error::Category::Eof => "end of input",
-            };
-            let detail = format!(
-                "body is not the expected JSON ({what} error at line {} column {})",
-                e.line(),
-                e.column()
-            );
-            self.decode_error(detail, e)
-        })
+        crate::error::decode_json(&self.body).map_err(|e| self.with_context(e))
     }
 
     fn decode_error(
@@ -157,7 +148,11 @@ impl ApiResponse {
         detail: impl Into<std::borrow::Cow<'static, str>>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Error {
-        Error::decode(detail, Some(Box::new(source))).with_call(
+        self.with_context(Error::decode(detail, Some(Box::new(source))))
+    }
+
+    fn with_context(&self, err: Error) -> Error {
+        err.with_decoded_status(self.status).with_call(
             &self.method,
             Some(&self.url),
             self.attempts,
@@ -267,7 +262,8 @@ impl ApiStream {
         )
     }
 
-    /// The status code (always 2xx).
+    /// The status code: 2xx, or one the call allowed with
+    /// [`allow_status`](crate::RequestBuilder::allow_status).
     #[must_use]
     pub fn status(&self) -> StatusCode {
         self.status

@@ -28,7 +28,8 @@ use reqwest::{Method, StatusCode};
 use crate::error::Error;
 
 /// A snapshot of a client's counters, shared by its clones; see
-/// [`ApiClient::stats`](crate::ApiClient::stats).
+/// [`ApiClient::stats`](crate::ApiClient::stats). It implements
+/// `serde::Serialize` (field names as below), to serve it as JSON.
 ///
 /// # Examples
 ///
@@ -42,10 +43,12 @@ use crate::error::Error;
 /// client.get("health").send().await?;
 /// let stats = client.stats();
 /// assert_eq!((stats.calls, stats.succeeded, stats.attempts, stats.in_flight), (1, 1, 1, 0));
+/// let json = serde_json::to_value(stats).unwrap();
+/// assert_eq!(json["calls"], 1);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ClientStats {
     /// Calls that ended (succeeded or failed; cancelled ones are not counted).

@@ -32,9 +32,9 @@ pub use section::{
 };
 
 pub use crate::builder::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_READ_TIMEOUT,
-    DEFAULT_TOTAL_TIMEOUT,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ERROR_BODY_BYTES,
+    DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
 };
 pub use crate::discovery::DEFAULT_RESOLVER_REFRESH;
 
@@ -177,6 +177,10 @@ pub struct ApiClientConfig {
     /// The largest response body buffered, in bytes (default 16 MiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<usize>,
+    /// How much of an error response's body is kept, in bytes (default
+    /// 64 KiB); like [`ApiClientBuilder::max_error_body_bytes`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_body_bytes: Option<usize>,
     /// Redirects followed per attempt (default 10; 0 follows none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_redirects: Option<usize>,
@@ -279,6 +283,7 @@ impl fmt::Debug for ApiClientConfig {
                 &self.bearer_token.as_ref().map(|_| redact::REDACTED),
             )
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_error_body_bytes", &self.max_error_body_bytes)
             .field("max_redirects", &self.max_redirects)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
@@ -418,6 +423,9 @@ impl ApiClientConfig {
         }
         if let Some(n) = self.max_response_bytes {
             b = b.max_response_bytes(n);
+        }
+        if let Some(n) = self.max_error_body_bytes {
+            b = b.max_error_body_bytes(n);
         }
         if let Some(n) = self.max_redirects {
             b = b.max_redirects(n);

@@ -27,14 +27,14 @@ use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
-use crate::error::{BODY_TEXT_LIMIT, Error, ErrorKind, ErrorReason};
-use crate::hook::HookRequest;
+use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
+use crate::hook::{HookRequest, SignRequest};
 use crate::redact;
 use crate::redirect;
 use crate::response::{ApiResponse, ApiStream};
-use crate::retry::{Decision, Withdrawal, parse_retry_after};
+use crate::retry::{Decision, RetryPolicy, Withdrawal, parse_retry_after};
 use crate::stats::{Active, Stats};
-use crate::timeout::Deadline;
+use crate::timeout::{Deadline, TimeoutPhase};
 
 /// A prepared call: the request (body already `Bytes`) and its options.
 #[derive(Debug)]
@@ -158,6 +158,11 @@ pub(crate) struct Plan {
     pub(crate) routed: Option<Routed>,
     /// Send the client's token (see [`crate::auth`]) with each attempt.
     pub(crate) use_token: bool,
+    /// This call's retry policy, replacing the client's (boxed: most calls
+    /// have none, and pay one pointer for it).
+    pub(crate) retry: Option<Box<RetryPolicy>>,
+    /// Statuses besides 2xx that are answers for this call, not errors.
+    pub(crate) allow: Box<[StatusCode]>,
 }
 
 /// A call split into what the pipeline keeps.
@@ -316,7 +321,10 @@ impl ApiClient {
             guard_redirects,
             routed,
             use_token,
+            retry,
+            allow,
         } = plan;
+        let policy = retry.as_deref().unwrap_or(&inner.retry);
         let auth = inner.auth.as_ref().filter(|_| use_token);
         let mut reauthorized = false;
         let deadline = ctx.deadline;
@@ -378,7 +386,15 @@ impl ApiClient {
                     }
                     admitted
                 }
-                Err(err) => return Err(ctx.fail(last.take().unwrap_or(err), attempts)),
+                Err(err) => {
+                    // A retry the admission refused: the last real error, and why.
+                    let err = match (last.take(), cut_by(&err)) {
+                        (Some(last), Some(by)) => last.with_cut(policy.max_attempts, by),
+                        (Some(last), None) => last,
+                        (None, _) => err,
+                    };
+                    return Err(ctx.fail(err, attempts));
+                }
             };
             // After admission: an open circuit costs no token fetch.
             let credential = match auth {
@@ -395,14 +411,38 @@ impl ApiClient {
                 }
                 tried = Some(Arc::clone(instance));
             }
-            let flight = target.map(|i| i.start());
             let mut request = replay.next(&mut original, &ctx, target.is_some());
-            attempts += 1;
+            let attempt_no = attempts + 1;
+            let mut guard_redirects = self.decorate(
+                &mut request,
+                credential.as_ref(),
+                attempt_no,
+                guard_redirects,
+            );
+            let mut now = now;
+            if let Some(signer) = &inner.signer {
+                // Last before sending: the signer sees every header and the body.
+                let mut signed = SignRequest::new(&mut request, attempt_no);
+                let outcome =
+                    tokio::time::timeout(deadline.remaining(), signer.sign(&mut signed)).await;
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => {
+                        let err = Error::signer("the signer failed").with_source(why);
+                        return Err(ctx.fail(err, attempts));
+                    }
+                    Err(_) => {
+                        return Err(ctx.fail(Error::timeout(TimeoutPhase::Total), attempts));
+                    }
+                }
+                guard_redirects = guard_redirects || redirect::would_leak(request.headers());
+                now = Instant::now();
+            }
+            let flight = target.map(|i| i.start());
+            attempts = attempt_no;
             inner.stats.attempt(&ctx.method, attempts);
-            let guard_redirects =
-                self.decorate(&mut request, credential.as_ref(), attempts, guard_redirects);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let attempt = self.attempt(request, &ctx.url, F::STREAM);
+            let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow);
             let timed =
                 tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
             let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
@@ -436,7 +476,8 @@ impl ApiClient {
                         last = Some(err);
                         continue;
                     }
-                    let Some((delay, withdrawal)) = self.retry_delay(
+                    let (delay, withdrawal) = match self.retry_delay(
+                        policy,
                         &err,
                         attempts,
                         idempotent,
@@ -444,8 +485,13 @@ impl ApiClient {
                         &deadline,
                         |now| route.open_for(now),
                         now,
-                    ) else {
-                        return Err(ctx.fail(err, attempts));
+                    ) {
+                        Ok(next) => next,
+                        Err(None) => return Err(ctx.fail(err, attempts)),
+                        Err(Some(by)) => {
+                            let err = err.with_cut(policy.max_attempts, by);
+                            return Err(ctx.fail(err, attempts));
+                        }
                     };
                     Stats::retry(&ctx.method, &err.type_name());
                     // Dropped with the call if it is cancelled during the sleep.
@@ -478,7 +524,8 @@ impl ApiClient {
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
         // once even without a retry policy.
-        let may_repeat = self.inner.retry.max_attempts > 1 || plan.use_token;
+        let policy = plan.retry.as_deref().unwrap_or(&self.inner.retry);
+        let may_repeat = policy.max_attempts > 1 || plan.use_token;
         let replay = Replay {
             headers: (may_repeat && !request.headers().is_empty())
                 .then(|| request.headers().clone()),
@@ -553,12 +600,15 @@ impl ApiClient {
         }
     }
 
-    /// After a failed attempt: the delay before the next one, or `None` to stop.
-    /// Asks, in order, the policy (kind, idempotency, attempts, Retry-After,
-    /// deadline), the breaker (an open breaker ends the loop) and the budget.
+    /// After a failed attempt: the delay before the next one, or why to stop:
+    /// `Err(None)` when the policy says so, `Err(Some(layer))` when the
+    /// breaker or the budget cut a retry the policy allowed. Asks, in order,
+    /// the policy (kind, idempotency, attempts, Retry-After, deadline), the
+    /// breaker (an open breaker ends the loop) and the budget.
     #[allow(clippy::too_many_arguments)]
     fn retry_delay(
         &self,
+        retry: &RetryPolicy,
         err: &Error,
         attempts: u32,
         idempotent: bool,
@@ -566,8 +616,7 @@ impl ApiClient {
         deadline: &Deadline,
         open_for: impl FnOnce(Instant) -> Option<Duration>,
         now: Instant,
-    ) -> Option<(Duration, Option<Withdrawal<'_>>)> {
-        let retry = &self.inner.retry;
+    ) -> Result<(Duration, Option<Withdrawal<'_>>), Option<CutBy>> {
         let scheduled = schedule
             .get_or_insert_with(|| retry.schedule())
             .next()
@@ -582,7 +631,7 @@ impl ApiClient {
                     reason = reason.as_str(),
                     "not retrying"
                 );
-                return None;
+                return Err(None);
             }
         };
         if let Some(open_for) = open_for(now) {
@@ -592,7 +641,7 @@ impl ApiClient {
                 open_for_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX),
                 "not retrying: circuit breaker is open"
             );
-            return None;
+            return Err(Some(CutBy::CircuitOpen));
         }
         let withdrawal = match &self.inner.budget {
             None => None,
@@ -603,7 +652,7 @@ impl ApiClient {
                         attempt = attempts,
                         "not retrying: retry budget exhausted"
                     );
-                    return None;
+                    return Err(Some(CutBy::Budget));
                 };
                 Some(w)
             }
@@ -615,15 +664,17 @@ impl ApiClient {
             reason = &*err.type_name(),
             "retrying"
         );
-        Some((delay, withdrawal))
+        Ok((delay, withdrawal))
     }
 
     /// One attempt: send, then buffer the body (or hand the stream over).
+    /// A 2xx, or a status in `allow`, is an answer; any other an error.
     async fn attempt(
         &self,
         request: reqwest::Request,
         sent_to: &Url,
         stream: bool,
+        allow: &[StatusCode],
     ) -> Result<Got, Error> {
         let mut resp = self
             .inner
@@ -632,7 +683,7 @@ impl ApiClient {
             .await
             .map_err(Error::transport)?;
         let status = resp.status();
-        if status.is_success() {
+        if status.is_success() || allow.contains(&status) {
             if stream {
                 return Ok(Got::Streaming(resp));
             }
@@ -653,13 +704,15 @@ impl ApiClient {
         let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Read a bounded prefix for `body_text`; a broken body does not hide the status.
-        let cap = self
-            .inner
-            .max_response_bytes
-            .clamp(BODY_TEXT_LIMIT, 64 * 1024);
-        let body = read_prefix(resp, cap).await;
-        Err(Error::from_status(status, headers, &body, retry_after))
+        // Keep a bounded prefix for `body_text` and `body_json`; a broken
+        // body does not hide the status.
+        let body = read_prefix(resp, self.inner.max_error_body_bytes).await;
+        Err(Error::from_response(
+            status,
+            headers,
+            Bytes::from(body),
+            retry_after,
+        ))
     }
 }
 
@@ -695,6 +748,18 @@ fn verdict(err: &Error) -> Verdict {
         Verdict::Neutral
     } else {
         Verdict::of(err.kind())
+    }
+}
+
+/// The layer that refused a retry at admission, if it is one that cuts
+/// retries short (an open breaker, the rate limit).
+fn cut_by(refusal: &Error) -> Option<CutBy> {
+    if refusal.is_circuit_open() {
+        Some(CutBy::CircuitOpen)
+    } else if refusal.is_rate_limited() {
+        Some(CutBy::RateLimit)
+    } else {
+        None
     }
 }
 
