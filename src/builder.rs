@@ -510,6 +510,14 @@ impl ApiClientBuilder {
             if !matches!(attempt.url().scheme(), "http" | "https") {
                 return attempt.stop();
             }
+            // Never from https down to plain http: the 3xx comes back.
+            let from_https = attempt
+                .previous()
+                .last()
+                .is_some_and(|u| u.scheme() == "https");
+            if from_https && attempt.url().scheme() == "http" {
+                return attempt.stop();
+            }
             // reqwest drops Authorization and cookies on a redirect to another
             // origin; a request with other credential headers (x-api-key...) is
             // not redirected there at all. The flag is set per attempt.
