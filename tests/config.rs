@@ -20,7 +20,7 @@ use resilient_http::{
     RetryPolicy, RetrySection, TimeoutPhase,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wiremock::matchers::{any, header, method, path};
+use wiremock::matchers::{any, header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Every key, each set to something other than its default.
@@ -631,6 +631,7 @@ fn an_etcd_section_names_the_registry() {
 /// Every key [`FULL_WITH_ENDPOINTS`] sets (as `section.key` paths), and the test
 /// that watches it reach the client. A key added to the config without a
 /// test here fails [`every_config_key_is_checked_by_a_test`].
+#[cfg(feature = "etcd")]
 const CHECKED_KEYS: &[(&str, &str)] = &[
     (
         "base_url",
@@ -795,6 +796,7 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
 ];
 
 /// [`FULL`] plus the keys that exclude `base_url` or need a feature.
+#[cfg(feature = "etcd")]
 const FULL_WITH_ENDPOINTS: &str = r#"
 endpoints = ["http://10.0.0.1:8080/api/"]
 load_balance = "round_robin"
@@ -807,6 +809,7 @@ base_path = "/api/"
 
 /// The `section.key` paths of every value in `value` (tables are walked,
 /// their own keys are not listed).
+#[cfg(feature = "etcd")]
 fn key_paths(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
     if let toml::Value::Table(table) = value {
         for (key, inner) in table {
@@ -1063,7 +1066,7 @@ async fn resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolve
     let etcd = MockServer::start().await;
     let kv = |key: &str, value: &str| serde_json::json!({ "key": base64(key.as_bytes()), "value": base64(value.as_bytes()) });
     let b_addr = b.address().to_string();
-    Mock::given(method("POST"))
+    Mock::given(wiremock::matchers::method("POST"))
         .and(path("/v3/kv/range"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "kvs": [kv("/services/orders/a", &a.uri()), kv("/services/orders/b", &b_addr)]
