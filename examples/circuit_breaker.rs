@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use resilient_http::{ApiClient, CircuitBreakerConfig};
+use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -64,6 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("state: {:?}", client.circuit_state());
+    if client.circuit_state() != CircuitState::Open {
+        return Err("three failures in a row should open the breaker".into());
+    }
 
     let before = server.received_requests().await.unwrap_or_default().len();
     let n = 10_000u32;
@@ -78,6 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{n} calls rejected while open: {per_call:?} each, {} requests reached the server",
         after - before
     );
+    if after != before {
+        return Err("an open breaker should send nothing".into());
+    }
 
     tokio::time::sleep(open_for).await;
     println!("after {open_for:?}: state {:?}", client.circuit_state());
@@ -85,5 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resp = client.get("health").send().await?;
     println!("probe: {}", resp.status());
     println!("state: {:?}", client.circuit_state());
+    if client.circuit_state() != CircuitState::Closed {
+        return Err("a successful probe should close the breaker".into());
+    }
     Ok(())
 }

@@ -50,6 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.retry.as_ref().and_then(|r| r.max_attempts),
         resp.text()?
     );
+    // The stub fails once: the configured retry heals it on the second attempt.
+    if resp.attempts() != 2 {
+        return Err(format!("expected 2 attempts, got {}", resp.attempts()).into());
+    }
 
     // Written back, durations keep their units.
     println!("\nas TOML again:\n{}", toml::to_string(&config)?);

@@ -43,6 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "peak in flight at the server: {} (max_concurrency 8)",
         peak.load(Ordering::SeqCst)
     );
+    if ok != 100 || peak.load(Ordering::SeqCst) > 8 {
+        return Err("expected 100 successes with at most 8 in flight".into());
+    }
     Ok(())
 }
 

@@ -73,11 +73,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("instance c fails (503); 90 calls, round robin:");
     let served = spread(&client, 90).await?;
     println!("  served by: {served:?}");
-    println!(
-        "  requests that reached each instance: {:?}",
-        reached(&servers).await
-    );
+    let reached_c = reached(&servers).await;
+    println!("  requests that reached each instance: {reached_c:?}");
     print_endpoints(&client);
+    // Every call succeeded (spread returns the first error); c answered none
+    // and, once ejected, got far fewer than its round-robin share of 30
+    // (3 failures, then a probe each time its breaker half-opens).
+    if served.contains_key("c") || reached_c.get("c").is_none_or(|&n| n >= 30) {
+        return Err("the failing instance should be ejected after 3 failures".into());
+    }
 
     println!("c recovers; after {open_for:?} its breaker lets a probe through:");
     c_failing.store(false, Ordering::SeqCst);
@@ -85,6 +89,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let served = spread(&client, 90).await?;
     println!("  served by: {served:?}");
     print_endpoints(&client);
+    if !served.contains_key("c") {
+        return Err("the recovered instance should be admitted again".into());
+    }
     Ok(())
 }
 

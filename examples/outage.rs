@@ -69,9 +69,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<30} {:>22} {:>22}",
         "", "req/call  success", "req/call  success"
     );
-    for (name, configure) in policies {
+    for (i, (name, configure)) in policies.into_iter().enumerate() {
         let outage = run(1, configure).await?;
         let flaky = run(5, configure).await?;
+        check(i, outage, flaky)?;
         println!(
             "{name:<30} {:>10.3} {:>9.1}%   {:>10.3} {:>9.1}%",
             outage.0,
@@ -81,6 +82,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Fails on an outcome that contradicts what the table is meant to show.
+#[allow(clippy::float_cmp)] // exact ratios of whole counts
+fn check(policy: usize, outage: (f64, f64), flaky: (f64, f64)) -> Result<(), String> {
+    let ok = match policy {
+        // The budget caps retries in an outage near its floor, far below 3 per call.
+        1 => outage.0 >= 1.0 && outage.0 < 2.0,
+        // An unlimited budget makes every call use all 3 attempts.
+        2 => outage.0 == 3.0 && outage.1 == 0.0,
+        // No retry: one request per call; every 5th request fails.
+        3 => outage == (1.0, 0.0) && flaky == (1.0, 0.8),
+        _ => outage.1 == 0.0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "policy {policy}: unexpected outcome: outage {outage:?}, flaky {flaky:?}"
+        ))
+    }
 }
 
 /// Returns (server requests per call, share of calls that succeeded).

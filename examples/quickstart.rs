@@ -53,6 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let user: User = client.get_json("users/42").await?;
     println!("GET users/42  -> {user:?}");
+    if user.id != 42 {
+        return Err(format!("GET users/42 returned {user:?}").into());
+    }
 
     let made: User = client
         .post_json(
@@ -64,12 +67,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     println!("POST users    -> {made:?}");
+    if made.id != 43 {
+        return Err(format!("POST users returned {made:?}").into());
+    }
 
     // Errors are classified: a 404 is the caller's problem, not worth a retry.
     match client.get_json::<User>("users/7").await {
-        Ok(user) => println!("unexpected: {user:?}"),
+        Ok(user) => return Err(format!("GET users/7 should be a 404, got {user:?}").into()),
+        Err(err) if err.kind() != ErrorKind::Client => {
+            return Err(format!("GET users/7 should be a Client error, got {err}").into());
+        }
         Err(err) => {
-            assert_eq!(err.kind(), ErrorKind::Client);
             println!("GET users/7   -> {} error: {err}", err.kind());
             println!(
                 "                 status {:?}, body {:?}, retryable: {}, attempts: {}",

@@ -44,13 +44,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let resp = client.get("inventory").send().await?;
     let elapsed = start.elapsed();
 
-    for (i, req) in server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    let received = server.received_requests().await.unwrap_or_default();
+    for (i, req) in received.iter().enumerate() {
         println!(
             "server saw attempt {}: {} {}",
             i + 1,
@@ -65,5 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         resp.attempts(),
         elapsed.as_millis()
     );
+    if resp.attempts() != 3 || received.len() != 3 || resp.text()? != "healed" {
+        return Err("expected the third attempt to succeed".into());
+    }
+    if elapsed < Duration::from_secs(1) {
+        return Err("the client did not wait for the server's Retry-After".into());
+    }
     Ok(())
 }

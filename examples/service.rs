@@ -64,19 +64,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A caller of the service.
     let caller = ApiClient::new(format!("http://{addr}/"))?;
-    for (id, order) in [("req-1", "7"), ("req-2", "8"), ("req-3", "missing")] {
+    for (id, order, expected) in [
+        ("req-1", "7", StatusCode::OK),
+        ("req-2", "8", StatusCode::OK),
+        ("req-3", "missing", StatusCode::NOT_FOUND),
+    ] {
         let result = caller
             .get(format!("checkout/{order}"))
             .header("x-request-id", id)
             .send()
             .await;
-        match result {
-            Ok(resp) => println!(
-                "GET /checkout/{order} ({id}): {} {}",
-                resp.status(),
-                resp.text()?
-            ),
-            Err(err) => println!("GET /checkout/{order} ({id}): {err}"),
+        let status = match result {
+            Ok(resp) => {
+                println!(
+                    "GET /checkout/{order} ({id}): {} {}",
+                    resp.status(),
+                    resp.text()?
+                );
+                Some(resp.status())
+            }
+            Err(err) => {
+                println!("GET /checkout/{order} ({id}): {err}");
+                err.status()
+            }
+        };
+        if status != Some(expected) {
+            return Err(
+                format!("GET /checkout/{order}: expected {expected}, got {status:?}").into(),
+            );
         }
     }
     let seen: Vec<String> = dependency
@@ -93,10 +108,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     println!("request ids the dependency saw: {seen:?}");
-    println!(
-        "\nGET /metrics:\n{}",
-        caller.get("metrics").send().await?.text()?
-    );
+    if seen != ["req-1", "req-2", "req-3"] {
+        return Err("every dependency call should carry its caller's request id".into());
+    }
+    let metrics = caller.get("metrics").send().await?.text()?;
+    println!("\nGET /metrics:\n{metrics}");
+    if !metrics.contains("http.client.requests{") {
+        return Err("the client's metrics should be recorded".into());
+    }
     Ok(())
 }
 

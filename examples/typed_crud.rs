@@ -73,9 +73,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         api: ApiClient::new(format!("{}/v1/", server.uri()))?,
     };
 
-    println!("list      -> {:?}", orders.list(1).await?);
-    println!("get 1     -> {:?}", orders.get(1).await?);
-    println!("get 99    -> {:?}", orders.get(99).await?);
+    let list = orders.list(1).await?;
+    println!("list      -> {list:?}");
+    let one = orders.get(1).await?;
+    println!("get 1     -> {one:?}");
+    let missing = orders.get(99).await?;
+    println!("get 99    -> {missing:?}");
+    if list.len() != 1 || one.is_none() || missing.is_some() {
+        return Err("unexpected list or get result".into());
+    }
     let made = orders
         .create(
             &NewOrder {
@@ -93,6 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("update    -> {updated:?}");
+    if made.id != 2 || updated.quantity != 3 {
+        return Err("unexpected create or update result".into());
+    }
     orders.delete(made.id).await?;
     println!("delete {}  -> ok", made.id);
 
@@ -103,7 +112,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Err(err) = orders.create(&empty, "order-empty").await else {
         return Err("an empty order should be refused".into());
     };
-    assert_eq!(err.kind(), ErrorKind::Client);
+    if err.kind() != ErrorKind::Client {
+        return Err(format!("an empty order should be a Client error, got {err}").into());
+    }
     println!("bad create -> {err}");
     println!("              body: {:?}", err.body_text());
     Ok(())

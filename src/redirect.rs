@@ -2,8 +2,8 @@
 //!
 //! - At most `max_redirects` redirects are followed (0: none; the 3xx is then
 //!   the answer, a `Client` error). More, or a loop, is a `Client` error.
-//! - Only `http` and `https` targets are followed; any other scheme comes back
-//!   as the 3xx itself.
+//! - Only `http` and `https` targets are followed, and never from `https` down
+//!   to `http`; otherwise the 3xx itself comes back (a `Client` error).
 //! - reqwest drops `Authorization`, `Cookie`, `Proxy-Authorization` and
 //!   `WWW-Authenticate` on a redirect to another origin. A request carrying
 //!   another credential header (`x-api-key`, ...) is not redirected to another
@@ -37,6 +37,14 @@ pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
             return attempt.error(TooManyRedirects(max_redirects));
         }
         if !matches!(attempt.url().scheme(), "http" | "https") {
+            return attempt.stop();
+        }
+        // Never from https down to plain http: the 3xx comes back.
+        let from_https = attempt
+            .previous()
+            .last()
+            .is_some_and(|u| u.scheme() == "https");
+        if from_https && attempt.url().scheme() == "http" {
             return attempt.stop();
         }
         if GUARD.try_with(|guard| *guard).unwrap_or(false) {

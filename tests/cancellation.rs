@@ -11,14 +11,15 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
+use common::capture_traces;
 use common::faults::{FaultServer, Mode};
 use resilient_http::{
     ApiClient, ApiClientBuilder, ApiResponse, CircuitBreakerConfig, CircuitState, Error, ErrorKind,
-    RateLimit,
+    RateLimit, RetryBudget, RetryPolicy,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wiremock::matchers::any;
+use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Long enough that nothing in these tests runs into the total deadline.
@@ -166,11 +167,23 @@ async fn dropping_a_call_waiting_for_a_rate_limit_permit_takes_no_permit() {
 
     assert_eq!(server.requests(), 1, "the dropped call was never sent");
     // The next permit frees up 1 s after the first call; had the dropped call
-    // taken it, this one would wait until 2 s.
+    // taken it, the next free one would be 2 s after. A call whose deadline
+    // cannot fit the wait is refused at once and says how long it was.
+    let refused = client
+        .get("probe")
+        .timeout(Duration::from_millis(1))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(refused.is_rate_limited(), "{refused:?}");
+    let wait = refused.retry_after().unwrap();
+    assert!(
+        wait <= Duration::from_secs(1),
+        "the next permit is {wait:?} away: the dropped call kept one"
+    );
     get_promptly(&client, "third").await;
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(1700), "{elapsed:?}");
     assert_eq!(server.requests(), 2);
 }
 
@@ -221,30 +234,58 @@ async fn a_call_dropped_mid_attempt_is_not_counted_as_a_breaker_failure() {
 
 #[tokio::test]
 async fn dropping_a_call_during_its_backoff_leaves_permits_and_budget_usable() {
+    let (captured, guard) = capture_traces(tracing::Level::DEBUG);
     let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
+    Mock::given(path("/warm"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
         .mount(&server)
         .await;
+    Mock::given(path("/busy"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // A budget with no floor: the one success below deposits exactly one
+    // retry, so a retry made later proves the dropped call gave its back.
     let client = common::fast_builder(&server.uri())
         .max_concurrency(1)
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .jitter(false)
+                .budget(RetryBudget::ratio(1.0).min_per_second(0)),
+        )
         .build()
         .unwrap();
+    client.get("warm").send().await.unwrap();
 
-    // The 503 comes back at once; the call then sleeps its 1 s Retry-After.
-    drop_while_stuck(client.get("busy").send()).await;
+    // The 503 comes back at once; the call withdraws the retry and sleeps its
+    // 1 s Retry-After. It is dropped once it says it is retrying.
+    let mut busy = Box::pin(client.get("busy").send());
+    for _ in 0..1000 {
+        tokio::select! {
+            done = &mut busy => panic!("the call should be in its backoff: {done:?}"),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        if captured.text().contains("retrying") {
+            break;
+        }
+    }
+    assert!(captured.text().contains("retrying"), "{}", captured.text());
+    drop(busy);
+    drop(guard);
 
     assert_eq!(
         common::received(&server).await,
-        1,
+        2,
         "dropped before its retry"
     );
-    server.reset().await;
     let sequence = common::Sequence::new([
         ResponseTemplate::new(503),
         ResponseTemplate::new(200).set_body_string("ok"),
     ]);
-    Mock::given(any())
+    Mock::given(path("/again"))
         .respond_with(sequence.clone())
         .mount(&server)
         .await;
@@ -254,7 +295,7 @@ async fn dropping_a_call_during_its_backoff_leaves_permits_and_budget_usable() {
         .timeout(PROMPT)
         .send()
         .await
-        .expect("the permit is free and the budget allows a retry");
+        .expect("the permit is free and the budget has its retry back");
     assert_eq!(resp.attempts(), 2);
     assert_eq!(sequence.served(), 2);
     assert!(
@@ -262,6 +303,30 @@ async fn dropping_a_call_during_its_backoff_leaves_permits_and_budget_usable() {
         "no wait behind the dropped call"
     );
     assert_eq!(resp.text().unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn a_budget_without_a_floor_refuses_a_retry_it_has_no_token_for() {
+    let server = MockServer::start().await;
+    let sequence = common::Sequence::statuses(&[503, 200]);
+    Mock::given(any())
+        .respond_with(sequence.clone())
+        .mount(&server)
+        .await;
+    let client = common::fast_builder(&server.uri())
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .budget(RetryBudget::ratio(1.0).min_per_second(0)),
+        )
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    // The control for the test above: without the refunded token, no retry.
+    assert_eq!(err.attempts(), 1, "{err}");
+    assert_eq!(sequence.served(), 1);
 }
 
 #[tokio::test]

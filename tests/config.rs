@@ -6,15 +6,21 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::received;
+#[cfg(feature = "etcd")]
+use common::base64;
+use common::{RAW_SERVER_MAX_CONNECTIONS, read_request_head, received};
 use resilient_http::{
     ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig, CircuitBreakerSection,
     ErrorKind, FailureRateSection, RateLimit, RateLimitSection, RetryBudget, RetryBudgetSection,
     RetryPolicy, RetrySection, TimeoutPhase,
 };
-use wiremock::matchers::{any, header};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wiremock::matchers::{any, header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Every key, each set to something other than its default.
@@ -33,7 +39,7 @@ pool_max_idle_per_host = 4
 pool_idle_timeout = "45s"
 tcp_keepalive = "1m"
 http2_prior_knowledge = true
-danger_accept_invalid_certs = true
+tls_danger_accept_invalid_certs = true
 
 [retry]
 max_attempts = 4
@@ -617,4 +623,709 @@ fn an_etcd_section_names_the_registry() {
     assert!(
         parse_error("[etcd]\nurl = \"http://h:2379\"\nprefix = \"/p/\"\nttl = 3").contains("ttl")
     );
+}
+
+// ---------------------------------------------------------------- every key reaches the client
+//
+// `Debug` of a builder leaves some options out (header values, redirects,
+// pool, keepalive, HTTP/2, certificates, resolver refresh), so each key below
+// is observed through what the client does with it.
+
+/// Every key [`FULL_WITH_ENDPOINTS`] sets (as `section.key` paths), and the test
+/// that watches it reach the client. A key added to the config without a
+/// test here fails [`every_config_key_is_checked_by_a_test`].
+#[cfg(feature = "etcd")]
+const CHECKED_KEYS: &[(&str, &str)] = &[
+    (
+        "base_url",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "connect_timeout",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "read_timeout",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "attempt_timeout",
+        "the_attempt_timeout_from_the_config_applies",
+    ),
+    (
+        "total_timeout",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "max_concurrency",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "default_headers",
+        "default_headers_user_agent_and_bearer_token_are_sent",
+    ),
+    (
+        "user_agent",
+        "default_headers_user_agent_and_bearer_token_are_sent",
+    ),
+    (
+        "bearer_token",
+        "default_headers_user_agent_and_bearer_token_are_sent",
+    ),
+    (
+        "max_response_bytes",
+        "max_response_bytes_from_the_config_applies",
+    ),
+    (
+        "max_redirects",
+        "max_redirects_from_the_config_bounds_the_redirects_followed",
+    ),
+    (
+        "pool_max_idle_per_host",
+        "pool_max_idle_per_host_zero_from_the_config_opens_a_connection_per_call",
+    ),
+    (
+        "pool_idle_timeout",
+        "pool_idle_timeout_from_the_config_closes_idle_connections",
+    ),
+    (
+        "tcp_keepalive",
+        "tcp_keepalive_from_the_config_arms_the_sockets_keepalive_timer",
+    ),
+    (
+        "http2_prior_knowledge",
+        "http2_prior_knowledge_from_the_config_speaks_http2_at_once",
+    ),
+    (
+        "tls_danger_accept_invalid_certs",
+        "security.rs: danger_accept_invalid_certs_from_a_config_reaches_the_client",
+    ),
+    (
+        "endpoints",
+        "endpoints_and_load_balance_come_from_the_config",
+    ),
+    (
+        "load_balance",
+        "load_balance_from_the_config_orders_the_endpoints_calls_go_to",
+    ),
+    (
+        "resolver_refresh",
+        "resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolver",
+    ),
+    (
+        "etcd.url",
+        "resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolver",
+    ),
+    (
+        "etcd.prefix",
+        "resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolver",
+    ),
+    (
+        "etcd.base_path",
+        "resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolver",
+    ),
+    (
+        "retry.max_attempts",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.initial_backoff",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.max_backoff",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.jitter",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.max_retry_after",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.retry_server_errors",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.budget.ratio",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.budget.min_per_second",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "retry.budget.window",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.consecutive_failures",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.failure_rate.threshold",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.failure_rate.window",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.failure_rate.min_calls",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.open_duration",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "circuit_breaker.half_open_max_calls",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "rate_limit.per_minute",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "rate_limit.burst",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "rate_limit.fail_fast",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+];
+
+/// [`FULL`] plus the keys that exclude `base_url` or need a feature.
+#[cfg(feature = "etcd")]
+const FULL_WITH_ENDPOINTS: &str = r#"
+endpoints = ["http://10.0.0.1:8080/api/"]
+load_balance = "round_robin"
+resolver_refresh = "2s"
+[etcd]
+url = "http://127.0.0.1:2379"
+prefix = "/services/orders/"
+base_path = "/api/"
+"#;
+
+/// The `section.key` paths of every value in `value` (tables are walked,
+/// their own keys are not listed).
+#[cfg(feature = "etcd")]
+fn key_paths(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+    if let toml::Value::Table(table) = value {
+        for (key, inner) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            // `default_headers` is a map of names, not keys of the config.
+            if path != "default_headers" && inner.is_table() {
+                key_paths(&path, inner, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn every_config_key_is_checked_by_a_test() {
+    let mut config = parse(FULL);
+    let extra = parse(FULL_WITH_ENDPOINTS);
+    config.endpoints = extra.endpoints;
+    config.load_balance = extra.load_balance;
+    config.resolver_refresh = extra.resolver_refresh;
+    config.etcd = extra.etcd;
+    // Written out, every field that is set shows as a key.
+    let written = toml::Value::try_from(&config).unwrap();
+    let mut keys = Vec::new();
+    key_paths("", &written, &mut keys);
+
+    let unchecked: Vec<&String> = keys
+        .iter()
+        .filter(|k| !CHECKED_KEYS.iter().any(|(c, _)| c == k))
+        .collect();
+    let stale: Vec<&str> = CHECKED_KEYS
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !keys.iter().any(|k| k == c))
+        .collect();
+
+    assert!(keys.len() >= CHECKED_KEYS.len(), "{keys:?}");
+    assert!(
+        unchecked.is_empty(),
+        "config keys no test watches reach the client: {unchecked:?}"
+    );
+    assert!(stale.is_empty(), "keys the config no longer has: {stale:?}");
+}
+
+/// A server on 127.0.0.1 that answers every request with `200 ok` on a
+/// kept-alive HTTP/1.1 connection, and counts the connections it accepts.
+/// The peer address of each connection goes to `peers`.
+async fn counting_server() -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<SocketAddr>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let (count, seen) = (Arc::clone(&accepted), Arc::clone(&peers));
+    tokio::spawn(async move {
+        // Bounded: a test makes a few connections.
+        for _ in 0..RAW_SERVER_MAX_CONNECTIONS {
+            let Ok((mut stream, peer)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(peer);
+            tokio::spawn(async move {
+                while read_request_head(&mut stream).await {
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted, peers)
+}
+
+#[tokio::test]
+async fn max_redirects_from_the_config_bounds_the_redirects_followed() {
+    let server = MockServer::start().await;
+    for n in 1..=3 {
+        Mock::given(path(format!("/r/{n}")))
+            .respond_with(
+                ResponseTemplate::new(302).insert_header("location", format!("/r/{}", n - 1)),
+            )
+            .mount(&server)
+            .await;
+    }
+    Mock::given(path("/r/0"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client =
+        ApiClient::from_config(&fast_config(&server, "max_redirects = 2\nretry = false")).unwrap();
+
+    let two = client.get("r/2").send().await;
+    let three = client.get("r/3").send().await.unwrap_err();
+
+    assert!(two.is_ok(), "two redirects are allowed: {two:?}");
+    assert_eq!(three.kind(), ErrorKind::Client, "{three}");
+}
+
+#[tokio::test]
+async fn pool_max_idle_per_host_zero_from_the_config_opens_a_connection_per_call() {
+    let (url, accepted, _) = counting_server().await;
+    let config = parse(&format!(
+        "base_url = \"{url}\"\npool_max_idle_per_host = 0\nretry = false"
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    for _ in 0..3 {
+        client.get("x").send().await.unwrap();
+    }
+
+    // With the default pool the three calls would share one connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn pool_idle_timeout_from_the_config_closes_idle_connections() {
+    let (url, accepted, _) = counting_server().await;
+    let config = parse(&format!(
+        "base_url = \"{url}\"\npool_idle_timeout = \"10ms\"\nretry = false"
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    client.get("x").send().await.unwrap();
+    // Idle far longer than the timeout (the default keeps it 90 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// The keepalive timer of the client socket whose local port is `port`, in
+/// seconds, from `/proc/net/tcp` (`tr` 2 is "keepalive or another timer").
+#[cfg(target_os = "linux")]
+fn keepalive_timer_secs(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) {
+            return None;
+        }
+        let (timer, when) = fields.get(5)?.split_once(':')?;
+        // `when` is in USER_HZ ticks (100 per second).
+        (timer == "02").then(|| u64::from_str_radix(when, 16).ok().map(|t| t / 100))?
+    })
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn tcp_keepalive_from_the_config_arms_the_sockets_keepalive_timer() {
+    let (url, _, peers) = counting_server().await;
+    let config = parse(&format!(
+        "base_url = \"{url}\"\ntcp_keepalive = \"1h\"\nretry = false"
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    client.get("x").send().await.unwrap();
+    let peer = peers.lock().unwrap()[0];
+    // Right after a call the socket's timer may still be a delayed ACK's:
+    // wait (bounded) for the idle socket's keepalive timer to show.
+    let an_hour = |t: Option<u64>| t.is_some_and(|s| (3000..=3600).contains(&s));
+    let mut timer = keepalive_timer_secs(peer.port());
+    for _ in 0..100 {
+        if an_hour(timer) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        timer = keepalive_timer_secs(peer.port());
+    }
+
+    // The idle connection waits about an hour before its first probe
+    // (without the option the socket has no keepalive timer at all).
+    assert!(
+        an_hour(timer),
+        "keepalive timer of the client socket: {timer:?} s"
+    );
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_from_the_config_speaks_http2_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut preface = [0u8; 14];
+        stream.read_exact(&mut preface).await.unwrap();
+        preface
+    });
+    let config = parse(&format!(
+        "base_url = \"{url}\"\nhttp2_prior_knowledge = true\nretry = false\ntotal_timeout = \"2s\""
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    // The server never answers: only what the client sent first matters.
+    let _ = client.get("x").send().await;
+    let preface = first_bytes.await.unwrap();
+
+    assert_eq!(&preface, b"PRI * HTTP/2.0", "HTTP/2 connection preface");
+}
+
+#[tokio::test]
+async fn load_balance_from_the_config_orders_the_endpoints_calls_go_to() {
+    let (a, b) = (named_server("a").await, named_server("b").await);
+    let config = parse(&format!(
+        r#"
+        endpoints = ["{}", {{ url = "{}", weight = 3 }}]
+        load_balance = "weighted_round_robin"
+        retry = false
+        "#,
+        a.uri(),
+        b.uri()
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    let order = served_in_turn(&client, 40).await;
+
+    // Smooth weighted round robin of weights 1 and 3; the default strategy
+    // would draw at random.
+    assert_eq!(order, "babb".repeat(10));
+}
+
+/// A server that answers every request with `name`.
+async fn named_server(name: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_string(name))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// The names of the servers that answered `calls` calls, in order.
+async fn served_in_turn(client: &ApiClient, calls: usize) -> String {
+    let mut order = String::new();
+    for _ in 0..calls {
+        order.push_str(&client.get("x").send().await.unwrap().text().unwrap());
+    }
+    order
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn resolver_refresh_and_load_balance_from_the_config_drive_an_etcd_resolver() {
+    // A stand-in for etcd's JSON gateway: two instances under the prefix,
+    // one as `host:port` (which gets the configured base path).
+    let (a, b) = (named_server("a").await, named_server("b").await);
+    let etcd = MockServer::start().await;
+    let kv = |key: &str, value: &str| serde_json::json!({ "key": base64(key.as_bytes()), "value": base64(value.as_bytes()) });
+    let b_addr = b.address().to_string();
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(path("/v3/kv/range"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "kvs": [kv("/services/orders/a", &a.uri()), kv("/services/orders/b", &b_addr)]
+        })))
+        .mount(&etcd)
+        .await;
+    let config = parse(&format!(
+        r#"
+        resolver_refresh = "50ms"
+        load_balance = "round_robin"
+        retry = false
+        [etcd]
+        url = "{}"
+        prefix = "/services/orders/"
+        base_path = "/api/"
+        "#,
+        etcd.uri()
+    ));
+    let client = ApiClient::from_config(&config).unwrap();
+
+    let order = served_in_turn(&client, 20).await;
+    // Refreshed in the background every 50 ms (the default is 10 s): wait,
+    // within a bound far above that, for two more lookups.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while received(&etcd).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no background refresh within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Round robin alternates; the default strategy would draw at random.
+    assert!(
+        order == "ab".repeat(10) || order == "ba".repeat(10),
+        "{order}"
+    );
+    let paths: Vec<String> = b
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(paths.iter().all(|p| p == "/api/x"), "base_path: {paths:?}");
+}
+
+// ---------------------------------------------------------------- README's Defaults table
+//
+// The README's table is the one user-facing copy of the defaults; each test
+// reads a value from it and checks the code has the same.
+
+/// The value cell of the README Defaults row whose option cell starts with `option`.
+fn readme_default(option: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Defaults\n"))
+        .expect("README has a Defaults section");
+    let row = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .find(|l| l.starts_with(option))
+        .unwrap_or_else(|| panic!("no Defaults row for {option}"));
+    let cells: Vec<&str> = row.split(" | ").collect();
+    assert_eq!(cells.len(), 2, "{row}");
+    cells[1].trim_end_matches(" |").trim().to_owned()
+}
+
+/// The whole number just before `suffix` in `text`.
+fn number_before(text: &str, suffix: &str) -> u64 {
+    let at = text
+        .find(suffix)
+        .unwrap_or_else(|| panic!("{suffix:?} not in {text:?}"));
+    let digits: String = text[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {suffix:?} in {text:?}"))
+}
+
+/// A README duration cell such as `2 s`.
+fn readme_seconds(option: &str) -> Duration {
+    let cell = readme_default(option);
+    assert!(cell.ends_with(" s"), "{option}: {cell}");
+    Duration::from_secs(number_before(&cell, " s"))
+}
+
+fn default_builder_debug() -> String {
+    format!("{:?}", ApiClient::builder())
+}
+
+#[test]
+fn the_readme_connect_timeout_default_is_the_codes() {
+    let readme = readme_seconds("`connect_timeout`");
+    assert_eq!(resilient_http::DEFAULT_CONNECT_TIMEOUT, readme);
+    assert!(default_builder_debug().contains(&format!("connect_timeout: {readme:?},")));
+}
+
+#[test]
+fn the_readme_read_timeout_default_is_the_codes() {
+    let readme = readme_seconds("`read_timeout`");
+    assert_eq!(resilient_http::DEFAULT_READ_TIMEOUT, readme);
+    assert!(default_builder_debug().contains(&format!("read_timeout: {readme:?},")));
+}
+
+#[test]
+fn the_readme_attempt_timeout_default_is_the_codes() {
+    let readme = readme_seconds("`attempt_timeout`");
+    assert_eq!(resilient_http::DEFAULT_ATTEMPT_TIMEOUT, readme);
+    assert!(default_builder_debug().contains(&format!("attempt_timeout: {readme:?},")));
+}
+
+#[test]
+fn the_readme_total_timeout_default_is_the_codes() {
+    let readme = readme_seconds("`total_timeout`");
+    assert_eq!(resilient_http::DEFAULT_TOTAL_TIMEOUT, readme);
+    assert!(default_builder_debug().contains(&format!("total_timeout: {readme:?},")));
+}
+
+#[test]
+fn the_readme_max_response_bytes_default_is_the_codes() {
+    let mib = number_before(&readme_default("`max_response_bytes`"), " MiB");
+    let bytes = usize::try_from(mib).unwrap() * 1024 * 1024;
+    assert_eq!(resilient_http::DEFAULT_MAX_RESPONSE_BYTES, bytes);
+    assert!(default_builder_debug().contains(&format!("max_response_bytes: {bytes}")));
+}
+
+#[test]
+fn the_readme_max_redirects_default_is_the_codes() {
+    let cell = readme_default("redirects");
+    let n = cell
+        .strip_prefix("followed, at most ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{cell}"));
+    assert_eq!(
+        resilient_http::DEFAULT_MAX_REDIRECTS,
+        usize::try_from(n).unwrap()
+    );
+}
+
+#[test]
+fn the_readme_retry_max_attempts_default_is_the_codes() {
+    let n = number_before(&readme_default("retry |"), " attempts");
+    let n = u32::try_from(n).unwrap();
+    assert_eq!(
+        RetryPolicy::exponential(),
+        RetryPolicy::exponential().max_attempts(n)
+    );
+    assert!(default_builder_debug().contains(&format!("retry: {:?}", RetryPolicy::exponential())));
+}
+
+#[test]
+fn the_readme_backoff_defaults_are_the_codes() {
+    let cell = readme_default("retry |");
+    let initial = Duration::from_millis(number_before(&cell, " ms initial backoff"));
+    let cap = Duration::from_secs(number_before(&cell, " s cap"));
+    let retry_after = Duration::from_secs(number_before(&cell, " s, server errors"));
+    assert!(cell.contains("full jitter"), "{cell}");
+    assert!(
+        cell.contains("server errors (500...) not retried"),
+        "{cell}"
+    );
+    assert_eq!(
+        RetryPolicy::exponential(),
+        RetryPolicy::exponential()
+            .initial_backoff(initial)
+            .max_backoff(cap)
+            .max_retry_after(retry_after)
+            .jitter(true)
+            .retry_server_errors(false)
+    );
+}
+
+#[test]
+fn the_readme_retry_budget_floor_and_window_are_the_codes() {
+    let cell = readme_default("retry budget");
+    let window = Duration::from_secs(number_before(&cell, " s, plus a floor"));
+    let floor = u32::try_from(number_before(&cell, " retries per second")).unwrap();
+    assert_eq!(
+        RetryBudget::default(),
+        RetryBudget::default().min_per_second(floor).window(window)
+    );
+    assert_eq!(
+        RetryPolicy::exponential(),
+        RetryPolicy::exponential().budget(RetryBudget::default())
+    );
+}
+
+#[test]
+fn the_readme_circuit_breaker_open_duration_is_the_codes() {
+    let cell = readme_default("circuit breaker");
+    let open = Duration::from_secs(number_before(&cell, " s; "));
+    assert!(
+        cell.contains(&format!("open {} s", open.as_secs())),
+        "{cell}"
+    );
+    assert_eq!(
+        format!("{:?}", CircuitBreakerConfig::default()),
+        format!("{:?}", CircuitBreakerConfig::default().open_duration(open))
+    );
+    assert!(default_builder_debug().contains(&format!(
+        "circuit_breaker: Some({:?})",
+        CircuitBreakerConfig::default()
+    )));
+}
+
+#[test]
+fn the_readme_rate_limit_and_concurrency_defaults_are_off() {
+    assert_eq!(readme_default("rate limit / max concurrency"), "off / off");
+    let debug = default_builder_debug();
+    assert!(debug.contains("rate_limit: None,"), "{debug}");
+    assert!(debug.contains("max_concurrency: None,"), "{debug}");
+}
+
+#[tokio::test]
+async fn the_readme_user_agent_default_is_sent() {
+    let agent = readme_default("`user_agent`")
+        .trim_matches('`')
+        .replace("<version>", env!("CARGO_PKG_VERSION"));
+    let server = MockServer::start().await;
+    Mock::given(header("user-agent", agent.as_str()))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = ApiClient::new(server.uri()).unwrap();
+
+    let resp = client.get("x").send().await;
+
+    assert!(resp.is_ok(), "user agent {agent}: {resp:?}");
+}
+
+// ---------------------------------------------------------------- bodies
+
+#[tokio::test]
+async fn a_body_that_cannot_be_serialized_is_a_config_error_and_nothing_is_sent() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let client = ApiClient::new(server.uri()).unwrap();
+    // JSON object keys must be strings.
+    let body = BTreeMap::from([((1, 2), "pair as a key")]);
+
+    let err = client.post("x").json(&body).send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert_eq!(err.attempts(), 0, "{err}");
 }

@@ -5,13 +5,16 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use resilient_http::{ApiClient, ErrorKind, EtcdResolver};
+use common::base64;
+use resilient_http::{ApiClient, ErrorKind, EtcdResolver, LoadBalance};
 use serde_json::json;
 use tokio::time::Instant;
 use wiremock::matchers::any;
@@ -34,16 +37,19 @@ async fn the_client_follows_instances_registered_in_etcd() {
     // Outside the prefix: not an instance of this service.
     etcd.put("/services/payments/x", &c.uri()).await;
 
+    // Round robin, whose turn survives a refresh: two instances share calls
+    // exactly, so the counts below are not left to chance.
     let client = ApiClient::builder()
         .resolver(EtcdResolver::new(&etcd.url, PREFIX))
         .resolver_refresh(Duration::from_millis(100))
+        .load_balance(LoadBalance::RoundRobin)
         .build()
         .unwrap();
     assert_eq!(client.refresh_endpoints().await.unwrap(), 2);
     assert_eq!(ports(&client), BTreeSet::from([port(&a), port(&b)]));
     let weights: Vec<u32> = client.endpoints().iter().map(|e| e.weight).collect();
     assert_eq!(weights.iter().sum::<u32>(), 3, "{weights:?}");
-    assert_eq!(served_by(&client, 20).await, BTreeSet::from(["a", "b"]));
+    assert_eq!(served_by(&client, 20).await, counts([("a", 10), ("b", 10)]));
 
     // An instance comes, another goes: the background refresh follows.
     etcd.put(&format!("{PREFIX}c"), &c.uri()).await;
@@ -54,14 +60,14 @@ async fn the_client_follows_instances_registered_in_etcd() {
         assert!(Instant::now() < deadline, "still {:?}", client.endpoints());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(served_by(&client, 20).await, BTreeSet::from(["b", "c"]));
+    assert_eq!(served_by(&client, 20).await, counts([("b", 10), ("c", 10)]));
 
     // etcd goes away: the refresh fails, the last list stays and serves.
     drop(etcd);
     let err = client.refresh_endpoints().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     assert_eq!(ports(&client), want);
-    assert_eq!(served_by(&client, 10).await, BTreeSet::from(["b", "c"]));
+    assert_eq!(served_by(&client, 10).await, counts([("b", 5), ("c", 5)]));
 }
 
 /// A stub instance that answers with its name.
@@ -86,19 +92,19 @@ fn ports(client: &ApiClient) -> BTreeSet<u16> {
         .collect()
 }
 
-/// The names of the instances that served `calls` calls.
-async fn served_by(client: &ApiClient, calls: usize) -> BTreeSet<&'static str> {
-    let mut names = BTreeSet::new();
+/// How many of `calls` calls each instance served.
+async fn served_by(client: &ApiClient, calls: usize) -> BTreeMap<String, usize> {
+    let mut served = BTreeMap::new();
     for _ in 0..calls {
         let resp = client.get("orders").send().await.unwrap();
-        names.insert(match resp.text().unwrap().as_str() {
-            "a" => "a",
-            "b" => "b",
-            "c" => "c",
-            other => panic!("unexpected instance {other}"),
-        });
+        assert_eq!(resp.attempts(), 1, "no instance fails");
+        *served.entry(resp.text().unwrap()).or_default() += 1;
     }
-    names
+    served
+}
+
+fn counts<const N: usize>(pairs: [(&str, usize); N]) -> BTreeMap<String, usize> {
+    pairs.into_iter().map(|(k, n)| (k.to_owned(), n)).collect()
 }
 
 /// An etcd server on 127.0.0.1, stopped and its data removed on drop.
@@ -211,24 +217,4 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Standard base64, as etcd's JSON gateway takes keys and values.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                char::from(ABC[(n >> (18 - 6 * i) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }

@@ -466,3 +466,65 @@ async fn a_broken_peer_counts_against_the_breaker_but_an_unusable_body_does_not(
         assert_eq!(client.circuit_state(), state, "{mode:?}");
     }
 }
+
+// ---------------------------------------------------------------- send_stream
+
+/// Reads `stream` to its end or its first error (bounded), returning the
+/// bytes read and the error.
+async fn read_to_error(stream: &mut resilient_http::ApiStream) -> (usize, Option<Error>) {
+    let mut read = 0;
+    for _ in 0..10_000 {
+        match stream.chunk().await {
+            Ok(Some(bytes)) => read += bytes.len(),
+            Ok(None) => return (read, None),
+            Err(err) => return (read, Some(err)),
+        }
+    }
+    panic!("the stream never ended");
+}
+
+#[tokio::test]
+async fn a_streamed_body_cut_short_is_reported_to_the_reader_and_not_retried() {
+    let server = FaultServer::start(Mode::ShortBody).await;
+    let client = client(&server);
+
+    let mut stream = client.get("short").send_stream().await.unwrap();
+    let (read, err) = read_to_error(&mut stream).await;
+
+    let err = err.expect("a body short of its Content-Length is an error");
+    assert!(read < ANNOUNCED_LENGTH, "read {read} bytes");
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{err:?}");
+    assert_eq!(err.attempts(), 1, "{err:?}");
+    assert!(err.url().is_some_and(|u| u.path() == "/short"), "{err:?}");
+    // Nothing is retried once the headers are in: one request reached the server.
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stalls_ends_in_a_read_timeout() {
+    let server = FaultServer::start(Mode::Drip { interval: READ * 4 }).await;
+    let client = client(&server);
+
+    let mut stream = client.get("drip").send_stream().await.unwrap();
+    let (read, err) = read_to_error(&mut stream).await;
+
+    let err = err.expect("a stall longer than read_timeout is an error");
+    assert!(read < ANNOUNCED_LENGTH, "read {read} bytes");
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{err:?}");
+    assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Read), "{err:?}");
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test]
+async fn send_stream_retries_failures_before_the_headers_and_reports_the_last() {
+    let server = FaultServer::start(Mode::ResetMidHeaders).await;
+    let client = client(&server);
+
+    let err = client.get("reset").send_stream().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{err:?}");
+    assert_eq!(err.attempts(), MAX_ATTEMPTS, "{err:?}");
+    assert_eq!(server.requests(), MAX_ATTEMPTS as usize);
+    let stats = client.stats();
+    assert_eq!((stats.succeeded, stats.failed), (0, 1), "{stats:?}");
+}

@@ -159,11 +159,13 @@ async fn fail_fast_rejects_at_once_with_when_to_retry() {
         .build()
         .unwrap();
     client.get("x").send().await.unwrap();
-    let start = Instant::now();
+    // From here on no I/O is expected: a paused clock shows any wait exactly.
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
 
     let err = client.get("x").send().await.unwrap_err();
 
-    assert!(start.elapsed() < Duration::from_millis(100));
+    assert_eq!(start.elapsed(), Duration::ZERO, "fail_fast never waits");
     assert_eq!(err.kind(), ErrorKind::Rejected);
     assert!(err.is_rate_limited());
     assert!(!err.is_circuit_open() && !err.is_concurrency_limited());
@@ -189,13 +191,16 @@ async fn a_rate_limit_wait_longer_than_the_deadline_fails_at_once() {
         .build()
         .unwrap();
     client.get("x").send().await.unwrap();
-    let start = Instant::now();
+    // From here on no I/O is expected: a paused clock shows any wait exactly.
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
 
     let err = client.get("x").send().await.unwrap_err();
 
-    assert!(
-        start.elapsed() < Duration::from_millis(200),
-        "not at the deadline"
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "failed at once, not at the deadline"
     );
     assert!(err.is_rate_limited());
     assert_eq!(err.kind(), ErrorKind::Rejected);
@@ -203,7 +208,9 @@ async fn a_rate_limit_wait_longer_than_the_deadline_fails_at_once() {
 
 #[tokio::test]
 async fn a_concurrency_wait_ends_at_the_deadline() {
-    let server = InFlightServer::start(Duration::from_millis(800)).await;
+    // The first call holds the only permit for 1.5 s (under the 2 s attempt
+    // timeout), far past the second call's 200 ms deadline.
+    let server = InFlightServer::start(Duration::from_millis(1500)).await;
     let client = fast_builder(&server.url)
         .max_concurrency(1)
         .build()
@@ -234,10 +241,9 @@ async fn a_concurrency_wait_ends_at_the_deadline() {
     assert!(err.is_concurrency_limited());
     assert_eq!(err.kind(), ErrorKind::Rejected);
     assert_eq!(err.attempts(), 0);
-    assert!(
-        elapsed >= Duration::from_millis(180) && elapsed < Duration::from_millis(700),
-        "{elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(180), "{elapsed:?}");
+    // It gave up at its deadline, not when the permit came free.
+    assert!(!slow.is_finished(), "the first call still holds the permit");
     slow.await.unwrap().unwrap();
     client.get("x").send().await.unwrap();
 }

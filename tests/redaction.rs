@@ -4,7 +4,7 @@
 mod common;
 
 use resilient_http::{ApiClient, ApiClientBuilder, ApiResponse, ErrorKind};
-use wiremock::matchers::path;
+use wiremock::matchers::{header, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use common::{Sequence, capture_traces, fast_builder};
@@ -15,13 +15,17 @@ const URL_PASSWORD: &str = "url-pw-s3cr3t-3";
 const QUERY_API_KEY: &str = "query-api-key-s3cr3t-4";
 const QUERY_TOKEN: &str = "query-token-s3cr3t-5";
 const REQUEST_API_KEY: &str = "request-api-key-s3cr3t-6";
-const SECRETS: [&str; 6] = [
+const PROXY_AUTHORIZATION: &str = "Basic proxy-auth-s3cr3t-7";
+const SET_COOKIE: &str = "session=set-cookie-s3cr3t-8; HttpOnly";
+const SECRETS: [&str; 8] = [
     BEARER_TOKEN,
     API_KEY,
     URL_PASSWORD,
     QUERY_API_KEY,
     QUERY_TOKEN,
     REQUEST_API_KEY,
+    PROXY_AUTHORIZATION,
+    SET_COOKIE,
 ];
 
 /// Fails naming the first secret found in `text` (what `what` describes).
@@ -107,12 +111,22 @@ async fn transport_error_display_debug_and_sources_hide_every_secret() {
     assert_no_secret("Display", &err.to_string());
     assert_no_secret("Debug", &format!("{err:?}"));
     let mut cause = std::error::Error::source(&err);
+    let mut checked = 0;
     for _ in 0..16 {
         let Some(e) = cause else { break };
         assert_no_secret("source Display", &e.to_string());
         assert_no_secret("source Debug", &format!("{e:?}"));
+        checked += 1;
         cause = e.source();
     }
+    assert!(
+        checked > 0,
+        "a transport error has causes to check: {err:?}"
+    );
+    assert!(
+        cause.is_none(),
+        "the chain is longer than the 16 causes checked"
+    );
 }
 
 #[tokio::test]
@@ -248,4 +262,62 @@ async fn tracing_of_a_call_failing_after_retries_warns_but_hides_secrets() {
     assert!(out.contains("http.client.request"), "{out}");
     assert!(out.contains("url.full"), "{out}");
     assert_no_secret("tracing output", &out);
+}
+
+// ---------------------------------------------------------------- proxy credentials and cookies
+
+/// A server whose answers to `/api/orders` set a secret cookie.
+async fn server_setting_a_cookie(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/orders"))
+        .and(header("proxy-authorization", PROXY_AUTHORIZATION))
+        .respond_with(ResponseTemplate::new(status).insert_header("set-cookie", SET_COOKIE))
+        .expect(1)
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn proxy_authorization_and_set_cookie_are_hidden_from_a_response_and_tracing() {
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
+    let server = server_setting_a_cookie(200).await;
+    let client = fast_builder(&format!("{}/api/", server.uri()))
+        .build()
+        .unwrap();
+    let request = client
+        .get("orders")
+        .header("proxy-authorization", PROXY_AUTHORIZATION);
+    assert_no_secret("RequestBuilder", &format!("{request:?}"));
+
+    let resp = request.send().await.unwrap();
+    drop(guard);
+
+    // The cookie did arrive: there was something to hide.
+    assert_eq!(resp.headers()["set-cookie"], SET_COOKIE);
+    assert_no_secret("ApiResponse", &format!("{resp:?} {resp:#?}"));
+    assert_no_secret("tracing output", &captured.text());
+}
+
+#[tokio::test]
+async fn proxy_authorization_and_set_cookie_are_hidden_from_an_error() {
+    let (captured, guard) = capture_traces(tracing::Level::TRACE);
+    let server = server_setting_a_cookie(500).await;
+    let client = fast_builder(&format!("{}/api/", server.uri()))
+        .build()
+        .unwrap();
+
+    let err = client
+        .get("orders")
+        .header("proxy-authorization", PROXY_AUTHORIZATION)
+        .send()
+        .await
+        .unwrap_err();
+    drop(guard);
+
+    assert_eq!(err.kind(), ErrorKind::Server, "{err}");
+    assert!(err.headers().is_some_and(|h| h.contains_key("set-cookie")));
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?} {err:#?}"));
+    assert_no_secret("tracing output", &captured.text());
 }

@@ -7,13 +7,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{capture_traces, fast_builder};
-use resilient_http::{ApiClient, ErrorKind, StatusCode};
+use common::{capture_traces, fast_builder, source_chain};
+use resilient_http::{ApiClient, ApiClientConfig, ErrorKind, StatusCode};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wiremock::matchers::{header_exists, path};
+use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const CERT: &[u8] = include_bytes!("data/self_signed.crt");
@@ -21,6 +21,16 @@ const KEY: &[u8] = include_bytes!("data/self_signed.key");
 
 /// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering 200.
 async fn self_signed_server() -> String {
+    self_signed_server_answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_vec(),
+    )
+    .await
+}
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering
+/// every request with the bytes `response`.
+async fn self_signed_server_answering(response: Vec<u8>) -> String {
+    let response = Arc::new(response);
     let certs = vec![CertificateDer::from_pem_slice(CERT).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(KEY).unwrap();
     let config = rustls::ServerConfig::builder()
@@ -36,7 +46,7 @@ async fn self_signed_server() -> String {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let acceptor = acceptor.clone();
+            let (acceptor, response) = (acceptor.clone(), Arc::clone(&response));
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -49,11 +59,7 @@ async fn self_signed_server() -> String {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = tls
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
+                let _ = tls.write_all(&response).await;
                 let _ = tls.shutdown().await;
             });
         }
@@ -74,6 +80,88 @@ async fn certificates_are_verified_by_default() {
     );
     // It never heals: not retried, not the endpoint's fault (see tests/tls.rs).
     assert_eq!(err.kind(), ErrorKind::Config);
+    // The handshake failed because of the certificate, not for any other
+    // reason a connection can fail.
+    let chain = source_chain(&err);
+    assert!(
+        chain
+            .iter()
+            .any(|cause| cause.to_lowercase().contains("certificate")),
+        "no certificate error among the causes: {chain:#?}"
+    );
+}
+
+#[tokio::test]
+async fn danger_accept_invalid_certs_from_a_config_reaches_the_client() {
+    let url = self_signed_server().await;
+    let mut config = ApiClientConfig::default();
+    config.base_url = Some(url);
+    config.tls_danger_accept_invalid_certs = Some(true);
+    let client = ApiClient::from_config(&config).unwrap();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "ok");
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_not_followed() {
+    let plain = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&plain)
+        .await;
+    let response = format!(
+        "HTTP/1.1 302 Found\r\nlocation: {}/landing\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        plain.uri()
+    );
+    let url = self_signed_server_answering(response.into_bytes()).await;
+    let client = fast_builder(&url)
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+
+    let err = client.get("start").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Client, "{err:?}");
+    assert_eq!(err.status(), Some(StatusCode::FOUND));
+}
+
+#[tokio::test]
+async fn cookies_are_not_forwarded_to_another_host() {
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .and(header_exists("cookie"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&other)
+        .await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("landed"))
+        .expect(1)
+        .mount(&other)
+        .await;
+    let origin = MockServer::start().await;
+    Mock::given(path("/start"))
+        .and(header("cookie", "session=s3cr3t"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/landing", other.uri())),
+        )
+        .expect(1)
+        .mount(&origin)
+        .await;
+    let client = fast_builder(&origin.uri()).build().unwrap();
+
+    let resp = client
+        .get("start")
+        .header("cookie", "session=s3cr3t")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.text().unwrap(), "landed");
 }
 
 #[tokio::test]

@@ -71,6 +71,41 @@ impl Respond for Sequence {
     }
 }
 
+/// Standard base64, as etcd's JSON gateway takes keys and values.
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(ABC[(n >> (18 - 6 * i) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The `Display` of each error in `err`'s source chain, outermost first
+/// (`err` itself excluded; at most 32).
+pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        if chain.len() == 32 {
+            break;
+        }
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    chain
+}
+
 /// Requests the server has received.
 pub async fn received(server: &MockServer) -> usize {
     server.received_requests().await.map_or(0, |r| r.len())
