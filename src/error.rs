@@ -93,7 +93,7 @@ impl fmt::Display for ErrorKind {
 /// | `Connect`, `Timeout`, `Closed`, `Truncated`, `Unprocessed` | `Retryable` |
 /// | `Protocol` | `Server` |
 /// | `Redirect` | `Client` |
-/// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
+/// | `CircuitOpen`, `ServerPushback`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `NoEndpoints` | `Rejected` |
 /// | `TooLarge`, `Decode` | `Decode` |
 /// | `Config`, `Certificate` | `Config` |
 ///
@@ -140,6 +140,10 @@ pub enum ErrorReason {
     Redirect,
     /// An open (or saturated half-open) circuit breaker refused the call.
     CircuitOpen,
+    /// The endpoint is paused by a server's `Retry-After` (a 429 or 503 to
+    /// an earlier call) for longer than the call's deadline; see
+    /// [`Error::is_server_pushback`].
+    ServerPushback,
     /// The client's rate limit refused the call.
     RateLimited,
     /// No concurrency permit could be had within the deadline.
@@ -177,6 +181,7 @@ impl ErrorReason {
             Self::Protocol => "protocol",
             Self::Redirect => "redirect",
             Self::CircuitOpen => "circuit_open",
+            Self::ServerPushback => "server_pushback",
             Self::RateLimited => "rate_limited",
             Self::ConcurrencyLimited => "concurrency_limited",
             Self::Auth => "auth",
@@ -217,6 +222,8 @@ pub(crate) enum What {
     Redirect,
     #[error("circuit breaker is open")]
     CircuitOpen,
+    #[error("endpoint paused by the server's Retry-After")]
+    Pushback,
     #[error("rate limit would be exceeded")]
     RateLimited,
     #[error("concurrency limit reached")]
@@ -288,6 +295,7 @@ impl What {
             Self::Protocol => ErrorKind::Server,
             Self::Redirect => ErrorKind::Client,
             Self::CircuitOpen
+            | Self::Pushback
             | Self::RateLimited
             | Self::ConcurrencyLimited
             | Self::Auth(_)
@@ -308,6 +316,7 @@ impl What {
             Self::Protocol => ErrorReason::Protocol,
             Self::Redirect => ErrorReason::Redirect,
             Self::CircuitOpen => ErrorReason::CircuitOpen,
+            Self::Pushback => ErrorReason::ServerPushback,
             Self::RateLimited => ErrorReason::RateLimited,
             Self::ConcurrencyLimited => ErrorReason::ConcurrencyLimited,
             Self::Auth(_) => ErrorReason::Auth,
@@ -634,6 +643,14 @@ impl Error {
         err
     }
 
+    /// The endpoint is paused by a server's `Retry-After`; `retry_after` is
+    /// the time left in the pause.
+    pub(crate) fn pushback(retry_after: Duration) -> Self {
+        let mut err = Self::new(What::Pushback);
+        err.inner.retry_after = Some(retry_after);
+        err
+    }
+
     /// The rate limit refused the call; `retry_after` is when a permit frees up.
     pub(crate) fn rate_limited(retry_after: Duration) -> Self {
         let mut err = Self::new(What::RateLimited);
@@ -733,6 +750,27 @@ impl Error {
         matches!(self.inner.what, What::CircuitOpen)
     }
 
+    /// Whether the call was refused because its endpoint is paused by the
+    /// server: a 429 or 503 with `Retry-After` to any call of this client (or
+    /// a clone) pauses that endpoint (scheme, host, port) until the time
+    /// given, capped at the retry policy's
+    /// [`max_retry_after`](crate::RetryPolicy::max_retry_after).
+    ///
+    /// During a pause nothing is sent to the endpoint: a client with several
+    /// endpoints sends to another one; otherwise a call waits for the pause
+    /// to end when that fits its deadline, and fails at once with this error
+    /// (kind [`ErrorKind::Rejected`], 0 attempts if it was the first) when it
+    /// does not. [`retry_after`](Self::retry_after) is the time left in the
+    /// pause.
+    ///
+    /// Why: a server that says "come back in 30 s" says it to the service,
+    /// not to one request; every other call sent meanwhile would only meet
+    /// the same answer and add to the load the server is shedding.
+    #[must_use]
+    pub fn is_server_pushback(&self) -> bool {
+        matches!(self.inner.what, What::Pushback)
+    }
+
     /// Whether the client-side rate limit refused the call.
     #[must_use]
     pub fn is_rate_limited(&self) -> bool {
@@ -794,7 +832,8 @@ impl Error {
     }
 
     /// When to try again: the server's `Retry-After`, the time until an open
-    /// breaker's next probe, or until the rate limit frees a permit.
+    /// breaker's next probe, the time left in a server pushback pause, or until
+    /// the rate limit frees a permit.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
@@ -978,6 +1017,11 @@ mod tests {
                 "circuit_open",
             ),
             (Error::auth("x"), ErrorKind::Rejected, "auth"),
+            (
+                Error::pushback(Duration::from_secs(1)),
+                ErrorKind::Rejected,
+                "server_pushback",
+            ),
             (
                 Error::no_endpoints("x"),
                 ErrorKind::Rejected,

@@ -221,6 +221,7 @@ mod origin;
 mod path;
 mod pipeline;
 mod proxy;
+mod pushback;
 mod redact;
 mod redirect;
 mod request;
