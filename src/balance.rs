@@ -5,9 +5,12 @@
 //! [`resolver`](crate::ApiClientBuilder::resolver)) chooses an instance for
 //! every attempt:
 //!
-//! - instances whose circuit breaker is open are skipped while any other can
-//!   take the attempt (outlier ejection); when every breaker is open the call
-//!   fails at once with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected);
+//! - instances whose circuit breaker is open, or that a server paused with
+//!   `Retry-After` (see [`Error::is_server_pushback`](crate::Error::is_server_pushback)),
+//!   are skipped while any other can take the attempt (outlier ejection); when
+//!   every breaker is open the call fails at once with
+//!   [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) (when every endpoint is
+//!   paused, it waits within its deadline first);
 //! - a retry goes to another instance than the attempt it repeats, when one is
 //!   available;
 //! - among the rest, the [`LoadBalance`] strategy chooses.

@@ -31,7 +31,7 @@ pub(crate) const BODY_TEXT_LIMIT: usize = 4 * 1024;
 /// | `Retryable` | DNS/connect failure, reset or early close, any timeout, 408, 429, 502, 503, 504 | yes |
 /// | `Server` | every other 5xx, and a peer that does not speak HTTP | only with `retry_server_errors(true)` |
 /// | `Client` | every other 4xx, a 3xx that was not followed, a redirect loop | no |
-/// | `Rejected` | refused locally, nothing sent: open circuit, rate or concurrency limit | no |
+/// | `Rejected` | refused locally, nothing sent: open circuit, server pushback pause, rate or concurrency limit | no |
 /// | `Decode` | a 2xx that cannot be used as asked: wrong type, not UTF-8, too large | no |
 /// | `Config` | invalid URL, header, option or unserializable body; a TLS certificate refused by either side | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
