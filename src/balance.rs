@@ -363,6 +363,14 @@ impl EndpointSet {
         aggregate
     }
 
+    /// Whether an endpoint other than `besides` can take an attempt now (not
+    /// paused, breaker not open).
+    pub(crate) fn usable_besides(&self, besides: &Arc<Instance>, now: Instant) -> bool {
+        self.instances
+            .iter()
+            .any(|i| !Arc::ptr_eq(i, besides) && i.usable(now))
+    }
+
     /// `None` when some endpoint can take an attempt now, else the time until
     /// the first open breaker lets a probe through.
     pub(crate) fn all_open_for(&self, now: Instant) -> Option<Duration> {

@@ -346,3 +346,41 @@ async fn an_absolute_url_on_another_origin_is_not_paused() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(received(&paused).await, 1);
 }
+
+#[tokio::test]
+async fn the_call_that_got_the_pushback_retries_on_another_endpoint_without_waiting() {
+    let paused = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(pushback(429, 30))
+        .mount(&paused)
+        .await;
+    let healthy = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&healthy)
+        .await;
+    let client = ApiClient::builder()
+        .endpoints([paused.uri(), healthy.uri()])
+        .load_balance(LoadBalance::RoundRobin)
+        .total_timeout(Duration::from_secs(5))
+        .retry(
+            RetryPolicy::exponential()
+                .initial_backoff(Duration::from_millis(1))
+                .jitter(false),
+        )
+        .build()
+        .unwrap();
+
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        attempts.push(client.get("x").send().await.unwrap().attempts());
+    }
+
+    assert_eq!(
+        attempts.iter().filter(|&&a| a == 2).count(),
+        1,
+        "one call met the 429 and retried elsewhere at once: {attempts:?}"
+    );
+    assert_eq!(received(&paused).await, 1);
+    assert_eq!(received(&healthy).await, 4);
+}

@@ -457,6 +457,7 @@ impl ApiClient {
                         &mut schedule,
                         &deadline,
                         |now| route.open_for(now),
+                        route.elsewhere(target, now),
                         now,
                     ) else {
                         return Err(ctx.fail(err, attempts));
@@ -631,6 +632,7 @@ impl ApiClient {
         schedule: &mut Option<ExponentialBackoff>,
         deadline: &Deadline,
         open_for: impl FnOnce(Instant) -> Option<Duration>,
+        elsewhere: bool,
         now: Instant,
     ) -> Option<(Duration, Option<Withdrawal<'_>>)> {
         let retry = &self.inner.retry;
@@ -639,7 +641,14 @@ impl ApiClient {
             .next()
             .unwrap_or(retry.max_backoff);
         let proposed = retry.jittered(scheduled);
-        let delay = match retry.decide(err, attempts, idempotent, proposed, deadline.remaining()) {
+        // A retry that can go to another endpoint does not wait out the
+        // Retry-After of the one that answered (it paused that one).
+        let decision = if elsewhere {
+            retry.decide_elsewhere(err, attempts, idempotent, proposed, deadline.remaining())
+        } else {
+            retry.decide(err, attempts, idempotent, proposed, deadline.remaining())
+        };
+        let delay = match decision {
             Decision::Retry(delay) => delay,
             Decision::Stop(reason) => {
                 tracing::debug!(

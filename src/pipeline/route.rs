@@ -74,6 +74,15 @@ impl<'b> Route<'b> {
         }
     }
 
+    /// Whether a retry of the attempt that went to `target` can go to another
+    /// endpoint that takes attempts now (routed calls only).
+    pub(super) fn elsewhere(&self, target: Option<&Arc<Instance>>, now: Instant) -> bool {
+        match (self, target) {
+            (Self::Balanced { set, .. }, Some(target)) => set.usable_besides(target, now),
+            _ => false,
+        }
+    }
+
     /// The pushback pause an attempt's response applies to: the chosen
     /// endpoint's, or the fixed URL's.
     pub(super) fn pause_of(&self, target: Option<&'b Arc<Instance>>) -> Option<&'b Pause> {
