@@ -384,3 +384,112 @@ async fn the_call_that_got_the_pushback_retries_on_another_endpoint_without_wait
     assert_eq!(received(&paused).await, 1);
     assert_eq!(received(&healthy).await, 4);
 }
+
+/// With the `metrics` feature: pauses and pushback rejections reach the
+/// facade, read back with a counter-capturing recorder on the test's thread.
+#[cfg(feature = "metrics")]
+mod metrics_facade {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::{no_retry_client, pushback, server_answering_first};
+
+    /// A counter's name and its labels, sorted.
+    type Series = (String, Vec<(String, String)>);
+
+    #[derive(Default)]
+    struct Cell(AtomicU64);
+
+    impl CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::SeqCst);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Default)]
+    struct Counters(Mutex<BTreeMap<Series, Arc<Cell>>>);
+
+    fn series(name: &str, labels: impl Iterator<Item = (String, String)>) -> Series {
+        let mut labels: Vec<_> = labels.collect();
+        labels.sort();
+        (name.to_owned(), labels)
+    }
+
+    impl Recorder for Counters {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()));
+            let cell = Arc::clone(
+                self.0
+                    .lock()
+                    .unwrap()
+                    .entry(series(key.name(), labels))
+                    .or_default(),
+            );
+            Counter::from_arc(cell)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    impl Counters {
+        fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+            let map = self.0.lock().unwrap();
+            map.get(&series(name, labels))
+                .map(|c| c.0.load(Ordering::SeqCst))
+        }
+    }
+
+    #[tokio::test]
+    async fn pauses_and_pushback_rejections_are_counted_in_metrics() {
+        let recorder = Counters::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let server = server_answering_first(pushback(429, 30)).await;
+        let endpoint = format!("http://{}", server.address());
+        let client = no_retry_client(&server);
+        client.get("a").send().await.unwrap_err();
+
+        let err = client
+            .get("b")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .unwrap_err();
+
+        assert!(err.is_server_pushback());
+        assert_eq!(
+            recorder.get(
+                "http.client.pushback.pauses",
+                &[("endpoint", endpoint.as_str())]
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            recorder.get(
+                "http.client.limit.rejections",
+                &[("limit", "server_pushback")]
+            ),
+            Some(1)
+        );
+    }
+}
