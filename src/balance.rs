@@ -566,6 +566,35 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn paused_endpoints_are_skipped_and_all_paused_is_pushback() {
+        let s = set(&[1, 1]);
+        let t0 = Instant::now();
+        s.instances[0].pause().pause(t0, Duration::from_secs(2));
+        for strategy in [
+            LoadBalance::RoundRobin,
+            LoadBalance::WeightedRoundRobin,
+            LoadBalance::LeastOutstanding,
+        ] {
+            assert_eq!(picks(&s, strategy, 6), [1; 6], "{strategy:?}");
+        }
+        s.instances[1].pause().pause(t0, Duration::from_secs(1));
+        let rr = AtomicUsize::new(0);
+        let err = s
+            .pick(LoadBalance::RoundRobin, &rr, t0, None)
+            .err()
+            .unwrap();
+        assert!(err.is_server_pushback());
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(1)),
+            "the first to end"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let (inst, _) = s.pick(LoadBalance::RoundRobin, &rr, later, None).unwrap();
+        assert!(Arc::ptr_eq(inst, &s.instances[1]));
+    }
+
     #[test]
     fn smooth_weighted_round_robin_interleaves_as_nginx_does() {
         let s = set(&[5, 1, 1]);
