@@ -5,9 +5,12 @@
 //! [`resolver`](crate::ApiClientBuilder::resolver)) chooses an instance for
 //! every attempt:
 //!
-//! - instances whose circuit breaker is open are skipped while any other can
-//!   take the attempt (outlier ejection); when every breaker is open the call
-//!   fails at once with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected);
+//! - instances whose circuit breaker is open, or that a server paused with
+//!   `Retry-After` (see [`Error::is_server_pushback`](crate::Error::is_server_pushback)),
+//!   are skipped while any other can take the attempt (outlier ejection); when
+//!   every breaker is open the call fails at once with
+//!   [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) (when every endpoint is
+//!   paused, it waits within its deadline first);
 //! - a retry goes to another instance than the attempt it repeats, when one is
 //!   available;
 //! - among the rest, the [`LoadBalance`] strategy chooses.
@@ -23,6 +26,7 @@ use url::Url;
 use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, Permit};
 use crate::error::Error;
 use crate::origin::{self, Origin};
+use crate::pushback::Pause;
 use crate::redact;
 
 /// How a client spreads attempts over its endpoints.
@@ -166,6 +170,8 @@ pub(crate) struct Instance {
     weight: u32,
     in_flight: AtomicUsize,
     breaker: Option<Breaker>,
+    /// The server's pushback pause (kept with breakers off too).
+    pause: Pause,
 }
 
 impl fmt::Debug for Instance {
@@ -186,6 +192,7 @@ impl Instance {
             weight,
             in_flight: AtomicUsize::new(0),
             breaker,
+            pause: Pause::new(),
         }
     }
 
@@ -193,11 +200,19 @@ impl Instance {
         self.breaker.as_ref()
     }
 
-    /// Whether the breaker would consider an attempt now (not open).
+    /// The endpoint's server pushback pause.
+    pub(crate) fn pause(&self) -> &Pause {
+        &self.pause
+    }
+
+    /// Whether the endpoint would consider an attempt now: not paused by the
+    /// server, breaker not open.
     fn usable(&self, now: Instant) -> bool {
-        self.breaker
-            .as_ref()
-            .is_none_or(|b| b.open_for(now).is_none())
+        self.pause.remaining(now).is_none()
+            && self
+                .breaker
+                .as_ref()
+                .is_none_or(|b| b.open_for(now).is_none())
     }
 
     /// Counts an attempt in flight until the guard is dropped.
@@ -348,6 +363,14 @@ impl EndpointSet {
         aggregate
     }
 
+    /// Whether an endpoint other than `besides` can take an attempt now (not
+    /// paused, breaker not open).
+    pub(crate) fn usable_besides(&self, besides: &Arc<Instance>, now: Instant) -> bool {
+        self.instances
+            .iter()
+            .any(|i| !Arc::ptr_eq(i, besides) && i.usable(now))
+    }
+
     /// `None` when some endpoint can take an attempt now, else the time until
     /// the first open breaker lets a probe through.
     pub(crate) fn all_open_for(&self, now: Instant) -> Option<Duration> {
@@ -366,8 +389,11 @@ impl EndpointSet {
     /// The strategy picks among usable endpoints other than `avoid` (the one
     /// the previous attempt went to); if none, among all usable ones. If the
     /// pick's breaker refuses (its half-open probes are taken), the others are
-    /// asked in turn. When every breaker refuses, the error is `Rejected` with
-    /// the time to the first probe.
+    /// asked in turn; an endpoint paused by server pushback is skipped without
+    /// asking its breaker. When every endpoint refuses, the error is `Rejected`:
+    /// server pushback with the time to the first pause's end if any endpoint
+    /// was refused only by its pause, else circuit open with the time to the
+    /// first probe.
     pub(crate) fn pick(
         &self,
         strategy: LoadBalance,
@@ -389,6 +415,7 @@ impl EndpointSet {
             .or_else(|| self.prefer(strategy, rr, |i| i.usable(now)))
             .unwrap_or(0);
         let mut soonest: Option<Duration> = None;
+        let mut paused: Option<Duration> = None;
         // The pick first, then the others in order, the avoided one last.
         let order = (0..n)
             .map(|k| (start + k) % n)
@@ -396,6 +423,10 @@ impl EndpointSet {
             .chain((0..n).filter(|&i| avoided(&self.instances[i])));
         for idx in order {
             let inst = &self.instances[idx];
+            if let Some(d) = inst.pause.remaining(now) {
+                paused = Some(paused.map_or(d, |p| p.min(d)));
+                continue;
+            }
             match inst.breaker.as_ref().map(|b| b.try_acquire(now)) {
                 None => return Ok((inst, None)),
                 Some(Ok(permit)) => return Ok((inst, Some(permit))),
@@ -406,7 +437,7 @@ impl EndpointSet {
                 }
             }
         }
-        Err(Error::circuit_open(soonest))
+        Err(paused.map_or_else(|| Error::circuit_open(soonest), Error::pushback))
     }
 
     /// The strategy's choice among the instances `ok` accepts.
@@ -533,6 +564,35 @@ mod tests {
                     .unwrap()
             })
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_endpoints_are_skipped_and_all_paused_is_pushback() {
+        let s = set(&[1, 1]);
+        let t0 = Instant::now();
+        s.instances[0].pause().pause(t0, Duration::from_secs(2));
+        for strategy in [
+            LoadBalance::RoundRobin,
+            LoadBalance::WeightedRoundRobin,
+            LoadBalance::LeastOutstanding,
+        ] {
+            assert_eq!(picks(&s, strategy, 6), [1; 6], "{strategy:?}");
+        }
+        s.instances[1].pause().pause(t0, Duration::from_secs(1));
+        let rr = AtomicUsize::new(0);
+        let err = s
+            .pick(LoadBalance::RoundRobin, &rr, t0, None)
+            .err()
+            .unwrap();
+        assert!(err.is_server_pushback());
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(1)),
+            "the first to end"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let (inst, _) = s.pick(LoadBalance::RoundRobin, &rr, later, None).unwrap();
+        assert!(Arc::ptr_eq(inst, &s.instances[1]));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
 use crate::origin;
+use crate::pushback::Pauses;
 use crate::redact;
 use crate::request::RequestBuilder;
 use crate::retry::{Budget, RetryPolicy};
@@ -78,6 +79,9 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     pub(crate) budget: Option<Budget>,
     pub(crate) breakers: Option<Breakers>,
+    /// Server pushback pauses of the endpoints called by fixed URL (a client
+    /// with endpoints keeps those of its endpoints with them).
+    pub(crate) pauses: Pauses,
     pub(crate) limits: Limits,
     /// Sent with every request to the base URL's origin; credential-like ones
     /// are left out of requests to any other origin.
@@ -104,6 +108,7 @@ impl Inner {
         default_headers: HeaderMap,
     ) -> Self {
         Self {
+            pauses: Pauses::new(base.as_ref()),
             http,
             base,
             balancer,

@@ -35,7 +35,7 @@ pub use self::build::ErrorBuilder;
 /// | `Retryable` | DNS/connect failure, reset or early close, any timeout, 408, 429, 502, 503, 504 | yes |
 /// | `Server` | every other 5xx, and a peer that does not speak HTTP | only with `retry_server_errors(true)` |
 /// | `Client` | every other 4xx, a 3xx that was not followed, a redirect loop | no |
-/// | `Rejected` | refused locally, nothing sent: open circuit, rate or concurrency limit | no |
+/// | `Rejected` | refused locally, nothing sent: open circuit, server pushback pause, rate or concurrency limit | no |
 /// | `Decode` | a 2xx that cannot be used as asked: wrong type, not UTF-8, too large | no |
 /// | `Config` | invalid URL, header, option or unserializable body; a TLS certificate refused by either side | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +97,7 @@ impl fmt::Display for ErrorKind {
 /// | `Connect`, `Timeout`, `Closed`, `Truncated`, `Unprocessed` | `Retryable` |
 /// | `Protocol` | `Server` |
 /// | `Redirect` | `Client` |
-/// | `CircuitOpen`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `Signer`, `NoEndpoints` | `Rejected` |
+/// | `CircuitOpen`, `ServerPushback`, `RateLimited`, `ConcurrencyLimited`, `Auth`, `Signer`, `NoEndpoints` | `Rejected` |
 /// | `TooLarge`, `Decode` | `Decode` |
 /// | `Config`, `Certificate` | `Config` |
 ///
@@ -144,6 +144,10 @@ pub enum ErrorReason {
     Redirect,
     /// An open (or saturated half-open) circuit breaker refused the call.
     CircuitOpen,
+    /// The endpoint is paused by a server's `Retry-After` (a 429 or 503 to
+    /// an earlier call) for longer than the call's deadline; see
+    /// [`Error::is_server_pushback`].
+    ServerPushback,
     /// The client's rate limit refused the call.
     RateLimited,
     /// No concurrency permit could be had within the deadline.
@@ -183,6 +187,7 @@ impl ErrorReason {
             Self::Protocol => "protocol",
             Self::Redirect => "redirect",
             Self::CircuitOpen => "circuit_open",
+            Self::ServerPushback => "server_pushback",
             Self::RateLimited => "rate_limited",
             Self::ConcurrencyLimited => "concurrency_limited",
             Self::Auth => "auth",
@@ -224,6 +229,8 @@ pub(crate) enum What {
     Redirect,
     #[error("circuit breaker is open")]
     CircuitOpen,
+    #[error("endpoint paused by the server's Retry-After")]
+    Pushback,
     #[error("rate limit would be exceeded")]
     RateLimited,
     #[error("concurrency limit reached")]
@@ -298,6 +305,7 @@ impl What {
             Self::Protocol => ErrorKind::Server,
             Self::Redirect => ErrorKind::Client,
             Self::CircuitOpen
+            | Self::Pushback
             | Self::RateLimited
             | Self::ConcurrencyLimited
             | Self::Auth(_)
@@ -319,6 +327,7 @@ impl What {
             Self::Protocol => ErrorReason::Protocol,
             Self::Redirect => ErrorReason::Redirect,
             Self::CircuitOpen => ErrorReason::CircuitOpen,
+            Self::Pushback => ErrorReason::ServerPushback,
             Self::RateLimited => ErrorReason::RateLimited,
             Self::ConcurrencyLimited => ErrorReason::ConcurrencyLimited,
             Self::Auth(_) => ErrorReason::Auth,
@@ -714,6 +723,14 @@ impl Error {
         err
     }
 
+    /// The endpoint is paused by a server's `Retry-After`; `retry_after` is
+    /// the time left in the pause.
+    pub(crate) fn pushback(retry_after: Duration) -> Self {
+        let mut err = Self::new(What::Pushback);
+        err.inner.retry_after = Some(retry_after);
+        err
+    }
+
     /// The rate limit refused the call; `retry_after` is when a permit frees up.
     pub(crate) fn rate_limited(retry_after: Duration) -> Self {
         let mut err = Self::new(What::RateLimited);
@@ -813,6 +830,27 @@ impl Error {
         matches!(self.inner.what, What::CircuitOpen)
     }
 
+    /// Whether the call was refused because its endpoint is paused by the
+    /// server: a 429 or 503 with `Retry-After` to any call of this client (or
+    /// a clone) pauses that endpoint (scheme, host, port) until the time
+    /// given, capped at the retry policy's
+    /// [`max_retry_after`](crate::RetryPolicy::max_retry_after).
+    ///
+    /// During a pause nothing is sent to the endpoint: a client with several
+    /// endpoints sends to another one; otherwise a call waits for the pause
+    /// to end when that fits its deadline, and fails at once with this error
+    /// (kind [`ErrorKind::Rejected`], 0 attempts if it was the first) when it
+    /// does not. [`retry_after`](Self::retry_after) is the time left in the
+    /// pause.
+    ///
+    /// Why: a server that says "come back in 30 s" says it to the service,
+    /// not to one request; every other call sent meanwhile would only meet
+    /// the same answer and add to the load the server is shedding.
+    #[must_use]
+    pub fn is_server_pushback(&self) -> bool {
+        matches!(self.inner.what, What::Pushback)
+    }
+
     /// Whether the client-side rate limit refused the call.
     #[must_use]
     pub fn is_rate_limited(&self) -> bool {
@@ -875,7 +913,8 @@ impl Error {
     }
 
     /// When to try again: the server's `Retry-After`, the time until an open
-    /// breaker's next probe, or until the rate limit frees a permit.
+    /// breaker's next probe, the time left in a server pushback pause, or until
+    /// the rate limit frees a permit.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
@@ -1210,6 +1249,11 @@ mod tests {
                 "circuit_open",
             ),
             (Error::auth("x"), ErrorKind::Rejected, "auth"),
+            (
+                Error::pushback(Duration::from_secs(1)),
+                ErrorKind::Rejected,
+                "server_pushback",
+            ),
             (
                 Error::no_endpoints("x"),
                 ErrorKind::Rejected,

@@ -53,9 +53,10 @@
 //!    `Bytes` so it can be replayed);
 //! 2. a concurrency permit is taken, held for the whole call, never waiting
 //!    past the deadline;
-//! 3. for each attempt, the endpoint's circuit breaker is asked (open: the call
-//!    fails at once, no I/O), then a rate-limit permit is taken, then the
-//!    token (if any) is set and the request hooks run;
+//! 3. for each attempt, the endpoint's server pushback pause and circuit
+//!    breaker are asked (open, or paused past the deadline: the call fails at
+//!    once, no I/O; paused within it: the call waits), then a rate-limit
+//!    permit is taken, then the token (if any) is set and the request hooks run;
 //! 4. one attempt is sent under `min(attempt_timeout, time left)`, and its body
 //!    read and buffered (bounded by `max_response_bytes`) inside the attempt;
 //! 5. the outcome is classified and recorded in the breaker;
@@ -126,6 +127,11 @@
 //! failed attempts or 1 s, a dependency that fails at random (up to 30%) does
 //! not, at any call rate. The trip rules, their defaults and the arithmetic
 //! behind that promise are on [`CircuitBreakerConfig`].
+//!
+//! Server pushback is shared the same way: a 429 or 503 with `Retry-After`
+//! pauses its endpoint for every call until the time given (capped at
+//! [`RetryPolicy::max_retry_after`]); calls go to another endpoint, wait within
+//! their deadline, or fail at once ([`Error::is_server_pushback`] says why).
 //!
 //! # Limits
 //!
@@ -222,6 +228,7 @@ mod origin;
 mod path;
 mod pipeline;
 mod proxy;
+mod pushback;
 mod redact;
 mod redirect;
 mod request;

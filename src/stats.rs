@@ -11,8 +11,9 @@
 //! | `http.client.retries` | counter | `http.request.method`, `reason` |
 //! | `http.client.circuit_breaker.state` (0 closed, 1 half-open, 2 open) | gauge | `endpoint` |
 //! | `http.client.circuit_breaker.transitions` | counter | `endpoint`, `to` |
-//! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`) |
-//! | `http.client.limit.rejections` | counter | `limit` (`rate`, `concurrency`, `circuit_open`) |
+//! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`, `pushback`) |
+//! | `http.client.limit.rejections` | counter | `limit` (`rate`, `concurrency`, `circuit_open`, `server_pushback`) |
+//! | `http.client.pushback.pauses` (endpoints paused by a server's `Retry-After`) | counter | `endpoint` |
 //! | `http.client.token.fetches` | counter | `result` (`ok`, `error`) |
 //!
 //! `outcome` is `ok` or the [`ErrorKind`](crate::ErrorKind) name; the status
@@ -67,6 +68,13 @@ pub struct ClientStats {
     pub retries: u64,
     /// Calls refused because a circuit breaker was open.
     pub rejected_circuit_open: u64,
+    /// Calls refused because their endpoint was paused by a server's
+    /// `Retry-After` beyond their deadline
+    /// ([`Error::is_server_pushback`](crate::Error::is_server_pushback)).
+    pub rejected_server_pushback: u64,
+    /// Pushback pauses started: a 429 or 503 with `Retry-After` that paused
+    /// an endpoint which was not paused already.
+    pub pushback_pauses: u64,
     /// Calls refused by the rate limit.
     pub rejected_rate_limited: u64,
     /// Calls refused by the concurrency limit.
@@ -84,6 +92,8 @@ pub(crate) struct Stats {
     attempts: AtomicU64,
     retries: AtomicU64,
     circuit_open: AtomicU64,
+    pushback: AtomicU64,
+    pauses: AtomicU64,
     rate_limited: AtomicU64,
     concurrency: AtomicU64,
     cancelled: AtomicU64,
@@ -103,6 +113,8 @@ impl Stats {
             attempts: load(&self.attempts),
             retries: load(&self.retries),
             rejected_circuit_open: load(&self.circuit_open),
+            rejected_server_pushback: load(&self.pushback),
+            pushback_pauses: load(&self.pauses),
             rejected_rate_limited: load(&self.rate_limited),
             rejected_concurrency: load(&self.concurrency),
             token_fetches,
@@ -151,6 +163,16 @@ impl Stats {
         let _ = (method, reason);
     }
 
+    /// A server's `Retry-After` paused `endpoint` (it was not paused).
+    pub(crate) fn paused(&self, endpoint: &str) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.pushback.pauses", "endpoint" => endpoint.to_owned())
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = endpoint;
+    }
+
     /// A call waited `wait` for a `limit` permit.
     pub(crate) fn waited(limit: &'static str, wait: Duration) {
         #[cfg(feature = "metrics")]
@@ -187,6 +209,7 @@ impl Active<'_> {
             Err(err) => {
                 let refused_by = match rejection(err) {
                     Some("circuit_open") => Some(&stats.circuit_open),
+                    Some("server_pushback") => Some(&stats.pushback),
                     Some("rate") => Some(&stats.rate_limited),
                     Some("concurrency") => Some(&stats.concurrency),
                     _ => None,
@@ -231,6 +254,8 @@ impl Active<'_> {
 fn rejection(err: &Error) -> Option<&'static str> {
     if err.is_circuit_open() {
         Some("circuit_open")
+    } else if err.is_server_pushback() {
+        Some("server_pushback")
     } else if err.is_rate_limited() {
         Some("rate")
     } else if err.is_concurrency_limited() {

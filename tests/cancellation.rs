@@ -241,8 +241,10 @@ async fn dropping_a_call_during_its_backoff_leaves_permits_and_budget_usable() {
         .expect(1)
         .mount(&server)
         .await;
+    // A 502: its Retry-After sets this call's backoff without pausing the
+    // endpoint for other calls, as a 429 or 503 would (server pushback).
     Mock::given(path("/busy"))
-        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
+        .respond_with(ResponseTemplate::new(502).insert_header("retry-after", "1"))
         .expect(1)
         .mount(&server)
         .await;
@@ -260,7 +262,7 @@ async fn dropping_a_call_during_its_backoff_leaves_permits_and_budget_usable() {
         .unwrap();
     client.get("warm").send().await.unwrap();
 
-    // The 503 comes back at once; the call withdraws the retry and sleeps its
+    // The 502 comes back at once; the call withdraws the retry and sleeps its
     // 1 s Retry-After. It is dropped once it says it is retrying.
     let mut busy = Box::pin(client.get("busy").send());
     for _ in 0..1000 {

@@ -203,6 +203,7 @@ impl ErrorBuilder {
             ErrorReason::Protocol => What::Protocol,
             ErrorReason::Redirect => What::Redirect,
             ErrorReason::CircuitOpen => What::CircuitOpen,
+            ErrorReason::ServerPushback => What::Pushback,
             ErrorReason::RateLimited => What::RateLimited,
             ErrorReason::ConcurrencyLimited => What::ConcurrencyLimited,
             ErrorReason::Auth => What::Auth(made),

@@ -29,6 +29,8 @@ use crate::breaker::Verdict;
 use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
 use crate::hook::{HookRequest, SignRequest};
+use crate::origin::Origin;
+use crate::pushback::Pause;
 use crate::redact;
 use crate::redirect;
 use crate::response::{ApiResponse, ApiStream};
@@ -357,6 +359,15 @@ impl ApiClient {
             .as_deref()
             .and_then(Instance::breaker)
             .or(registered.as_deref());
+        // The same for the server pushback pause, kept with breakers off too.
+        let paused_by = match (balancer, &pinned) {
+            (None, None) => Some(inner.pauses.for_url(&ctx.url)),
+            _ => None,
+        };
+        let pause = pinned
+            .as_deref()
+            .map(Instance::pause)
+            .or(paused_by.as_deref());
         let mut schedule = None;
         let mut last: Option<Error> = None;
         // A retry taken from the budget, spent once the retry is admitted;
@@ -371,7 +382,7 @@ impl ApiClient {
             .transpose()
             .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
             let avoid = tried.take();
-            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker);
+            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker, pause);
             let Admitted {
                 permit,
                 now,
@@ -465,6 +476,9 @@ impl ApiClient {
                         p.record(verdict(&err), now);
                     }
                     attempt_failed(attempts, &err);
+                    if let Some(pause) = route.pause_of(target) {
+                        self.pushback(pause, &err, &ctx.url, now);
+                    }
                     if let (Some(auth), Some((_, generation))) = (auth, &credential)
                         && err.status() == Some(StatusCode::UNAUTHORIZED)
                         && !std::mem::replace(&mut reauthorized, true)
@@ -484,6 +498,7 @@ impl ApiClient {
                         &mut schedule,
                         &deadline,
                         |now| route.open_for(now),
+                        route.elsewhere(target, now),
                         now,
                     ) {
                         Ok(next) => next,
@@ -575,8 +590,7 @@ impl ApiClient {
         route: &Route<'b>,
         deadline: &Deadline,
     ) -> Result<Admitted<'b>, Error> {
-        let now = Instant::now();
-        let Choice { target, permit } = route.choose(now)?;
+        let (now, Choice { target, permit }) = Self::choose_within(route, deadline).await?;
         match self.inner.limits.rate(deadline).await? {
             // No wait: the clock read above is still current.
             waited if waited.is_zero() => Ok(Admitted {
@@ -587,9 +601,8 @@ impl ApiClient {
             }),
             waited => {
                 // The breaker may have opened during the wait: ask again.
-                let now = Instant::now();
                 drop(permit);
-                let Choice { target, permit } = route.choose(now)?;
+                let (now, Choice { target, permit }) = Self::choose_within(route, deadline).await?;
                 Ok(Admitted {
                     permit,
                     now,
@@ -597,6 +610,60 @@ impl ApiClient {
                     target,
                 })
             }
+        }
+    }
+
+    /// Chooses where an attempt goes (`Route::choose`). While the endpoint is
+    /// paused by server pushback (every endpoint, for a routed call), waits
+    /// for the pause to end when that fits the deadline, and refuses at once
+    /// when it does not. Returns the time of the choice and the choice.
+    async fn choose_within<'b>(
+        route: &Route<'b>,
+        deadline: &Deadline,
+    ) -> Result<(Instant, Choice<'b>), Error> {
+        loop {
+            let now = Instant::now();
+            match route.choose(now) {
+                Err(err) if err.is_server_pushback() => {
+                    let left = err.retry_after().unwrap_or_default();
+                    if !deadline.fits(left) {
+                        return Err(err);
+                    }
+                    Stats::waited("pushback", left);
+                    tracing::debug!(
+                        target: "resilient_http::pushback",
+                        wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                        "waiting for the server's pushback pause to end"
+                    );
+                    tokio::time::sleep(left).await;
+                }
+                chosen => return chosen.map(|choice| (now, choice)),
+            }
+        }
+    }
+
+    /// After a failed attempt to `url`'s endpoint: a 429 or 503 with a
+    /// `Retry-After` pauses the endpoint for every call, until the time given
+    /// capped at `max_retry_after`. The call that got it is not delayed twice:
+    /// its retry sleeps the same `Retry-After`, by which time the pause is over.
+    fn pushback(&self, pause: &Pause, err: &Error, url: &Url, now: Instant) {
+        let pushed = matches!(
+            err.status(),
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+        );
+        let Some(after) = err.retry_after().filter(|_| pushed) else {
+            return;
+        };
+        let length = after.min(self.inner.retry.max_retry_after);
+        if pause.pause(now, length) {
+            let endpoint = Origin::of(url).to_string();
+            self.inner.stats.paused(&endpoint);
+            tracing::warn!(
+                target: "resilient_http::pushback",
+                endpoint = %endpoint,
+                pause_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX),
+                "endpoint paused by the server's Retry-After"
+            );
         }
     }
 
@@ -615,6 +682,7 @@ impl ApiClient {
         schedule: &mut Option<ExponentialBackoff>,
         deadline: &Deadline,
         open_for: impl FnOnce(Instant) -> Option<Duration>,
+        elsewhere: bool,
         now: Instant,
     ) -> Result<(Duration, Option<Withdrawal<'_>>), Option<CutBy>> {
         let scheduled = schedule
@@ -622,7 +690,14 @@ impl ApiClient {
             .next()
             .unwrap_or(retry.max_backoff);
         let proposed = retry.jittered(scheduled);
-        let delay = match retry.decide(err, attempts, idempotent, proposed, deadline.remaining()) {
+        // A retry that can go to another endpoint does not wait out the
+        // Retry-After of the one that answered (it paused that one).
+        let decision = if elsewhere {
+            retry.decide_elsewhere(err, attempts, idempotent, proposed, deadline.remaining())
+        } else {
+            retry.decide(err, attempts, idempotent, proposed, deadline.remaining())
+        };
+        let delay = match decision {
             Decision::Retry(delay) => delay,
             Decision::Stop(reason) => {
                 tracing::debug!(

@@ -1,5 +1,6 @@
-//! Where an attempt goes: the request's own URL under its breaker, or an
-//! endpoint chosen by the balancer; and the breaker's admission for it.
+//! Where an attempt goes: the request's own URL under its breaker and
+//! pushback pause, or an endpoint chosen by the balancer; and the admission
+//! for it (pause first, then breaker).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use crate::balance::{EndpointSet, Instance};
 use crate::breaker::{Breaker, Permit};
 use crate::discovery::Balancer;
 use crate::error::Error;
+use crate::pushback::Pause;
 
 /// What admission of one attempt yields.
 pub(super) struct Admitted<'b> {
@@ -31,8 +33,11 @@ pub(super) struct Choice<'b> {
 
 /// Where an attempt goes.
 pub(super) enum Route<'b> {
-    /// To the request's own URL, under this breaker.
-    Fixed(Option<&'b Breaker>),
+    /// To the request's own URL, under this breaker and pushback pause.
+    Fixed {
+        breaker: Option<&'b Breaker>,
+        pause: Option<&'b Pause>,
+    },
     /// To an endpoint of `set`, chosen by the balancer, avoiding the one the
     /// previous attempt went to when another is available.
     Balanced {
@@ -48,6 +53,7 @@ impl<'b> Route<'b> {
         balancer: Option<&'b Balancer>,
         avoid: Option<&'b Arc<Instance>>,
         breaker: Option<&'b Breaker>,
+        pause: Option<&'b Pause>,
     ) -> Self {
         match (set, balancer) {
             (Some(set), Some(balancer)) => Self::Balanced {
@@ -55,7 +61,7 @@ impl<'b> Route<'b> {
                 balancer,
                 avoid,
             },
-            _ => Self::Fixed(breaker),
+            _ => Self::Fixed { breaker, pause },
         }
     }
 
@@ -63,18 +69,44 @@ impl<'b> Route<'b> {
     /// breaker lets one through.
     pub(super) fn open_for(&self, now: Instant) -> Option<Duration> {
         match self {
-            Self::Fixed(breaker) => breaker.and_then(|b| b.open_for(now)),
+            Self::Fixed { breaker, .. } => breaker.and_then(|b| b.open_for(now)),
             Self::Balanced { set, .. } => set.all_open_for(now),
         }
     }
 
+    /// Whether a retry of the attempt that went to `target` can go to another
+    /// endpoint that takes attempts now (routed calls only).
+    pub(super) fn elsewhere(&self, target: Option<&Arc<Instance>>, now: Instant) -> bool {
+        match (self, target) {
+            (Self::Balanced { set, .. }, Some(target)) => set.usable_besides(target, now),
+            _ => false,
+        }
+    }
+
+    /// The pushback pause an attempt's response applies to: the chosen
+    /// endpoint's, or the fixed URL's.
+    pub(super) fn pause_of(&self, target: Option<&'b Arc<Instance>>) -> Option<&'b Pause> {
+        match (target, self) {
+            (Some(instance), _) => Some(instance.pause()),
+            (None, Self::Fixed { pause, .. }) => *pause,
+            (None, Self::Balanced { .. }) => None,
+        }
+    }
+
     /// The endpoint (routed calls) and the breaker permit for an attempt now.
+    /// An endpoint paused by server pushback refuses first (its breaker is
+    /// not asked, so no half-open probe slot is taken).
     pub(super) fn choose(&self, now: Instant) -> Result<Choice<'b>, Error> {
         match *self {
-            Self::Fixed(breaker) => ask_breaker(breaker, now).map(|permit| Choice {
-                target: None,
-                permit,
-            }),
+            Self::Fixed { breaker, pause } => {
+                if let Some(left) = pause.and_then(|p| p.remaining(now)) {
+                    return Err(Error::pushback(left));
+                }
+                ask_breaker(breaker, now).map(|permit| Choice {
+                    target: None,
+                    permit,
+                })
+            }
             Self::Balanced {
                 set,
                 balancer,

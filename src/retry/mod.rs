@@ -186,6 +186,33 @@ impl RetryPolicy {
         backoff: Duration,
         remaining: Duration,
     ) -> Decision {
+        let retry_after = err.retry_after().filter(|_| err.status().is_some());
+        self.decide_after(err, attempt, idempotent, backoff, remaining, retry_after)
+    }
+
+    /// [`decide`](Self::decide) for a retry that goes to another endpoint
+    /// than the one that answered: that server's `Retry-After` (which paused
+    /// it, see `crate::pushback`) does not delay it; the backoff does.
+    pub(crate) fn decide_elsewhere(
+        &self,
+        err: &Error,
+        attempt: u32,
+        idempotent: bool,
+        backoff: Duration,
+        remaining: Duration,
+    ) -> Decision {
+        self.decide_after(err, attempt, idempotent, backoff, remaining, None)
+    }
+
+    fn decide_after(
+        &self,
+        err: &Error,
+        attempt: u32,
+        idempotent: bool,
+        backoff: Duration,
+        remaining: Duration,
+        retry_after: Option<Duration>,
+    ) -> Decision {
         let kind_ok = match err.kind() {
             ErrorKind::Retryable => true,
             ErrorKind::Server => self.retry_server_errors,
@@ -200,14 +227,14 @@ impl RetryPolicy {
         if attempt >= self.max_attempts {
             return Decision::Stop(Stop::Attempts);
         }
-        let delay = match err.retry_after() {
-            Some(ra) if err.status().is_some() => {
+        let delay = match retry_after {
+            Some(ra) => {
                 if ra > self.max_retry_after {
                     return Decision::Stop(Stop::RetryAfterTooLong);
                 }
                 ra
             }
-            _ => backoff,
+            None => backoff,
         };
         if delay >= remaining {
             return Decision::Stop(Stop::Deadline);
