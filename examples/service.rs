@@ -113,7 +113,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let metrics = caller.get("metrics").send().await?.text()?;
     println!("\nGET /metrics:\n{metrics}");
-    if !metrics.contains("http.client.requests{") {
+    // Prometheus writes `http.client.requests` as `http_client_requests`.
+    if !metrics.contains("http_client_requests{") {
         return Err("the client's metrics should be recorded".into());
     }
     Ok(())
