@@ -211,6 +211,8 @@ pub struct ApiStream {
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    /// The default size limit of one item of `json_lines`/`json_array`.
+    pub(crate) item_limit: usize,
 }
 
 impl fmt::Debug for ApiStream {
@@ -248,7 +250,15 @@ impl ApiStream {
             body: Box::pin(response.bytes_stream()),
             deadline: Box::pin(tokio::time::sleep_until(deadline.end())),
             done: false,
+            item_limit: usize::MAX,
         }
+    }
+
+    /// Sets the default item limit of the typed item streams (the client's
+    /// `max_response_bytes`).
+    pub(crate) fn with_item_limit(mut self, limit: usize) -> Self {
+        self.item_limit = limit;
+        self
     }
 
     /// The body ended or failed: nothing more comes, and the call's
@@ -258,7 +268,7 @@ impl ApiStream {
         self.slot = None;
     }
 
-    fn fail(&self, err: Error) -> Error {
+    pub(crate) fn fail(&self, err: Error) -> Error {
         err.with_call(
             &self.method,
             Some(&self.url),
