@@ -175,8 +175,10 @@ type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// Each read is bounded by `read_timeout` and the whole body by the call's total
 /// deadline. Once the headers have arrived nothing is retried: a failure while
 /// streaming is returned to the reader. With `max_concurrency`, the call's
-/// permit is held until the stream is dropped. `max_response_bytes` does not apply;
-/// the reader decides how much to take.
+/// permit is held until the stream is dropped. `max_response_bytes` does not apply
+/// to the raw chunks (the reader decides how much to take); it is the default
+/// per-item limit of the typed readers [`json_lines`](Self::json_lines) and
+/// [`json_array`](Self::json_array).
 ///
 /// # Examples
 ///
