@@ -235,6 +235,7 @@ mod request;
 mod response;
 mod retry;
 mod stats;
+mod stream;
 mod timeout;
 mod tls;
 
@@ -256,6 +257,7 @@ pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
 pub use stats::ClientStats;
+pub use stream::{JsonArray, JsonLines};
 pub use timeout::TimeoutPhase;
 pub use tls::TlsVersion;
 

@@ -529,6 +529,8 @@ impl RequestBuilder {
     /// As [`send`](Self::send), for everything up to the headers.
     pub fn send_stream(self) -> impl Future<Output = Result<ApiStream, Error>> + Send + 'static {
         let (client, call) = self.into_call();
-        client.execute::<Streamed>(call)
+        let item_limit = client.inner.max_response_bytes;
+        let call = client.execute::<Streamed>(call);
+        async move { call.await.map(|stream| stream.with_item_limit(item_limit)) }
     }
 }

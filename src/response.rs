@@ -170,8 +170,10 @@ type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// Each read is bounded by `read_timeout` and the whole body by the call's total
 /// deadline. Once the headers have arrived nothing is retried: a failure while
 /// streaming is returned to the reader. With `max_concurrency`, the call's
-/// permit is held until the stream is dropped. `max_response_bytes` does not apply;
-/// the reader decides how much to take.
+/// permit is held until the stream is dropped. `max_response_bytes` does not apply
+/// to the raw chunks (the reader decides how much to take); it is the default
+/// per-item limit of the typed readers [`json_lines`](Self::json_lines) and
+/// [`json_array`](Self::json_array).
 ///
 /// # Examples
 ///
@@ -206,6 +208,8 @@ pub struct ApiStream {
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    /// The default size limit of one item of `json_lines`/`json_array`.
+    pub(crate) item_limit: usize,
 }
 
 impl fmt::Debug for ApiStream {
@@ -243,7 +247,15 @@ impl ApiStream {
             body: Box::pin(response.bytes_stream()),
             deadline: Box::pin(tokio::time::sleep_until(deadline.end())),
             done: false,
+            item_limit: usize::MAX,
         }
+    }
+
+    /// Sets the default item limit of the typed item streams (the client's
+    /// `max_response_bytes`).
+    pub(crate) fn with_item_limit(mut self, limit: usize) -> Self {
+        self.item_limit = limit;
+        self
     }
 
     /// The body ended or failed: nothing more comes, and the call's
@@ -253,7 +265,7 @@ impl ApiStream {
         self.slot = None;
     }
 
-    fn fail(&self, err: Error) -> Error {
+    pub(crate) fn fail(&self, err: Error) -> Error {
         err.with_call(
             &self.method,
             Some(&self.url),

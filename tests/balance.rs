@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Sequence, capture_traces, received};
+use common::{Sequence, capture_traces, fast_retry, received};
 use resilient_http::{
     ApiClient, ApiClientBuilder, CircuitBreakerConfig, CircuitState, Endpoint, ErrorKind,
     LoadBalance, ResolveError, Resolver, RetryBudget, RetryPolicy, StaticResolver, Url,
@@ -986,15 +986,6 @@ fn builder() -> ApiClientBuilder {
         )
 }
 
-/// `attempts` in all, 1 ms apart, with no budget to run out of.
-fn fast_retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy::exponential()
-        .max_attempts(attempts)
-        .initial_backoff(Duration::from_millis(1))
-        .max_backoff(Duration::from_millis(1))
-        .jitter(false)
-        .budget(RetryBudget::unlimited())
-}
 
 /// Opens after `failures` in a row, for `open`.
 fn breaker(failures: u32, open: Duration) -> CircuitBreakerConfig {

@@ -1,7 +1,7 @@
 //! Cancellation: dropping a call's future at any await point (waiting for a
 //! concurrency permit, a rate-limit permit, mid-attempt, mid-backoff, as a
 //! half-open probe) takes nothing away for good, and the client then serves
-//! normally (STYLE.md: admission returns guards released in `Drop`).
+//! normally (admission returns guards released in `Drop`).
 
 // Test support: a failed setup step should panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! Every outcome lands in the kind DESIGN.md gives it: statuses, transport
+//! Every outcome lands in the kind the table on `ErrorKind` gives it: statuses, transport
 //! failures, and invalid configuration; and `attempts()` counts what was tried.
 
 mod common;
@@ -10,7 +10,7 @@ use resilient_http::{
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::{Sequence, client_for, fast_builder, received};
+use common::{Sequence, client_for, closed_port, fast_builder, received};
 
 /// A one-attempt client without a breaker, so a table of failures can share it.
 fn plain_client(server: &MockServer) -> resilient_http::Result<ApiClient> {
@@ -55,10 +55,6 @@ async fn assert_statuses_are(codes: &[u16], kind: ErrorKind) {
 }
 
 /// A port on 127.0.0.1 nothing listens on: bound, read, released.
-fn closed_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
 
 // -------------------------------------------------------------------- statuses
 

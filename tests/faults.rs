@@ -1,4 +1,4 @@
-//! Misbehaving peers (DESIGN.md, "Misbehaving peers"): every way a raw-TCP
+//! Misbehaving peers: every way a raw-TCP
 //! server can fail ends the call with the documented kind, within the total
 //! deadline, retried only when the failure is transient and the method may be
 //! repeated, and the client serves normally afterwards.

@@ -9,8 +9,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use resilient_http::{ApiClient, ApiClientBuilder, RetryPolicy};
+use resilient_http::{ApiClient, ApiClientBuilder, RetryBudget, RetryPolicy};
 use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+
+/// A loopback port nothing listens on (bound, then released): connecting to
+/// it is refused.
+pub fn closed_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `attempts` in all, 1 ms apart, with no budget to run out of.
+pub fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::exponential()
+        .max_attempts(attempts)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(1))
+        .jitter(false)
+        .budget(RetryBudget::unlimited())
+}
 
 /// A builder for `uri` with settings fast enough for tests: short timeouts,
 /// 1 ms backoff without jitter, default breaker and budget.

@@ -1,0 +1,458 @@
+//! Typed item streams over `send_stream()`: newline-delimited JSON and the
+//! items of a top-level JSON array, fed at hostile chunk boundaries, cut,
+//! stalled, oversized and malformed; and the heap they hold while a large
+//! array streams through.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::alloc::System;
+use std::time::Duration;
+
+use resilient_http::{ApiClient, Error, ErrorKind, ErrorReason};
+use serde::Deserialize;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use tokio::io::AsyncWriteExt as _;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Row {
+    id: u64,
+    name: String,
+}
+
+const CHUNKED_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// Writes `data` as one HTTP/1.1 chunk and flushes it.
+async fn write_chunk(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stream.write_all(data).await?;
+    stream.write_all(b"\r\n").await?;
+    stream.flush().await
+}
+
+/// How a [`chunked_server`] ends its body after the pieces.
+#[derive(Clone, Copy)]
+enum End {
+    /// The terminal chunk: a complete body.
+    Complete,
+    /// Closes the connection without the terminal chunk.
+    Cut,
+    /// Holds the connection open and sends nothing more.
+    Stall,
+}
+
+/// A server that answers every request with `pieces`, one HTTP chunk each.
+async fn chunked_server(pieces: Vec<Vec<u8>>, end: End) -> String {
+    let pieces = std::sync::Arc::new(pieces);
+    common::raw_server(move |mut stream| {
+        let pieces = std::sync::Arc::clone(&pieces);
+        async move {
+            if stream.write_all(CHUNKED_HEAD).await.is_err() {
+                return;
+            }
+            for piece in pieces.iter() {
+                if write_chunk(&mut stream, piece).await.is_err() {
+                    return;
+                }
+            }
+            match end {
+                End::Complete => {
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                    common::until_peer_closes(stream).await;
+                }
+                End::Cut => drop(stream),
+                End::Stall => common::until_peer_closes(stream).await,
+            }
+        }
+    })
+    .await
+}
+
+fn bytes_each(body: &[u8]) -> Vec<Vec<u8>> {
+    body.iter().map(|b| vec![*b]).collect()
+}
+
+fn client(uri: &str) -> ApiClient {
+    common::fast_builder(uri).build().unwrap()
+}
+
+async fn collect_array<T: serde::de::DeserializeOwned>(uri: &str) -> (Vec<T>, Option<Error>) {
+    let mut items = client(uri)
+        .get("export")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_array::<T>();
+    drain(&mut items).await
+}
+
+async fn drain<S, T>(items: &mut S) -> (Vec<T>, Option<Error>)
+where
+    S: futures_core::Stream<Item = Result<T, Error>> + Unpin,
+{
+    let mut got = Vec::new();
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *items).poll_next(cx)).await {
+            None => return (got, None),
+            Some(Ok(item)) => got.push(item),
+            Some(Err(e)) => {
+                // After an error the stream ends.
+                let after =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *items).poll_next(cx)).await;
+                assert!(after.is_none(), "the stream ends after an error");
+                return (got, Some(e));
+            }
+        }
+    }
+}
+
+/// A body that tries every trap of the scanner: nesting, strings with
+/// brackets, commas, quotes and backslashes, scalars, an empty array.
+const HOSTILE: &str = r#" [ {"a":[1,[2,{"b":"]"}]],"s":"x,\"]}{[\\"} ,
+  "str,]\\\"" ,-12.5e3,true ,null, [] ,{},[[]],"\u005d" ,{"k":"\\"}
+] "#;
+
+fn hostile_values() -> Vec<serde_json::Value> {
+    serde_json::from_str(HOSTILE).unwrap()
+}
+
+#[tokio::test]
+async fn ndjson_lines_are_items_blank_lines_skipped_crlf_accepted() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "{\"id\":1,\"name\":\"a\"}\n\n  \r\n{\"id\":2,\"name\":\"b\\n\"}\r\n{\"id\":3,\"name\":\"c\"}",
+        ))
+        .mount(&server)
+        .await;
+    let mut rows = common::client_for(&server)
+        .get("export.ndjson")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_lines::<Row>();
+    let mut ids = Vec::new();
+    while let Some(row) = rows.next_item().await {
+        ids.push(row.unwrap().id);
+    }
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(rows.items_read(), 3);
+}
+
+#[tokio::test]
+async fn ndjson_split_at_every_byte() {
+    let body =
+        b"{\"id\":1,\"name\":\"a\\n\"}\r\n\n{\"id\":2,\"name\":\"\"}\n{\"id\":3,\"name\":\"z\"}\n";
+    let uri = chunked_server(bytes_each(body), End::Complete).await;
+    let mut rows = client(&uri)
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_lines::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(got[0].name, "a\n");
+}
+
+#[tokio::test]
+async fn array_items_with_one_byte_per_chunk() {
+    let uri = chunked_server(bytes_each(HOSTILE.as_bytes()), End::Complete).await;
+    let (got, err) = collect_array::<serde_json::Value>(&uri).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, hostile_values());
+}
+
+#[tokio::test]
+async fn array_items_split_in_two_at_every_position() {
+    let body = HOSTILE.as_bytes();
+    for cut in 0..=body.len() {
+        let pieces = vec![body[..cut].to_vec(), body[cut..].to_vec()]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        let uri = chunked_server(pieces, End::Complete).await;
+        let (got, err) = collect_array::<serde_json::Value>(&uri).await;
+        assert!(err.is_none(), "cut at {cut}: {err:?}");
+        assert_eq!(got, hostile_values(), "cut at {cut}");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_array_has_no_items() {
+    for body in ["[]", " [ \n ] \n", "[\n]"] {
+        let uri = chunked_server(bytes_each(body.as_bytes()), End::Complete).await;
+        let (got, err) = collect_array::<serde_json::Value>(&uri).await;
+        assert!(err.is_none(), "{body:?}: {err:?}");
+        assert!(got.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_cut_between_items_delivers_the_items_before_then_a_classified_error() {
+    let uri = chunked_server(
+        vec![br#"[{"id":1,"name":"a"},{"id":2,"name":"b"}"#.to_vec()],
+        End::Cut,
+    )
+    .await;
+    let (got, err) = collect_array::<Row>(&uri).await;
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    let err = err.expect("the cut is an error");
+    assert_eq!(err.kind(), ErrorKind::Retryable, "{err}");
+    assert_eq!(err.reason(), ErrorReason::Truncated, "{err}");
+}
+
+#[tokio::test]
+async fn a_cut_mid_item_delivers_the_items_before_then_a_classified_error() {
+    let uri = chunked_server(
+        vec![
+            br#"{"id":1,"name":"a"}"#.to_vec(),
+            b"\n{\"id\":2,\"na".to_vec(),
+        ],
+        End::Cut,
+    )
+    .await;
+    let mut rows = client(&uri)
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_lines::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert_eq!(got.len(), 1);
+    let err = err.expect("the cut is an error");
+    assert_eq!(err.reason(), ErrorReason::Truncated, "{err}");
+}
+
+#[tokio::test]
+async fn a_complete_body_that_ends_mid_item_is_a_decode_error_naming_index_and_offset() {
+    // The transport saw a complete body; the array did not close.
+    let uri = chunked_server(
+        vec![br#"[{"id":1,"name":"a"}, {"id":2,"#.to_vec()],
+        End::Complete,
+    )
+    .await;
+    let (got, err) = collect_array::<Row>(&uri).await;
+    assert_eq!(got.len(), 1);
+    let err = err.expect("an unfinished array is an error");
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    let text = err.to_string();
+    assert!(text.contains("item 1 at byte 22"), "{text}");
+}
+
+#[tokio::test]
+async fn an_item_over_the_limit_is_a_decode_error() {
+    let big = format!(r#"{{"id":2,"name":"{}"}}"#, "x".repeat(300));
+    let body = format!(r#"[{{"id":1,"name":"a"}},{big}]"#);
+    // Whole, and one byte at a time (the limit is met before the item ends).
+    for pieces in [vec![body.clone().into_bytes()], bytes_each(body.as_bytes())] {
+        let uri = chunked_server(pieces, End::Complete).await;
+        let mut rows = client(&uri)
+            .get("x")
+            .send_stream()
+            .await
+            .unwrap()
+            .json_array::<Row>()
+            .max_item_bytes(100);
+        let (got, err) = drain(&mut rows).await;
+        assert_eq!(got.len(), 1);
+        let err = err.expect("over the limit");
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let text = err.to_string();
+        assert!(text.contains("item 1 at byte 21"), "{text}");
+        assert!(text.contains("100-byte limit"), "{text}");
+        assert!(!text.contains("xxx"), "no body text: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_default_item_limit_is_max_response_bytes() {
+    let body = format!("{{\"id\":1,\"name\":\"{}\"}}\n", "y".repeat(500));
+    let uri = chunked_server(vec![body.into_bytes()], End::Complete).await;
+    let client = common::fast_builder(&uri)
+        .max_response_bytes(200)
+        .build()
+        .unwrap();
+    let mut rows = client
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_lines::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert!(got.is_empty());
+    let err = err.expect("over the limit");
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(err.to_string().contains("item 0 at byte 0"), "{err}");
+}
+
+#[tokio::test]
+async fn a_syntax_error_names_the_item_index_and_offset_not_the_body() {
+    let body = br#"[{"id":1,"name":"a"},{"id":2,"name":"b"},{"id":3,"name":secret}]"#;
+    let uri = chunked_server(vec![body.to_vec()], End::Complete).await;
+    let (got, err) = collect_array::<Row>(&uri).await;
+    assert_eq!(got.len(), 2);
+    let err = err.expect("a syntax error");
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    let text = err.to_string();
+    assert!(text.contains("item 2 at byte 41"), "{text}");
+    assert!(!text.contains("secret"), "no body text: {text}");
+
+    // A type error, too (serde's own message would quote the value).
+    let body = b"{\"id\":1,\"name\":\"a\"}\n{\"id\":\"secret\",\"name\":\"b\"}\n";
+    let uri = chunked_server(vec![body.to_vec()], End::Complete).await;
+    let mut rows = client(&uri)
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_lines::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert_eq!(got.len(), 1);
+    let text = err.expect("a type error").to_string();
+    assert!(text.contains("item 1 at byte 20"), "{text}");
+    assert!(!text.contains("secret"), "no body text: {text}");
+}
+
+#[tokio::test]
+async fn framing_errors_are_decode_errors() {
+    for (body, needle) in [
+        (&br#"{"id":1}"#[..], "item 0 at byte 0"),
+        (&br"[1,,2]"[..], "item 1 at byte 3"),
+        (&br"[1 2]"[..], "item 1 at byte 3"),
+        (&br"[1] x"[..], "item 1 at byte 4"),
+        (&br"[1"[..], "item 0 at byte 1"),
+    ] {
+        let uri = chunked_server(vec![body.to_vec()], End::Complete).await;
+        let (_, err) = collect_array::<u32>(&uri).await;
+        let err = err.expect("a framing error");
+        assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+        assert!(err.to_string().contains(needle), "{body:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_stream_hits_read_timeout() {
+    let uri = chunked_server(vec![br#"[{"id":1,"name":"a"},"#.to_vec()], End::Stall).await;
+    let client = common::fast_builder(&uri)
+        .read_timeout(Duration::from_millis(200))
+        .total_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut rows = client
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_array::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert_eq!(got.len(), 1);
+    let err = err.expect("the stall is an error");
+    assert!(err.is_timeout(), "{err:?}");
+}
+
+// ------------------------------------------------------------ memory
+
+/// Live heap bytes of the whole process (allocated minus freed).
+fn live_heap() -> usize {
+    let stats = GLOBAL.stats();
+    stats
+        .bytes_allocated
+        .saturating_sub(stats.bytes_deallocated)
+}
+
+/// One record of about 1 KiB.
+fn record(id: u64) -> String {
+    let name = format!("record-{id}");
+    let pad = 1000 - name.len();
+    format!(
+        r#"{{"id":{id},"name":"{name}","payload":"{}"}}"#,
+        "p".repeat(pad)
+    )
+}
+
+/// A server streaming a top-level array of `total` bytes of ~1 KiB records,
+/// generated chunk by chunk (never whole).
+async fn large_array_server(total: usize) -> String {
+    common::raw_server(move |mut stream| async move {
+        if stream.write_all(CHUNKED_HEAD).await.is_err() {
+            return;
+        }
+        let mut chunk = String::from("[");
+        let mut sent = 0;
+        let mut id = 0;
+        while sent < total {
+            if id > 0 {
+                chunk.push(',');
+            }
+            chunk.push_str(&record(id));
+            id += 1;
+            if chunk.len() >= 64 * 1024 {
+                sent += chunk.len();
+                if write_chunk(&mut stream, chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                chunk.clear();
+            }
+        }
+        chunk.push(']');
+        let _ = write_chunk(&mut stream, chunk.as_bytes()).await;
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        common::until_peer_closes(stream).await;
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct Record {
+    id: u64,
+    #[allow(dead_code)]
+    name: String,
+    payload: String,
+}
+
+#[tokio::test]
+async fn a_large_array_streams_in_memory_bounded_by_the_item() {
+    // 32 MiB in a debug test; the 200 MB figure is measured by
+    // `cargo run --release --example stream_memory`.
+    const TOTAL: usize = 32 << 20;
+    const BUDGET: usize = 16 << 20;
+    let uri = large_array_server(TOTAL).await;
+    let client = common::fast_builder(&uri)
+        .total_timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let baseline = live_heap();
+    let mut peak = baseline;
+    let mut records = client
+        .get("export")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_array::<Record>();
+    let mut count = 0u64;
+    let mut bytes = 0usize;
+    while let Some(record) = records.next_item().await {
+        let record = record.unwrap();
+        assert_eq!(record.id, count);
+        bytes += record.payload.len();
+        count += 1;
+        peak = peak.max(live_heap());
+    }
+    assert!(bytes >= TOTAL * 9 / 10, "read {bytes} payload bytes");
+    let above = peak.saturating_sub(baseline);
+    assert!(
+        above < BUDGET,
+        "peak heap {} KiB above the baseline over {count} items",
+        above / 1024
+    );
+}
