@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Sequence, capture_traces, fast_retry, received};
 use resilient_http::{
     ApiClient, ApiClientBuilder, CircuitBreakerConfig, CircuitState, Endpoint, ErrorKind,
-    LoadBalance, ResolveError, Resolver, RetryBudget, RetryPolicy, StaticResolver, Url,
+    LoadBalance, ResolveError, Resolver, RetryPolicy, StaticResolver, Url,
 };
 use tokio::time::Instant;
 use wiremock::matchers::{any, path, query_param};
@@ -985,7 +985,6 @@ fn builder() -> ApiClientBuilder {
                 .jitter(false),
         )
 }
-
 
 /// Opens after `failures` in a row, for `open`.
 fn breaker(failures: u32, open: Duration) -> CircuitBreakerConfig {
