@@ -24,6 +24,7 @@ impl fmt::Debug for HookRequest<'_> {
             .field("method", self.request.method())
             .field("url", &crate::redact::url(self.request.url()))
             .field("attempt", &self.attempt)
+            .field("body_len", &self.body().map(<[u8]>::len))
             .finish_non_exhaustive()
     }
 }
@@ -63,9 +64,17 @@ impl<'a> HookRequest<'a> {
         self.request.headers_mut()
     }
 
-    /// Sets a header, replacing any value it had.
+    /// Sets a header, replacing any value it had. Mark a secret value
+    /// sensitive (`HeaderValue::set_sensitive`) to keep it out of `Debug`.
     pub fn set_header(&mut self, name: HeaderName, value: HeaderValue) {
         self.request.headers_mut().insert(name, value);
+    }
+
+    /// The body bytes that will be sent (`None` for a request without a
+    /// body); the same bytes on every attempt.
+    #[must_use]
+    pub fn body(&self) -> Option<&[u8]> {
+        self.request.body().and_then(reqwest::Body::as_bytes)
     }
 }
 
@@ -122,72 +131,11 @@ where
     }
 }
 
-/// What a [`RequestSigner`] sees of an attempt: everything that will be sent
-/// (method, URL, headers, body), with headers it may change.
-pub struct SignRequest<'a> {
-    request: &'a mut reqwest::Request,
-    attempt: u32,
-}
-
-impl fmt::Debug for SignRequest<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignRequest")
-            .field("method", self.request.method())
-            .field("url", &crate::redact::url(self.request.url()))
-            .field("attempt", &self.attempt)
-            .field("body_len", &self.body().map(<[u8]>::len))
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> SignRequest<'a> {
-    pub(crate) fn new(request: &'a mut reqwest::Request, attempt: u32) -> Self {
-        Self { request, attempt }
-    }
-
-    /// The request method.
-    #[must_use]
-    pub fn method(&self) -> &Method {
-        self.request.method()
-    }
-
-    /// The URL this attempt goes to (after the endpoint was chosen).
-    #[must_use]
-    pub fn url(&self) -> &Url {
-        self.request.url()
-    }
-
-    /// The attempt number, from 1.
-    #[must_use]
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The request headers, as they will be sent: defaults, the token and
-    /// what the synchronous hooks added.
-    #[must_use]
-    pub fn headers(&self) -> &HeaderMap {
-        self.request.headers()
-    }
-
-    /// The request headers, to change (a signature header, a date).
-    pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.request.headers_mut()
-    }
-
-    /// Sets a header, replacing any value it had. Mark a secret value
-    /// sensitive (`HeaderValue::set_sensitive`) to keep it out of `Debug`.
-    pub fn set_header(&mut self, name: HeaderName, value: HeaderValue) {
-        self.request.headers_mut().insert(name, value);
-    }
-
-    /// The body bytes that will be sent (`None` for a request without a
-    /// body); the same bytes on every attempt.
-    #[must_use]
-    pub fn body(&self) -> Option<&[u8]> {
-        self.request.body().and_then(reqwest::Body::as_bytes)
-    }
-}
+/// What a [`RequestSigner`] sees of an attempt: the same view as a request
+/// hook's, [`HookRequest`] (method, URL, attempt, headers it may change, and
+/// the body through [`HookRequest::body`]), run after the token and the
+/// synchronous hooks, so its headers are those that will be sent.
+pub type SignRequest<'a> = HookRequest<'a>;
 
 /// The future a [`RequestSigner`] returns.
 pub type SignFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
