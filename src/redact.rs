@@ -52,6 +52,18 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         || lower.contains("auth")
 }
 
+/// Marks a response's `Set-Cookie` values sensitive, so `HeaderValue`'s own
+/// `Debug` (of `ApiResponse::headers()`, say) never prints a session cookie.
+/// One lookup per response: the only credential a server sends in headers.
+pub(crate) fn mark_response_secrets(headers: &mut reqwest::header::HeaderMap) {
+    use reqwest::header::{Entry, SET_COOKIE};
+    if let Entry::Occupied(mut cookies) = headers.entry(SET_COOKIE) {
+        for value in cookies.iter_mut() {
+            value.set_sensitive(true);
+        }
+    }
+}
+
 /// Marks `value` sensitive when `name` looks like a credential header.
 pub(crate) fn mark_sensitive(name: &HeaderName, value: &mut HeaderValue) {
     if is_sensitive_name(name.as_str()) {
@@ -133,6 +145,21 @@ mod tests {
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("page=2"), "{text}");
         assert_eq!(clean.username(), "bob");
+    }
+
+    #[test]
+    fn set_cookie_values_in_a_response_are_never_printed() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("session=s3cr3t"));
+        headers.append("set-cookie", HeaderValue::from_static("other=t0k"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        mark_response_secrets(&mut headers);
+        let shown = format!("{headers:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0k"),
+            "{shown}"
+        );
+        assert!(shown.contains("text/plain"), "{shown}");
     }
 
     #[test]

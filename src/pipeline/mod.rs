@@ -757,6 +757,7 @@ impl ApiClient {
             .execute(request)
             .await
             .map_err(Error::transport)?;
+        redact::mark_response_secrets(resp.headers_mut());
         let status = resp.status();
         if status.is_success() || allow.contains(&status) {
             if stream {
