@@ -329,7 +329,7 @@ pub(crate) fn resolve(base: &Url, path: &str, allow_escape: bool) -> Result<Url,
     let part = &path[..end];
     check_relative(part)?;
     let url = base.join(path).map_err(Refusal::Invalid)?;
-    let inside = url.origin() == base.origin()
+    let inside = crate::origin::same_origin(&url, base)
         && (part.starts_with('/') || url.path().starts_with(base.path()));
     if inside {
         Ok(url)
