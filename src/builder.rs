@@ -107,6 +107,8 @@ pub struct ApiClientBuilder {
     pool_idle_timeout: Duration,
     tcp_keepalive: Option<Duration>,
     http2_prior_knowledge: bool,
+    /// Host names pinned to addresses, instead of asking DNS.
+    resolve: Vec<(String, Vec<std::net::SocketAddr>)>,
     tls: TlsSettings,
     proxy: ProxySettings,
     allow_path_escape: bool,
@@ -177,6 +179,7 @@ impl ApiClientBuilder {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             tcp_keepalive: None,
             http2_prior_knowledge: false,
+            resolve: Vec::new(),
             tls: TlsSettings::default(),
             proxy: ProxySettings::default(),
             allow_path_escape: false,
@@ -495,6 +498,40 @@ impl ApiClientBuilder {
         self
     }
 
+    /// Resolves `host` to `addresses` instead of asking DNS, like curl's
+    /// `--resolve`: for tests, and for pinning a name to known instances. The
+    /// port of each address is used only when the URL names none (port 0
+    /// keeps the URL's port). An empty list makes the name unresolvable: calls
+    /// to it fail as a DNS failure would (`is_connect()`, `Retryable`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(format!("http://orders.test:{}/", server.address().port()))
+    ///     .resolve("orders.test", [*server.address()])
+    ///     .build()?;
+    /// assert_eq!(client.get("health").send().await?.status(), 200);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn resolve(
+        mut self,
+        host: impl Into<String>,
+        addresses: impl IntoIterator<Item = std::net::SocketAddr>,
+    ) -> Self {
+        self.resolve
+            .push((host.into(), addresses.into_iter().collect()));
+        self
+    }
+
     /// Accept any TLS certificate, valid or not.
     ///
     /// This turns off the protection TLS gives: anyone on the path can read
@@ -802,6 +839,9 @@ impl ApiClientBuilder {
         }
         if self.http2_prior_knowledge {
             b = b.http2_prior_knowledge();
+        }
+        for (host, addresses) in &self.resolve {
+            b = b.resolve_to_addrs(host, addresses);
         }
         if let Some((name, address)) = server_address {
             b = b.resolve(&name, address);

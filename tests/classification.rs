@@ -4,8 +4,8 @@
 mod common;
 
 use resilient_http::{
-    ApiClient, ApiClientBuilder, CircuitBreakerConfig, Error, ErrorKind, RateLimit, RetryBudget,
-    RetryPolicy, StatusCode,
+    ApiClient, ApiClientBuilder, CircuitBreakerConfig, Error, ErrorKind, ErrorReason, RateLimit,
+    RetryBudget, RetryPolicy, StatusCode,
 };
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -415,4 +415,24 @@ async fn server_error_is_not_retried_by_default() {
     assert_eq!(err.kind(), ErrorKind::Server);
     assert_eq!(err.attempts(), 1);
     assert_eq!(replies.served(), 1);
+}
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_a_retryable_connect_failure() {
+    // The name is pinned to no address: resolution fails on this machine,
+    // and nothing is asked of any DNS server.
+    let client = ApiClient::builder()
+        .base_url("http://nowhere.test:8080/")
+        .resolve("nowhere.test", [])
+        .retry(common::fast_retry(2))
+        .no_circuit_breaker()
+        .build()
+        .unwrap();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Retryable);
+    assert_eq!(err.reason(), ErrorReason::Connect);
+    assert!(err.is_connect() && err.is_unprocessed());
+    assert_eq!(err.attempts(), 2, "a DNS failure is retried");
 }
