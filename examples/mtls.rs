@@ -22,7 +22,10 @@ use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
+// One thread: a TLS 1.3 refusal of the client's certificate is then always
+// read with the request it refuses (see `ErrorReason::Certificate` for the
+// race a multi-thread runtime can lose).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
     // 1. The internal PKI: a CA, a server certificate, a client certificate.
     //    In production these are files: the CA from your PKI, the client's
@@ -149,8 +152,9 @@ async fn serve(ca_pem: &str, cert: &str, key: &str) -> Result<u16, BoxError> {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
+                let mut tls = match acceptor.accept(tcp).into_fallible().await {
+                    Ok(tls) => tls,
+                    Err((_, tcp)) => return linger(tcp).await,
                 };
                 // The client's name, as a real service would log it.
                 let who = tls
@@ -185,4 +189,15 @@ async fn serve(ca_pem: &str, cert: &str, key: &str) -> Result<u16, BoxError> {
         }
     });
     Ok(port)
+}
+
+/// After a refused handshake, close the way production servers do: stop
+/// writing (the alert is already out), then read what the client sent until
+/// it hangs up. Closing with its request unread would make the kernel answer
+/// with a reset, which can discard the alert before the client reads it.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }

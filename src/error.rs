@@ -169,6 +169,15 @@ pub enum ErrorReason {
     /// server. The message names which. Kind `Config`: another attempt meets
     /// the same certificate, so it is not retried and does not count against
     /// the circuit breaker; [`Error::is_connect`] is true.
+    ///
+    /// One case cannot always be told: in TLS 1.3 the server checks the
+    /// client's certificate after the client's side of the handshake is done,
+    /// so its refusal can reach a fresh connection before the request is
+    /// written (on a multi-thread runtime the connection's task may read it
+    /// first). The transport then reports only that the connection closed
+    /// before the request was sent: `Closed`, retried as unsent. The server's
+    /// log names the refused certificate; TLS 1.2 refuses inside the
+    /// handshake and is always told.
     Certificate,
 }
 

@@ -143,8 +143,9 @@ impl TlsServer {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
+                    let mut tls = match acceptor.accept(tcp).into_fallible().await {
+                        Ok(tls) => tls,
+                        Err((_, tcp)) => return linger(tcp).await,
                     };
                     let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
                     let mut head = Vec::new();
@@ -179,6 +180,18 @@ impl TlsServer {
 
 /// A client builder for `url` that would retry (3 attempts), so that one
 /// attempt proves a failure was not retried.
+/// After a refused handshake, close as production servers do: stop writing
+/// (the alert is out), then read until the client hangs up. Closing with its
+/// request unread makes the kernel send a reset, which can discard the alert
+/// before the client reads it, and the refusal would look like a dropped
+/// connection.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+}
+
 fn builder(url: &str) -> resilient_http::ApiClientBuilder {
     fast_builder(url).no_proxy()
 }
