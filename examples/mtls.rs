@@ -138,8 +138,11 @@ fn issue(
 async fn serve(ca_pem: &str, cert: &str, key: &str) -> Result<u16, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
-    let config = rustls::ServerConfig::builder()
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             vec![CertificateDer::from_pem_slice(cert.as_bytes())?],
@@ -200,4 +203,10 @@ async fn linger(mut tcp: tokio::net::TcpStream) {
     let mut sink = [0u8; 4096];
     let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+}
+
+/// The test server's crypto provider, named explicitly (the client builds
+/// its own TLS configuration and never relies on a process-wide default).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -584,8 +584,9 @@ impl ApiClientBuilder {
 
     /// The client certificate presented to servers that ask for one (mutual
     /// TLS): `cert_chain_pem` holds the client's certificate first, then any
-    /// intermediates; `key_pem` its private key (PKCS#8, PKCS#1 or SEC1 PEM).
-    /// The key is never shown by `Debug`.
+    /// intermediates; `key_pem` its private key (PKCS#8, PKCS#1 or SEC1 PEM;
+    /// PKCS#8 only with the `native-tls` stack, see
+    /// [TLS stacks](crate#tls-stacks)). The key is never shown by `Debug`.
     ///
     /// A server that refuses the certificate (or its absence) fails the call
     /// with a [`Certificate`](crate::ErrorReason::Certificate) error of kind
@@ -846,7 +847,7 @@ impl ApiClientBuilder {
         if let Some((name, address)) = server_address {
             b = b.resolve(&name, address);
         }
-        b = self.tls.apply(b)?;
+        b = self.tls.apply(b, self.http2_prior_knowledge)?;
         b = self.proxy.apply(b)?;
         b.build()
             .map_err(|e| Error::config_from("could not build the HTTP transport", e))

@@ -264,6 +264,7 @@ pub(crate) enum What {
 /// Which certificate failed a TLS handshake, and why: the reason a
 /// [`What::Certificate`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "_tls"), allow(dead_code))]
 pub(crate) enum Certificate {
     /// The server's certificate chains to no trusted root.
     UnknownIssuer,
@@ -400,9 +401,10 @@ pub(crate) enum Outcome<'a> {
 /// by the table on [`ErrorKind`]. Every kind decision in the crate starts here.
 ///
 /// How transport failures map: a certificate refused by either side (a
-/// `rustls::Error` in the cause chain: the server's certificate invalid, or
-/// the server's alert that it refused ours, also after the request was
-/// written) is `Certificate`, kind `Config`; DNS failure, connection refused
+/// `rustls::Error` in the cause chain, or OpenSSL's wording of one with
+/// `native-tls`: the server's certificate invalid, or the server's alert that
+/// it refused ours, also after the request was written) is `Certificate`,
+/// kind `Config`; DNS failure, connection refused
 /// and any other TLS handshake failure are `Connect`; reqwest's connect
 /// timeout is `Timeout(Connect)` and its read timeout `Timeout(Read)`; a
 /// connection closed or reset before a response is `Closed`, after the
@@ -490,8 +492,13 @@ fn transport_what(err: &reqwest::Error) -> What {
 fn certificate_failure(err: &(dyn std::error::Error + 'static)) -> Option<Certificate> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cause {
+        #[cfg(feature = "_rustls")]
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return tls_certificate(tls);
+        }
+        #[cfg(feature = "native-tls")]
+        if let Some(cert) = openssl_certificate(&e.to_string()) {
+            return Some(cert);
         }
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
@@ -505,8 +512,50 @@ fn certificate_failure(err: &(dyn std::error::Error + 'static)) -> Option<Certif
     None
 }
 
+/// Which certificate failure an OpenSSL message (feature `native-tls` on
+/// Linux) reports, read from its wording as OpenSSL 1.1 and 3 print it;
+/// `None` for any other message. Other platforms' libraries word theirs
+/// differently: their certificate failures stay `Connect`.
+#[cfg(feature = "native-tls")]
+fn openssl_certificate(message: &str) -> Option<Certificate> {
+    let message = message.to_ascii_lowercase();
+    if message.contains("certificate verify failed") {
+        let why = |words: &[&str]| words.iter().any(|w| message.contains(w));
+        return Some(
+            if why(&["unable to get local issuer", "self-signed", "self signed"]) {
+                Certificate::UnknownIssuer
+            } else if why(&["hostname mismatch", "ip address mismatch"]) {
+                Certificate::NameMismatch
+            } else if why(&["certificate has expired"]) {
+                Certificate::Expired
+            } else if why(&["certificate is not yet valid"]) {
+                Certificate::NotYetValid
+            } else if why(&["certificate revoked"]) {
+                Certificate::Revoked
+            } else {
+                Certificate::Invalid
+            },
+        );
+    }
+    let refused = [
+        "alert certificate required",
+        "alert bad certificate",
+        "alert unknown ca",
+        "alert certificate expired",
+        "alert certificate revoked",
+        "alert certificate unknown",
+        "alert unsupported certificate",
+        "alert access denied",
+    ];
+    refused
+        .iter()
+        .any(|alert| message.contains(alert))
+        .then_some(Certificate::ClientRefused)
+}
+
 /// Which certificate failure a rustls error reports; `None` for a handshake
 /// that failed for another reason (those stay `Connect`, retryable).
+#[cfg(feature = "_rustls")]
 fn tls_certificate(err: &rustls::Error) -> Option<Certificate> {
     use rustls::{AlertDescription as Alert, CertificateError as Cert};
     match err {
@@ -1314,6 +1363,7 @@ mod tests {
         assert!(!debug.contains("pw") && !debug.contains("t0k"), "{debug}");
     }
 
+    #[cfg(feature = "_rustls")]
     #[test]
     fn certificate_failures_are_config_connect_and_name_their_reason() {
         use rustls::{AlertDescription as Alert, CertificateError as Cert};
@@ -1366,6 +1416,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "_rustls")]
     #[test]
     fn other_handshake_failures_are_not_certificate_failures() {
         for tls in [
@@ -1378,6 +1429,61 @@ mod tests {
         }
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(certificate_failure(&reset), None);
+    }
+
+    #[cfg(feature = "native-tls")]
+    #[test]
+    fn openssl_messages_name_the_certificate_failure() {
+        let table = [
+            (
+                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:../ssl/statem/statem_clnt.c:1889: (unable to get local issuer certificate)",
+                Some(Certificate::UnknownIssuer),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (self-signed certificate)",
+                Some(Certificate::UnknownIssuer),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (Hostname mismatch)",
+                Some(Certificate::NameMismatch),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (certificate has expired)",
+                Some(Certificate::Expired),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (certificate is not yet valid)",
+                Some(Certificate::NotYetValid),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (certificate revoked)",
+                Some(Certificate::Revoked),
+            ),
+            (
+                "error:0A000086:SSL routines::certificate verify failed: (invalid CA certificate)",
+                Some(Certificate::Invalid),
+            ),
+            (
+                "error:0A00045C:SSL routines::tlsv13 alert certificate required",
+                Some(Certificate::ClientRefused),
+            ),
+            (
+                "error:0A000412:SSL routines::sslv3 alert bad certificate",
+                Some(Certificate::ClientRefused),
+            ),
+            (
+                "error:0A000418:SSL routines::tlsv1 alert unknown ca",
+                Some(Certificate::ClientRefused),
+            ),
+            (
+                "error:0A000410:SSL routines::sslv3 alert handshake failure",
+                None,
+            ),
+            ("connection reset by peer", None),
+        ];
+        for (message, expected) in table {
+            assert_eq!(openssl_certificate(message), expected, "{message}");
+        }
     }
 
     #[test]

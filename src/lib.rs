@@ -197,7 +197,25 @@
 //!
 //! # Features
 //!
-//! None are needed: TLS (rustls), JSON and HTTP/2 are always on.
+//! JSON and HTTP/2 are always on. The default feature `rustls` is the only
+//! one needed for HTTPS.
+//!
+//! ## TLS stacks
+//!
+//! | feature | TLS through | build cost | notes |
+//! |---|---|---|---|
+//! | `rustls` (default) | rustls with the aws-lc-rs crypto provider | a C compiler and CMake-free build of aws-lc (the largest part of a cold build) | the platform's roots via rustls-platform-verifier |
+//! | `rustls-ring` | rustls with the ring crypto provider | ring's smaller C and assembly build | same roots; for binaries that already use ring, or cannot build aws-lc |
+//! | `native-tls` | the platform's library (OpenSSL on Linux, needs its headers to build) | OpenSSL found by pkg-config | client key as PKCS#8 PEM; certificate failures are told from OpenSSL's wording, on other platforms they are `Connect` errors |
+//! | none (`default-features = false`) | no TLS | none | plain HTTP only (a mesh that terminates TLS in a sidecar): an `https` base URL or endpoint, or any `tls_*` option, is a `Config` error from `build()` |
+//!
+//! With several on, `rustls` wins, then `rustls-ring`, then `native-tls`.
+//! The rustls features build their TLS configuration with an explicit
+//! crypto provider and never install a process-wide one, so a binary whose
+//! other crates use rustls with another provider neither breaks this client
+//! nor is broken by it.
+//!
+//! ## Other features
 //!
 //! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.

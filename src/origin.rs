@@ -22,6 +22,12 @@ pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
             "{what} must be an http or https URL"
         )));
     }
+    if url.scheme() == "https" && !crate::tls::HAS_TLS {
+        return Err(Error::config(format!(
+            "{what} is https, but this build has no TLS: enable the feature rustls, \
+             rustls-ring or native-tls"
+        )));
+    }
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
         return Err(Error::config(format!("{what} must have a host")));
     }
@@ -77,6 +83,19 @@ impl fmt::Display for Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(not(feature = "_tls"))]
+    #[test]
+    fn an_https_url_without_tls_is_a_config_error_that_names_the_features() {
+        let err = parse_base("https://a.example/api/", "endpoint").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        let text = err.to_string();
+        assert!(
+            text.contains("endpoint is https") && text.contains("rustls"),
+            "{text}"
+        );
+        assert!(parse_base("http://a.example/api/", "endpoint").is_ok());
+    }
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()

@@ -8,6 +8,13 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+#[cfg(feature = "_rustls")]
+use std::sync::Arc;
+
+#[cfg(feature = "_rustls")]
+use rustls::pki_types::pem::PemObject as _;
+#[cfg(feature = "_rustls")]
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use serde::{Deserialize, Serialize};
 use url::{Host, Url};
@@ -27,15 +34,6 @@ pub enum TlsVersion {
     /// TLS 1.3 only.
     #[serde(rename = "1.3")]
     V1_3,
-}
-
-impl TlsVersion {
-    fn transport(self) -> reqwest::tls::Version {
-        match self {
-            Self::V1_2 => reqwest::tls::Version::TLS_1_2,
-            Self::V1_3 => reqwest::tls::Version::TLS_1_3,
-        }
-    }
 }
 
 impl fmt::Display for TlsVersion {
@@ -60,6 +58,7 @@ pub(crate) struct TlsSettings {
 
 /// A client certificate chain and its private key, in PEM.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "_tls"), allow(dead_code))]
 pub(crate) struct Identity {
     pub(crate) cert_chain: Vec<u8>,
     pub(crate) key: Vec<u8>,
@@ -80,11 +79,128 @@ impl fmt::Debug for TlsSettings {
 }
 
 impl TlsSettings {
-    /// Applies the settings to the transport's builder.
+    /// Whether any TLS option was set.
+    #[cfg(not(feature = "_tls"))]
+    fn is_set(&self) -> bool {
+        !self.roots.is_empty()
+            || self.built_in_roots.is_some()
+            || self.identity.is_some()
+            || self.min_version.is_some()
+            || self.accept_invalid_certs
+    }
+
+    /// The PEM root certificates given, parsed; a bad or empty PEM is a
+    /// `Config` error.
+    #[cfg(feature = "_rustls")]
+    fn root_certificates(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
+        let mut roots = Vec::new();
+        for pem in &self.roots {
+            let before = roots.len();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots.push(cert.map_err(|e| {
+                    Error::config_from("tls_root_certificate_pem is not a valid PEM certificate", e)
+                })?);
+            }
+            if roots.len() == before {
+                return Err(Error::config(
+                    "tls_root_certificate_pem holds no PEM certificate",
+                ));
+            }
+        }
+        if self.built_in_roots == Some(false) && roots.is_empty() {
+            return Err(Error::config(
+                "tls_built_in_roots(false) needs a tls_root_certificate_pem to trust",
+            ));
+        }
+        Ok(roots)
+    }
+
+    #[cfg(feature = "_tls")]
+    fn warn_if_unverified(&self) {
+        if self.accept_invalid_certs {
+            tracing::warn!(
+                target: "resilient_http::tls",
+                "TLS certificate verification is OFF (tls_danger_accept_invalid_certs): \
+                 traffic can be read and changed by anyone on the path"
+            );
+        }
+    }
+
+    /// Applies the settings to the transport's builder, through the TLS
+    /// stack the features chose (see the crate docs, "TLS stacks").
+    /// `http2_only` is prior-knowledge HTTP/2: ALPN then offers `h2` alone.
+    #[cfg(feature = "_rustls")]
+    pub(crate) fn apply(
+        &self,
+        b: reqwest::ClientBuilder,
+        http2_only: bool,
+    ) -> Result<reqwest::ClientBuilder, Error> {
+        Ok(b.tls_backend_preconfigured(self.rustls_config(http2_only)?))
+    }
+
+    /// The rustls configuration, with the crypto provider of the feature
+    /// chosen, never the process-wide default: another rustls user in the
+    /// same binary can neither break it nor be broken by it.
+    #[cfg(feature = "_rustls")]
+    fn rustls_config(&self, http2_only: bool) -> Result<rustls::ClientConfig, Error> {
+        use rustls::client::WebPkiServerVerifier;
+
+        let provider = crypto_provider();
+        let roots = self.root_certificates()?;
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match self.min_version {
+            Some(TlsVersion::V1_3) => &[&rustls::version::TLS13],
+            Some(TlsVersion::V1_2) | None => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| Error::config_from("the TLS provider refused the TLS versions", e))?;
+        self.warn_if_unverified();
+        let builder = if self.accept_invalid_certs {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else if self.built_in_roots == Some(false) {
+            let mut store = rustls::RootCertStore::empty();
+            for cert in roots {
+                store.add(cert).map_err(|e| {
+                    Error::config_from("tls_root_certificate_pem is not a usable root", e)
+                })?;
+            }
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+                .build()
+                .map_err(|e| Error::config_from("could not build the TLS verifier", e))?;
+            builder.with_webpki_verifier(verifier)
+        } else {
+            let verifier = platform_verifier(roots, provider)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+        };
+        let mut config = match &self.identity {
+            Some(id) => {
+                let (chain, key) = id.parse()?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| Error::config_from(Identity::INVALID, e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = if http2_only {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Ok(config)
+    }
+
+    /// Applies the settings through the platform's TLS library.
+    #[cfg(all(feature = "native-tls", not(feature = "_rustls")))]
     pub(crate) fn apply(
         &self,
         mut b: reqwest::ClientBuilder,
+        _http2_only: bool,
     ) -> Result<reqwest::ClientBuilder, Error> {
+        b = b.tls_backend_native();
         let mut roots = Vec::new();
         for pem in &self.roots {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
@@ -108,30 +224,151 @@ impl TlsSettings {
             b = b.tls_certs_merge(roots);
         }
         if let Some(id) = &self.identity {
-            let mut pem = id.cert_chain.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(&id.key);
-            // reqwest's message says what is missing, never the key itself.
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                Error::config_from(
-                    "tls_identity_pem needs a PEM certificate chain and a PEM private key",
-                    e,
-                )
-            })?;
+            // The platform library wants the key as PKCS#8.
+            let identity = reqwest::Identity::from_pkcs8_pem(&id.cert_chain, &id.key)
+                .map_err(|e| Error::config_from(Identity::INVALID, e))?;
             b = b.identity(identity);
         }
         if let Some(v) = self.min_version {
-            b = b.tls_version_min(v.transport());
+            b = b.tls_version_min(match v {
+                TlsVersion::V1_2 => reqwest::tls::Version::TLS_1_2,
+                TlsVersion::V1_3 => reqwest::tls::Version::TLS_1_3,
+            });
         }
-        if self.accept_invalid_certs {
-            tracing::warn!(
-                target: "resilient_http::tls",
-                "TLS certificate verification is OFF (tls_danger_accept_invalid_certs): \
-                 traffic can be read and changed by anyone on the path"
-            );
-            b = b.tls_danger_accept_invalid_certs(true);
+        self.warn_if_unverified();
+        Ok(b.tls_danger_accept_invalid_certs(self.accept_invalid_certs))
+    }
+
+    /// Without a TLS feature there is nothing to apply; a TLS option set
+    /// anyway is a `Config` error rather than silently ignored.
+    #[cfg(not(feature = "_tls"))]
+    pub(crate) fn apply(
+        &self,
+        b: reqwest::ClientBuilder,
+        _http2_only: bool,
+    ) -> Result<reqwest::ClientBuilder, Error> {
+        if self.is_set() {
+            return Err(Error::config(NO_TLS));
         }
         Ok(b)
+    }
+}
+
+/// The message of a TLS option set in a build without TLS.
+#[cfg(not(feature = "_tls"))]
+const NO_TLS: &str = "a TLS option is set, but this build has no TLS: enable the feature rustls, rustls-ring \
+     or native-tls";
+
+/// Whether this build can call `https` URLs.
+pub(crate) const HAS_TLS: bool = cfg!(feature = "_tls");
+
+#[cfg(feature = "_tls")]
+impl Identity {
+    const INVALID: &'static str =
+        "tls_identity_pem needs a PEM certificate chain and a PEM private key";
+
+    /// The chain and the key, parsed. The error never shows the key.
+    #[cfg(feature = "_rustls")]
+    fn parse(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+        let chain = CertificateDer::pem_slice_iter(&self.cert_chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::config_from(Self::INVALID, e))?;
+        if chain.is_empty() {
+            return Err(Error::config(Self::INVALID));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|_| {
+            // The PEM error is not kept: it is about the key's text.
+            Error::config(Self::INVALID)
+        })?;
+        Ok((chain, key))
+    }
+}
+
+/// The crypto provider of the rustls feature chosen: aws-lc-rs when
+/// `rustls` is on, else ring.
+#[cfg(feature = "_rustls")]
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "rustls")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "rustls"))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// The platform's trust (roots, and revocation where the platform checks
+/// it), plus the roots given.
+#[cfg(feature = "_rustls")]
+fn platform_verifier(
+    roots: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls_platform_verifier::Verifier, Error> {
+    let built = if roots.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider)
+    } else {
+        #[cfg(any(all(unix, not(target_os = "android")), target_os = "windows"))]
+        let with_roots = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider);
+        #[cfg(not(any(all(unix, not(target_os = "android")), target_os = "windows")))]
+        let with_roots = {
+            drop((roots, provider));
+            return Err(Error::config(
+                "tls_root_certificate_pem next to the built-in roots is not supported on \
+                 this platform: add tls_built_in_roots(false)",
+            ));
+        };
+        with_roots
+    };
+    built.map_err(|e| Error::config_from("could not load the platform's TLS roots", e))
+}
+
+/// `tls_danger_accept_invalid_certs`: any certificate is taken, but the
+/// handshake's signatures are still checked with the provider.
+#[cfg(feature = "_rustls")]
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+#[cfg(feature = "_rustls")]
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -199,6 +436,23 @@ mod tests {
         let mut ip = Url::parse("https://10.0.0.7/").unwrap();
         assert!(server_name_override("10.0.0.9", &mut [&mut ip]).is_err());
         assert!(server_name_override("x.internal", &mut []).is_err());
+    }
+
+    #[cfg(not(feature = "_tls"))]
+    #[test]
+    fn a_tls_option_without_tls_is_a_config_error() {
+        let set = TlsSettings {
+            min_version: Some(TlsVersion::V1_3),
+            ..TlsSettings::default()
+        };
+        let err = set.apply(reqwest::Client::builder(), false).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert!(err.to_string().contains("no TLS"), "{err}");
+        assert!(
+            TlsSettings::default()
+                .apply(reqwest::Client::builder(), false)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 // Helpers outside #[test] fns panic on a failed setup step, like the tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Without TLS the HTTPS tests are out, and what only they use is unused.
+#![cfg_attr(not(feature = "_tls"), allow(unused_imports))]
 
 mod common;
 
@@ -9,16 +11,21 @@ use std::sync::Arc;
 
 use common::{capture_traces, fast_builder, source_chain};
 use resilient_http::{ApiClient, ApiClientConfig, ErrorKind, StatusCode};
+#[cfg(feature = "_tls")]
 use rustls::pki_types::pem::PemObject as _;
+#[cfg(feature = "_tls")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wiremock::matchers::{header, header_exists, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+#[cfg(feature = "_tls")]
 const CERT: &[u8] = include_bytes!("data/self_signed.crt");
+#[cfg(feature = "_tls")]
 const KEY: &[u8] = include_bytes!("data/self_signed.key");
 
+#[cfg(feature = "_tls")]
 /// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering 200.
 async fn self_signed_server() -> String {
     self_signed_server_answering(
@@ -27,13 +34,14 @@ async fn self_signed_server() -> String {
     .await
 }
 
+#[cfg(feature = "_tls")]
 /// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering
 /// every request with the bytes `response`.
 async fn self_signed_server_answering(response: Vec<u8>) -> String {
     let response = Arc::new(response);
     let certs = vec![CertificateDer::from_pem_slice(CERT).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(KEY).unwrap();
-    let config = rustls::ServerConfig::builder()
+    let config = common::tls_server_config(&[])
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
@@ -67,6 +75,7 @@ async fn self_signed_server_answering(response: Vec<u8>) -> String {
     url
 }
 
+#[cfg(feature = "_tls")]
 #[tokio::test]
 async fn certificates_are_verified_by_default() {
     let url = self_signed_server().await;
@@ -91,6 +100,7 @@ async fn certificates_are_verified_by_default() {
     );
 }
 
+#[cfg(feature = "_tls")]
 #[tokio::test]
 async fn danger_accept_invalid_certs_from_a_config_reaches_the_client() {
     let url = self_signed_server().await;
@@ -104,6 +114,7 @@ async fn danger_accept_invalid_certs_from_a_config_reaches_the_client() {
     assert_eq!(resp.text().unwrap(), "ok");
 }
 
+#[cfg(feature = "_tls")]
 #[tokio::test]
 async fn a_redirect_from_https_to_http_is_not_followed() {
     let plain = MockServer::start().await;
@@ -164,6 +175,7 @@ async fn cookies_are_not_forwarded_to_another_host() {
     assert_eq!(resp.text().unwrap(), "landed");
 }
 
+#[cfg(feature = "_tls")]
 #[tokio::test]
 async fn accepting_invalid_certificates_is_explicit_and_warns() {
     let (logs, guard) = capture_traces(tracing::Level::WARN);

@@ -3,6 +3,8 @@
 //! certificate is made here with rcgen; every server and proxy runs on
 //! 127.0.0.1.
 
+// Every test here makes TLS calls.
+#![cfg(feature = "_tls")]
 // Helpers outside #[test] fns panic on a failed setup step, like the tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -115,9 +117,9 @@ impl TlsServer {
             .unwrap();
         let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
         let builder = if options.tls12_only {
-            rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            common::tls_server_config(&[&rustls::version::TLS12])
         } else {
-            rustls::ServerConfig::builder()
+            common::tls_server_config(&[])
         };
         let builder = match options.client_ca {
             None => builder.with_no_client_auth(),
@@ -126,9 +128,12 @@ impl TlsServer {
                 for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
                     roots.add(cert.unwrap()).unwrap();
                 }
-                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                    .build()
-                    .unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    common::tls_provider(),
+                )
+                .build()
+                .unwrap();
                 builder.with_client_cert_verifier(verifier)
             }
         };

@@ -272,3 +272,24 @@ pub fn capture_traces(level: tracing::Level) -> (Captured, CaptureGuard) {
     };
     (captured, CaptureGuard)
 }
+
+/// The crypto provider of test TLS servers: ring (a dev-dependency
+/// feature), whichever TLS stack the client is built with, and given
+/// explicitly, since with two providers compiled in rustls has no
+/// process-wide default.
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A test TLS server's configuration builder, with [`tls_provider`] and the
+/// TLS versions given (all of rustls' defaults when empty).
+pub fn tls_server_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier> {
+    let builder = rustls::ServerConfig::builder_with_provider(tls_provider());
+    if versions.is_empty() {
+        builder.with_safe_default_protocol_versions().unwrap()
+    } else {
+        builder.with_protocol_versions(versions).unwrap()
+    }
+}
