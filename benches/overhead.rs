@@ -1,7 +1,11 @@
-//! Throughput of raw reqwest against `ApiClient` (defaults, and every layer on),
-//! at concurrency 1 and 32, against the same in-process server and pool.
+//! Throughput of raw reqwest, reqwest with the timeouts a resilient client
+//! sets, and `ApiClient` (defaults, and every layer on), at concurrency 1 and
+//! 32, against the same in-process server, on a current-thread runtime and on
+//! a multi-thread one (one worker, as a service's runtime runs on a busy
+//! 2-core machine; the server has its own thread).
 //!
-//! `cargo bench --bench overhead`
+//! `cargo bench --bench overhead`; one runtime only:
+//! `cargo bench --bench overhead -- multi_thread`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -14,11 +18,18 @@ use criterion::{BenchmarkId, Throughput, criterion_group, criterion_main};
 use resilient_http::{ApiClient, RateLimit};
 use tokio::runtime::Runtime;
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
+/// The runtimes measured: named, built.
+fn runtimes() -> [(&'static str, Runtime); 2] {
+    let current = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    [("current_thread", current), ("multi_thread", multi)]
 }
 
 #[derive(Clone)]
@@ -47,8 +58,16 @@ fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
     // client sends by default, so the comparison measures the layers only.
     let raw = reqwest::Client::builder()
         .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    // What the timers alone cost: the timeouts our defaults set, given to
+    // reqwest (its total `timeout` is a timer per request, like ours).
+    let timeouts = reqwest::Client::builder()
+        .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
         .unwrap();
@@ -61,6 +80,10 @@ fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
         .unwrap();
     vec![
         ("raw_reqwest", Subject::Raw(raw, format!("{base}users/42"))),
+        (
+            "reqwest_timeouts",
+            Subject::Raw(timeouts, format!("{base}users/42")),
+        ),
         ("api_defaults", Subject::Api(defaults)),
         ("api_all_layers", Subject::Api(every_layer)),
     ]
@@ -69,38 +92,41 @@ fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
 fn overhead(c: &mut criterion::Criterion) {
     let addr = common::start_server(200);
     let base = format!("http://{addr}/api/");
-    let rt = runtime();
-    for concurrency in [1usize, 32] {
-        let mut group = c.benchmark_group(format!("overhead/c{concurrency}"));
-        group.throughput(Throughput::Elements(concurrency as u64));
-        for (name, subject) in subjects(&base) {
-            // Warm the pool so every subject starts with open connections.
-            rt.block_on(async {
-                for _ in 0..concurrency {
-                    subject.call().await;
-                }
-            });
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.to_async(&rt).iter(|| {
-                    let subject = subject.clone();
-                    async move {
-                        if concurrency == 1 {
-                            subject.call().await;
-                        } else {
-                            let mut set = tokio::task::JoinSet::new();
-                            for _ in 0..concurrency {
-                                let s = subject.clone();
-                                set.spawn(async move { s.call().await });
-                            }
-                            while let Some(r) = set.join_next().await {
-                                r.unwrap();
-                            }
-                        }
+    for (runtime, rt) in runtimes() {
+        for concurrency in [1usize, 32] {
+            let mut group = c.benchmark_group(format!("overhead/{runtime}/c{concurrency}"));
+            group.throughput(Throughput::Elements(concurrency as u64));
+            // Fresh clients per runtime: a pool's connections belong to the
+            // runtime that opened them.
+            for (name, subject) in rt.block_on(async { subjects(&base) }) {
+                // Warm the pool so every subject starts with open connections.
+                rt.block_on(async {
+                    for _ in 0..concurrency {
+                        subject.call().await;
                     }
                 });
-            });
+                group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                    b.to_async(&rt).iter(|| {
+                        let subject = subject.clone();
+                        async move {
+                            if concurrency == 1 {
+                                subject.call().await;
+                            } else {
+                                let mut set = tokio::task::JoinSet::new();
+                                for _ in 0..concurrency {
+                                    let s = subject.clone();
+                                    set.spawn(async move { s.call().await });
+                                }
+                                while let Some(r) = set.join_next().await {
+                                    r.unwrap();
+                                }
+                            }
+                        }
+                    });
+                });
+            }
+            group.finish();
         }
-        group.finish();
     }
 }
 

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
 use crate::origin;
-use crate::pushback::Pauses;
+use crate::pushback::{Pause, Pauses};
 use crate::redact;
 use crate::request::RequestBuilder;
 use crate::retry::{Budget, RetryPolicy};
@@ -108,7 +108,7 @@ impl Inner {
         default_headers: HeaderMap,
     ) -> Self {
         Self {
-            pauses: Pauses::new(base.as_ref()),
+            pauses: Pauses::new(base.as_ref(), |_| Pause::new()),
             http,
             base,
             balancer,

@@ -5,8 +5,11 @@
 //! for one origin never go to another, and one circuit breaker serves one
 //! origin.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::time::Instant;
 use url::Url;
 
 use crate::error::Error;
@@ -77,6 +80,78 @@ impl Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Origins remembered besides the base URL's, per [`PerOrigin`]: calls to
+/// absolute URLs can name any host; this bounds what they can make a client
+/// keep.
+pub(crate) const MAX_ORIGINS: usize = 1024;
+
+/// Per-origin state a [`PerOrigin`] may forget, once no call holds it.
+pub(crate) trait Forgettable {
+    /// Whether forgetting it now loses nothing (a closed breaker, a pause
+    /// that is over).
+    fn idle(&self, now: Instant) -> bool;
+}
+
+/// One piece of state per origin for a client (its breakers, its pushback
+/// pauses): the base URL's apart, reached without a lock; any other created
+/// on first use and remembered up to [`MAX_ORIGINS`].
+#[derive(Debug)]
+pub(crate) struct PerOrigin<T> {
+    base: Option<(Origin, Arc<T>)>,
+    others: Mutex<HashMap<Origin, Arc<T>>>,
+}
+
+impl<T: Forgettable> PerOrigin<T> {
+    /// The base URL's state is made at once, by `make`.
+    pub(crate) fn new(base: Option<&Url>, make: impl FnOnce(&Origin) -> T) -> Self {
+        let base = base.map(|url| {
+            let key = Origin::of(url);
+            let value = Arc::new(make(&key));
+            (key, value)
+        });
+        Self {
+            base,
+            others: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The base URL's state.
+    pub(crate) fn base(&self) -> Option<&T> {
+        self.base.as_ref().map(|(_, v)| &**v)
+    }
+
+    /// The state of `url`'s origin, made by `make` on first use. Past the
+    /// bound, idle entries no call holds are forgotten; if none is, the call
+    /// gets a fresh state that is not remembered.
+    pub(crate) fn get(&self, url: &Url, make: impl FnOnce(&Origin) -> T) -> Arc<T> {
+        if let Some((key, value)) = &self.base
+            && key.matches(url)
+        {
+            return Arc::clone(value);
+        }
+        let key = Origin::of(url);
+        let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = others.get(&key) {
+            return Arc::clone(value);
+        }
+        if others.len() >= MAX_ORIGINS {
+            let now = Instant::now();
+            others.retain(|_, v| Arc::strong_count(v) > 1 || !v.idle(now));
+        }
+        let value = Arc::new(make(&key));
+        if others.len() < MAX_ORIGINS {
+            others.insert(key, Arc::clone(&value));
+        }
+        value
+    }
+
+    /// Origins remembered besides the base URL's.
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.others.lock().map_or(0, |m| m.len())
     }
 }
 

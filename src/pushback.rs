@@ -13,18 +13,14 @@
 //! deadline, or refuse with [`Error::is_server_pushback`](crate::Error::is_server_pushback))
 //! is the pipeline's (`src/pipeline/route.rs`).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use url::Url;
 
-use crate::origin::Origin;
-
-/// Pauses remembered for endpoints other than the base URL's (as for breakers).
-const MAX_ENDPOINTS: usize = 1024;
+use crate::origin::{Forgettable, PerOrigin};
 
 /// One endpoint's pushback pause: "paused until", as nanoseconds after
 /// `base` on tokio's clock (0: never paused). Lock-free.
@@ -78,56 +74,26 @@ impl Pause {
 }
 
 /// The pauses of the endpoints a client calls by fixed URL, one per origin,
-/// bounded.
-#[derive(Debug)]
-pub(crate) struct Pauses {
-    base: Option<(Origin, Arc<Pause>)>,
-    others: Mutex<HashMap<Origin, Arc<Pause>>>,
-}
+/// bounded; a running pause is never forgotten.
+pub(crate) type Pauses = PerOrigin<Pause>;
 
 impl Pauses {
-    pub(crate) fn new(base: Option<&Url>) -> Self {
-        Self {
-            base: base.map(|url| (Origin::of(url), Arc::new(Pause::new()))),
-            others: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// The pause of `url`'s endpoint, created on first use.
     pub(crate) fn for_url(&self, url: &Url) -> Arc<Pause> {
-        if let Some((key, pause)) = &self.base
-            && key.matches(url)
-        {
-            return Arc::clone(pause);
-        }
-        let key = Origin::of(url);
-        let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pause) = others.get(&key) {
-            return Arc::clone(pause);
-        }
-        if others.len() >= MAX_ENDPOINTS {
-            // Forget pauses that are over and not in use by any call.
-            let now = Instant::now();
-            others.retain(|_, p| Arc::strong_count(p) > 1 || p.remaining(now).is_some());
-        }
-        let pause = Arc::new(Pause::new());
-        if others.len() < MAX_ENDPOINTS {
-            others.insert(key, Arc::clone(&pause));
-        }
-        // Past the cap, the call gets a fresh pause that is not remembered.
-        pause
+        self.get(url, |_| Pause::new())
     }
+}
 
-    /// Endpoints with a remembered pause, besides the base URL's.
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.others.lock().map_or(0, |m| m.len())
+impl Forgettable for Pause {
+    fn idle(&self, now: Instant) -> bool {
+        self.remaining(now).is_none()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::MAX_ORIGINS;
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_ends_at_its_time_and_keeps_the_longer_one() {
@@ -151,15 +117,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn endpoint_pauses_are_bounded_and_a_running_one_is_kept() {
-        let pauses = Pauses::new(None);
+        let pauses = Pauses::new(None, |_| Pause::new());
         let long = Url::parse("http://paused.example:1/").unwrap();
         pauses
             .for_url(&long)
             .pause(Instant::now(), Duration::from_secs(60));
-        for i in 0..3 * MAX_ENDPOINTS {
+        for i in 0..3 * MAX_ORIGINS {
             let url = Url::parse(&format!("http://h{i}.example/")).unwrap();
             drop(pauses.for_url(&url));
-            assert!(pauses.tracked() <= MAX_ENDPOINTS);
+            assert!(pauses.tracked() <= MAX_ORIGINS);
         }
         assert!(pauses.for_url(&long).remaining(Instant::now()).is_some());
     }
