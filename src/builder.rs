@@ -828,8 +828,10 @@ impl ApiClientBuilder {
             // The original URL's query may hold credentials.
             .referer(false)
             .redirect(redirect::policy(self.max_redirects))
-            // Attempts are ours to count and decide; reqwest must not add its own.
-            .retry(reqwest::retry::never())
+            // Attempts are ours to count and decide; reqwest must not add its
+            // own. With no retry allowed it also keeps no copy of each request
+            // for one (its default policy clones every request's headers).
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .tcp_nodelay(true);
         if let Some(n) = self.pool_max_idle_per_host {
             b = b.pool_max_idle_per_host(n);
