@@ -16,6 +16,7 @@ use crate::headers::{bearer, header_pair};
 use crate::pipeline::{Buffer, Call, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{RetryPolicy, is_idempotent_method};
+use crate::sse::EventStream;
 
 /// The header an idempotency key is sent in.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -532,5 +533,54 @@ impl RequestBuilder {
         let item_limit = client.inner.max_response_bytes;
         let call = client.execute::<Streamed>(call);
         async move { call.await.map(|stream| stream.with_item_limit(item_limit)) }
+    }
+
+    /// Sends the request as a server-sent events subscription and returns
+    /// its events as they arrive: an [`EventStream`] of
+    /// `Result<`[`SseEvent`](crate::SseEvent)`>` that reconnects by itself
+    /// with `Last-Event-ID` when the connection drops.
+    ///
+    /// The request carries `Accept: text/event-stream` and `Cache-Control:
+    /// no-cache` (unless it sets its own). The first connection goes through
+    /// the pipeline like [`send_stream`](Self::send_stream); so does every
+    /// reconnect, with the same breaker, limits, retry budget and endpoint
+    /// choice. An event stream has no total deadline by default: it lives
+    /// until dropped, and `read_timeout` is its idle limit (a read that waits
+    /// longer is a dropped connection, and reconnects). A call
+    /// [`timeout`](Self::timeout) still bounds the whole stream when set.
+    /// See [`EventStream`] for when the stream ends.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first connection; a `Decode` error
+    /// when its `Content-Type` is not `text/event-stream`. A `204 No Content`
+    /// is an empty stream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/events"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_body_raw("id: 1\ndata: hello\n\nid: 2\ndata: world\n\n", "text/event-stream"))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let mut events = client.get("events").send_events().await?;
+    /// let mut words = Vec::new();
+    /// while let Some(event) = events.next_event().await {
+    ///     words.push(event?.into_data());
+    ///     if words.len() == 2 {
+    ///         break; // the stream would reconnect after the body ends
+    ///     }
+    /// }
+    /// assert_eq!(words, ["hello", "world"]);
+    /// assert_eq!(events.last_event_id(), Some("2"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn send_events(self) -> impl Future<Output = Result<EventStream, Error>> + Send + 'static {
+        let (client, call) = self.into_call();
+        EventStream::open(client, call)
     }
 }

@@ -48,8 +48,21 @@ pub(crate) struct Call {
     pub(crate) plan: Plan,
 }
 
+impl Call {
+    /// A copy to send again (an event stream's reconnect); `None` when the
+    /// request's body cannot be copied.
+    pub(crate) fn try_clone(&self) -> Option<Self> {
+        Some(Self {
+            request: self.request.try_clone()?,
+            body: self.body.clone(),
+            timeout: self.timeout,
+            plan: self.plan.clone(),
+        })
+    }
+}
+
 /// The relative path of a call on a client with endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Routed {
     /// Joined onto the endpoint each attempt goes to.
     pub(crate) path: Box<str>,
@@ -149,7 +162,7 @@ pub(crate) struct CallContext<'a> {
 }
 
 /// How a call is carried out, besides its context and request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// The call may be sent more than once.
     pub(crate) idempotent: bool,
