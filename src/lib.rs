@@ -239,6 +239,7 @@ mod stats;
 mod stream;
 mod timeout;
 mod tls;
+mod upload;
 
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};

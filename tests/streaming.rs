@@ -821,3 +821,245 @@ async fn sse_a_call_timeout_bounds_the_whole_stream() {
         Some(resilient_http::TimeoutPhase::Total)
     );
 }
+
+// ------------------------------------------------------------ streamed request bodies
+
+/// A source of `count` chunks of `size` bytes (chunk `i` filled with the
+/// letter `a + i % 26`), each after `delay`; counts the chunks it yielded.
+struct Source {
+    next: usize,
+    count: usize,
+    size: usize,
+    delay: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    yielded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Fail instead of yielding this chunk.
+    fail_at: Option<usize>,
+}
+
+impl Source {
+    fn new(count: usize, size: usize, delay: Duration) -> Self {
+        Self {
+            next: 0,
+            count,
+            size,
+            delay,
+            sleep: None,
+            yielded: std::sync::Arc::default(),
+            fail_at: None,
+        }
+    }
+
+    fn expected(&self) -> Vec<u8> {
+        (0..self.count)
+            .flat_map(|i| chunk_of(i, self.size))
+            .collect()
+    }
+}
+
+fn chunk_of(i: usize, size: usize) -> Vec<u8> {
+    vec![b'a' + u8::try_from(i % 26).unwrap(); size]
+}
+
+impl futures_core::Stream for Source {
+    type Item = Result<resilient_http::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future as _;
+        if self.next == self.count {
+            return std::task::Poll::Ready(None);
+        }
+        if !self.delay.is_zero() {
+            let delay = self.delay;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        let i = self.next;
+        self.next += 1;
+        if self.fail_at == Some(i) {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other("disk gone"))));
+        }
+        self.yielded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(chunk_of(i, self.size).into())))
+    }
+}
+
+#[tokio::test]
+async fn upload_within_the_buffer_is_retried_and_the_server_sees_it_whole_twice() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(common::Sequence::statuses(&[503, 200]))
+        .mount(&server)
+        .await;
+    let source = Source::new(16, 1024, Duration::from_millis(1));
+    let expected = source.expected();
+    let yielded = std::sync::Arc::clone(&source.yielded);
+    let client = common::fast_builder(&server.uri())
+        .retry(common::fast_retry(3))
+        .build()
+        .unwrap();
+    let resp = client
+        .put("upload")
+        .body_stream(source, 64 * 1024)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.attempts(), 2);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert_eq!(request.body, expected, "the whole body, each time");
+    }
+    // The source was read once; the retry replayed the buffer.
+    assert_eq!(yielded.load(std::sync::atomic::Ordering::SeqCst), 16);
+}
+
+#[tokio::test]
+async fn upload_a_drop_mid_body_replays_the_buffer_then_goes_on_with_the_source() {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let log = std::sync::Arc::clone(&bodies);
+    let uri = common::raw_server_with_head(move |n, _, mut stream| {
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            if n == 0 {
+                // Take the first chunk of the body, then drop the connection.
+                use tokio::io::AsyncReadExt as _;
+                let mut some = [0u8; 512];
+                let _ = stream.read_exact(&mut some).await;
+                return;
+            }
+            let Some(body) = common::read_chunked_body(&mut stream, 1 << 20).await else {
+                return;
+            };
+            log.lock().unwrap().push(body);
+            answer_status(&mut stream, "200 OK").await;
+        }
+    })
+    .await;
+    // 8 chunks of 4 KiB, 10 ms apart: the drop comes mid-body.
+    let source = Source::new(8, 4096, Duration::from_millis(10));
+    let expected = source.expected();
+    let yielded = std::sync::Arc::clone(&source.yielded);
+    let client = common::fast_builder(&uri)
+        .retry(common::fast_retry(3))
+        .build()
+        .unwrap();
+    let resp = client
+        .put("upload")
+        .body_stream(source, 64 * 1024)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.attempts(), 2);
+    let bodies = bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(
+        bodies[0], expected,
+        "replayed, then continued: no gap, no repeat"
+    );
+    assert_eq!(yielded.load(std::sync::atomic::Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn upload_larger_than_the_buffer_is_not_retried_and_the_error_says_why() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let client = common::fast_builder(&server.uri())
+        .retry(common::fast_retry(3))
+        .build()
+        .unwrap();
+    let err = client
+        .put("upload")
+        .body_stream(Source::new(16, 1024, Duration::ZERO), 4096)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(resilient_http::StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(err.attempts(), 1);
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "3 attempts allowed, 1 made: the request body streamed past its 4096-byte replay buffer"
+        ),
+        "{text}"
+    );
+    assert_eq!(common::received(&server).await, 1);
+}
+
+#[tokio::test]
+async fn upload_a_failing_source_fails_the_call_without_a_retry() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = common::fast_builder(&server.uri())
+        .retry(common::fast_retry(3))
+        .build()
+        .unwrap();
+    let mut source = Source::new(8, 1024, Duration::from_millis(1));
+    source.fail_at = Some(3);
+    let err = client
+        .put("upload")
+        .body_stream(source, 64 * 1024)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), 1, "{err}");
+    assert!(
+        err.to_string().contains("the request body stream failed"),
+        "{err}"
+    );
+    assert!(
+        common::source_chain(&err)
+            .iter()
+            .any(|e| e.contains("disk gone")),
+        "{:?}",
+        common::source_chain(&err)
+    );
+}
+
+#[tokio::test]
+async fn upload_a_post_without_a_key_is_not_retried_even_within_the_buffer() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(common::Sequence::statuses(&[503, 200]))
+        .mount(&server)
+        .await;
+    let client = common::fast_builder(&server.uri())
+        .retry(common::fast_retry(3))
+        .build()
+        .unwrap();
+    let err = client
+        .post("upload")
+        .body_stream(Source::new(4, 1024, Duration::ZERO), 64 * 1024)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), 1);
+    assert!(!err.to_string().contains("replay buffer"), "{err}");
+    // With a key it is.
+    let resp = client
+        .post("upload")
+        .idempotency_key("up-1")
+        .body_stream(Source::new(4, 1024, Duration::ZERO), 64 * 1024)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -37,13 +37,15 @@ use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{Decision, RetryPolicy, Withdrawal, parse_retry_after};
 use crate::stats::{Active, Stats};
 use crate::timeout::{Deadline, TimeoutPhase};
+use crate::upload::{NoReplay, Payload};
 
 /// A prepared call: the request (body already `Bytes`) and its options.
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) request: reqwest::Request,
-    /// The body, also in `request`; kept to replay it without a copy.
-    pub(crate) body: Option<Bytes>,
+    /// The body, also in `request`; kept to replay it (bytes without a
+    /// copy, a stream from its replay buffer).
+    pub(crate) body: Option<Payload>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) plan: Plan,
 }
@@ -492,7 +494,10 @@ impl ApiClient {
                     if let Some(pause) = route.pause_of(target) {
                         self.pushback(pause, &err, &ctx.url, now);
                     }
+                    // A streamed body past its replay buffer cannot be sent again.
+                    let replayable = replay.replayable();
                     if let (Some(auth), Some((_, generation))) = (auth, &credential)
+                        && replayable.is_ok()
                         && err.status() == Some(StatusCode::UNAUTHORIZED)
                         && !std::mem::replace(&mut reauthorized, true)
                     {
@@ -521,6 +526,19 @@ impl ApiClient {
                             return Err(ctx.fail(err, attempts));
                         }
                     };
+                    if let Err(why) = replayable {
+                        drop(withdrawal); // given back: no retry is made
+                        let by = match why {
+                            NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
+                            NoReplay::SourceFailed => CutBy::BodySource,
+                        };
+                        tracing::debug!(
+                            target: "resilient_http::retry",
+                            attempt = attempts,
+                            "not retrying: {by}"
+                        );
+                        return Err(ctx.fail(err.with_cut(policy.max_attempts, by), attempts));
+                    }
                     Stats::retry(&ctx.method, &err.type_name());
                     // Dropped with the call if it is cancelled during the sleep.
                     pending = withdrawal;

@@ -180,20 +180,42 @@ pub fn head_value<'h>(head: &'h str, name: &str) -> Option<&'h str> {
 }
 
 /// Reads a request head (see [`read_request_head`]) and returns it as text.
+/// It reads one byte at a time, so the body that follows stays unread.
 pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     use tokio::io::AsyncReadExt as _;
     let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read_u8().await {
+            Ok(b) => head.push(b),
+            Err(_) => return None,
         }
         if head.len() > 64 * 1024 {
             return None;
         }
     }
     Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads a chunked request body (after [`read_head`]), at most `cap` bytes;
+/// `None` if the peer left, sent bad framing or more than `cap`.
+pub async fn read_chunked_body(stream: &mut tokio::net::TcpStream, cap: usize) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        if body.len() + size > cap {
+            return None;
+        }
+        let mut chunk = vec![0u8; size + 2]; // the data and its CRLF
+        reader.read_exact(&mut chunk).await.ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// Reads up to the end of a request head (`\r\n\r\n`, at most 64 KiB);
