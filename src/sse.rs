@@ -356,7 +356,10 @@ enum Next {
 /// When the connection drops or a read times out mid-stream, or the server
 /// ends the response, the stream sends the request again with
 /// `Last-Event-ID` (the last event ID seen), after the server's `retry`
-/// delay or else the retry policy's backoff. The reconnect is a call like any
+/// delay (capped at the policy's
+/// [`max_retry_after`](crate::RetryPolicy::max_retry_after), 60 s by default)
+/// or else the retry policy's backoff, growing while reconnects deliver no
+/// event. The reconnect is a call like any
 /// other: the same circuit breaker, server pushback pause, rate and
 /// concurrency limits, endpoint choice, hooks and token, and its own attempts
 /// under the retry policy. An event is delivered once: a partial event at the
@@ -536,7 +539,11 @@ impl EventStream {
         let remaining = self
             .end
             .map_or(Duration::MAX, |end| end.saturating_duration_since(now));
-        let delay = self.parser.reconnect_time().unwrap_or_else(|| {
+        let retry = self
+            .parser
+            .reconnect_time()
+            .map(|delay| delay.min(self.policy.max_retry_after));
+        let delay = retry.unwrap_or_else(|| {
             let step = usize::try_from(self.idle).unwrap_or(usize::MAX);
             let scheduled = self
                 .policy
@@ -577,7 +584,7 @@ impl EventStream {
                 headers.remove(LAST_EVENT_ID);
             }
         }
-        if let Some(retry) = self.parser.reconnect_time() {
+        if let Some(retry) = retry {
             // The server's delay also spaces the reconnect's own attempts.
             let policy = self
                 .policy
