@@ -650,16 +650,7 @@ async fn sse_a_204_is_an_empty_stream() {
 
 #[tokio::test]
 async fn sse_a_non_retryable_status_on_reconnect_ends_the_stream_with_it() {
-    let uri = common::raw_server_with_head(|n, _, mut stream| async move {
-        if n == 0 {
-            let _ = stream.write_all(SSE_HEAD).await;
-            let _ = write_chunk(&mut stream, b"data: only\n\n").await;
-            drop(stream);
-        } else {
-            answer_status(&mut stream, "404 Not Found").await;
-        }
-    })
-    .await;
+    let (uri, _) = one_event_then("404 Not Found").await;
     let mut events = sse_client(&uri).get("events").send_events().await.unwrap();
     let (got, err) = collect_events(&mut events).await;
     assert_eq!(got.len(), 1);
@@ -684,21 +675,7 @@ async fn sse_a_non_retryable_status_first_is_the_calls_error() {
 
 #[tokio::test]
 async fn sse_max_attempts_failed_reconnects_end_the_stream_with_the_last_error() {
-    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = std::sync::Arc::clone(&connections);
-    let uri = common::raw_server_with_head(move |n, _, mut stream| {
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async move {
-            if n == 0 {
-                let _ = stream.write_all(SSE_HEAD).await;
-                let _ = write_chunk(&mut stream, b"id: 1\ndata: one\n\n").await;
-                drop(stream);
-            } else {
-                answer_status(&mut stream, "503 Service Unavailable").await;
-            }
-        }
-    })
-    .await;
+    let (uri, connections) = one_event_then("503 Service Unavailable").await;
     let mut events = sse_client(&uri).get("events").send_events().await.unwrap();
     let (got, err) = collect_events(&mut events).await;
     assert_eq!(got.len(), 1);
@@ -820,6 +797,116 @@ async fn sse_a_call_timeout_bounds_the_whole_stream() {
         err.timeout_phase(),
         Some(resilient_http::TimeoutPhase::Total)
     );
+}
+
+/// An event server whose first connection gives one event and drops; every
+/// later one answers `later` (a status line). Counts connections.
+async fn one_event_then(
+    later: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&connections);
+    let uri = common::raw_server_with_head(move |n, _, mut stream| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                let _ = stream.write_all(SSE_HEAD).await;
+                let _ = write_chunk(&mut stream, b"id: 1\ndata: one\n\n").await;
+                drop(stream);
+            } else {
+                answer_status(&mut stream, later).await;
+            }
+        }
+    })
+    .await;
+    (uri, connections)
+}
+
+#[tokio::test]
+async fn sse_a_reconnect_takes_a_retry_from_the_budget() {
+    let (uri, connections) = one_event_then("204 No Content").await;
+    let client = common::fast_builder(&uri)
+        .retry(
+            common::fast_retry(3).budget(resilient_http::RetryBudget::ratio(0.0).min_per_second(0)),
+        )
+        .build()
+        .unwrap();
+    let mut events = client.get("events").send_events().await.unwrap();
+    let (got, err) = collect_events(&mut events).await;
+    assert_eq!(got.len(), 1);
+    let err = err.expect("the drop, not retried");
+    assert_eq!(err.reason(), ErrorReason::Truncated);
+    assert!(err.to_string().contains("retry budget exhausted"), "{err}");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn sse_a_reconnect_goes_through_the_circuit_breaker() {
+    let (uri, connections) = one_event_then("503 Service Unavailable").await;
+    let client = common::fast_builder(&uri)
+        .retry(common::fast_retry(3))
+        .circuit_breaker(
+            resilient_http::CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    let mut events = client.get("events").send_events().await.unwrap();
+    let (got, err) = collect_events(&mut events).await;
+    assert_eq!(got.len(), 1);
+    // The reconnect's 503 opened the breaker, which cut its retries.
+    let err = err.expect("the reconnect failed");
+    assert_eq!(
+        err.status(),
+        Some(resilient_http::StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert!(err.to_string().contains("circuit opened"), "{err}");
+    assert_eq!(client.circuit_state(), resilient_http::CircuitState::Open);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn sse_a_huge_retry_is_capped_at_max_retry_after() {
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&connections);
+    let uri = common::raw_server_with_head(move |n, _, mut stream| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                let _ = stream.write_all(SSE_HEAD).await;
+                let _ = write_chunk(&mut stream, b"retry: 86400000\ndata: one\n\n").await;
+                drop(stream);
+            } else {
+                answer_status(&mut stream, "204 No Content").await;
+            }
+        }
+    })
+    .await;
+    let client = common::fast_builder(&uri)
+        .retry(common::fast_retry(3).max_retry_after(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut events = client.get("events").send_events().await.unwrap();
+    let (got, err) = collect_events(&mut events).await;
+    assert_eq!(got.len(), 1);
+    assert!(err.is_none(), "{err:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn sse_and_upload_types_are_send() {
+    fn send<T: Send + 'static>(_: &T) {}
+    fn stream<T: Send + Unpin + futures_core::Stream>() {}
+    let client = ApiClient::new("http://127.0.0.1:9/").unwrap();
+    send(&client.get("events").send_events());
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(resilient_http::Bytes::new())]);
+    send(&client.put("upload").body_stream(body, 16).send());
+    stream::<resilient_http::EventStream>();
 }
 
 // ------------------------------------------------------------ streamed request bodies
