@@ -367,9 +367,9 @@ enum Next {
 ///
 /// The stream ends (`None`, or an error and then `None`):
 /// - when a reconnect fails: its attempts ran out (`max_attempts` failed
-///   attempts in a row), the breaker or the retry budget refused it, or the
-///   server answered a status that is not retried;
-/// - after `max_attempts` connections in a row that failed before an event;
+///   attempts in a row; a reconnect that succeeds starts the count again),
+///   the breaker or the retry budget refused it, or the server answered a
+///   status that is not retried;
 /// - when the server answers `204 No Content`, or a `Content-Type` other than
 ///   `text/event-stream`;
 /// - at the call's own [`timeout`](crate::RequestBuilder::timeout), when one
@@ -420,8 +420,6 @@ pub struct EventStream {
     parser: Parser,
     /// Reconnects in a row without an event (the backoff's step).
     idle: u32,
-    /// Connections in a row that failed before an event.
-    failures: u32,
     delivered: u64,
     reconnects: u64,
 }
@@ -482,7 +480,6 @@ impl EventStream {
             state,
             parser: Parser::new(limit),
             idle: 0,
-            failures: 0,
             delivered: 0,
             reconnects: 0,
         })
@@ -556,10 +553,6 @@ impl EventStream {
             return Next::End(err);
         };
         if let Some(err) = err {
-            self.failures = self.failures.saturating_add(1);
-            if self.failures >= self.policy.max_attempts {
-                return Next::End(Some(err));
-            }
             // The policy decides on the failure as on a failed attempt (its
             // kind, the deadline), the budget on whether to spend a retry.
             if let Decision::Stop(_) = self.policy.decide(&err, 1, true, delay, remaining) {
@@ -658,7 +651,6 @@ impl Stream for EventStream {
                     match this.parser.next_event() {
                         Ok(Some(event)) => {
                             this.idle = 0;
-                            this.failures = 0;
                             this.delivered += 1;
                             return Poll::Ready(Some(Ok(event)));
                         }

@@ -461,6 +461,9 @@ async fn a_large_array_streams_in_memory_bounded_by_the_item() {
 
 const SSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+/// As [`SSE_HEAD`], for a connection that is not kept open after the body.
+const SSE_HEAD_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+    transfer-encoding: chunked\r\nconnection: close\r\n\r\n";
 
 /// An answer with no body that closes its connection.
 async fn answer_status(stream: &mut tokio::net::TcpStream, status: &str) {
@@ -690,20 +693,56 @@ async fn sse_max_attempts_failed_reconnects_end_the_stream_with_the_last_error()
 }
 
 #[tokio::test]
-async fn sse_connections_that_fail_before_an_event_end_the_stream_after_max_attempts() {
-    // Each connection answers 200, then drops before a whole event.
-    let uri = common::raw_server(|mut stream| async move {
-        let _ = stream.write_all(SSE_HEAD).await;
-        let _ = write_chunk(&mut stream, b"data: partial").await;
-        drop(stream);
+async fn sse_a_reconnect_that_succeeds_starts_the_attempt_count_again() {
+    // Each reconnect fails twice (503) before it gets through: 4 failures
+    // in all, more than max_attempts (3), but never 3 in a row.
+    let seen = heads();
+    let log = std::sync::Arc::clone(&seen);
+    let uri = common::raw_server_with_head(move |n, head, mut stream| {
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            log.lock().unwrap().push(head);
+            match n {
+                0 | 3 | 6 => {
+                    let _ = stream.write_all(SSE_HEAD_CLOSE).await;
+                    let event = format!("id: {n}\ndata: from connection {n}\n\n");
+                    let _ = write_chunk(&mut stream, event.as_bytes()).await;
+                    if n == 6 {
+                        // A clean end this time (the stream reconnects all the same).
+                        let _ = stream.write_all(b"0\r\n\r\n").await;
+                    }
+                }
+                1 | 2 | 4 | 5 => answer_status(&mut stream, "503 Service Unavailable").await,
+                _ => answer_status(&mut stream, "204 No Content").await,
+            }
+        }
     })
     .await;
     let mut events = sse_client(&uri).get("events").send_events().await.unwrap();
     let (got, err) = collect_events(&mut events).await;
-    assert!(got.is_empty());
-    let err = err.expect("the stream ends with the last drop");
-    assert_eq!(err.reason(), ErrorReason::Truncated, "{err:?}");
-    assert_eq!(events.reconnects(), 2, "3 connections failed in a row");
+    assert!(err.is_none(), "{err:?}");
+    let data: Vec<_> = got.iter().map(resilient_http::SseEvent::data).collect();
+    assert_eq!(
+        data,
+        [
+            "from connection 0",
+            "from connection 3",
+            "from connection 6"
+        ]
+    );
+    // Every attempt of a reconnect names the last event.
+    let ids = last_event_ids(&seen);
+    let want = [
+        None,
+        Some("0"),
+        Some("0"),
+        Some("0"),
+        Some("3"),
+        Some("3"),
+        Some("3"),
+        Some("6"),
+    ];
+    assert_eq!(ids, want.map(|id| id.map(str::to_owned)));
 }
 
 #[tokio::test]
