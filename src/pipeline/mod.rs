@@ -39,7 +39,8 @@ use crate::stats::{Active, Stats};
 use crate::timeout::{Deadline, TimeoutPhase};
 use crate::upload::{NoReplay, Payload};
 
-/// A prepared call: the request (body already `Bytes`) and its options.
+/// A prepared call: the request (its body built: `Bytes`, or a stream with
+/// its replay buffer) and its options.
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) request: reqwest::Request,
