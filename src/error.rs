@@ -653,14 +653,25 @@ pub(crate) enum CutBy {
     Budget,
     /// The rate limit could not admit the retry within the deadline.
     RateLimit,
+    /// A streamed request body sent more than its replay buffer (this many
+    /// bytes): it cannot be sent again.
+    ReplayBuffer(usize),
+    /// The streamed request body's source failed.
+    BodySource,
 }
 
-impl CutBy {
-    const fn as_str(self) -> &'static str {
+impl fmt::Display for CutBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::CircuitOpen => "circuit opened",
-            Self::Budget => "retry budget exhausted",
-            Self::RateLimit => "rate limit reached",
+            Self::CircuitOpen => f.write_str("circuit opened"),
+            Self::Budget => f.write_str("retry budget exhausted"),
+            Self::RateLimit => f.write_str("rate limit reached"),
+            Self::ReplayBuffer(bytes) => write!(
+                f,
+                "the request body streamed past its {bytes}-byte replay buffer, \
+                 so it cannot be sent again"
+            ),
+            Self::BodySource => f.write_str("the request body stream failed"),
         }
     }
 }
@@ -1116,9 +1127,7 @@ impl fmt::Display for Error {
             write!(
                 f,
                 "; {} attempts allowed, {} made: {}",
-                cut.allowed,
-                inner.attempts,
-                cut.by.as_str()
+                cut.allowed, inner.attempts, cut.by
             )?;
         }
         Ok(())

@@ -16,6 +16,8 @@ use crate::headers::{bearer, header_pair};
 use crate::pipeline::{Buffer, Call, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{RetryPolicy, is_idempotent_method};
+use crate::sse::EventStream;
+use crate::upload::{Payload, Upload};
 
 /// The header an idempotency key is sent in.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -61,7 +63,7 @@ pub struct RequestBuilder {
     /// does; the request fails with it unless `allow_path_escape`.
     escape: Option<Error>,
     allow_path_escape: bool,
-    body: Option<Bytes>,
+    body: Option<Payload>,
     /// The `Content-Type` the body setter implies, unless the request sets one.
     content_type: Option<&'static str>,
     timeout: Option<Duration>,
@@ -229,7 +231,7 @@ impl RequestBuilder {
         match serde_json::to_vec(body) {
             Ok(bytes) => {
                 let mut this = self;
-                this.body = Some(Bytes::from(bytes));
+                this.body = Some(Payload::Bytes(Bytes::from(bytes)));
                 this.content_type = Some("application/json");
                 this
             }
@@ -269,7 +271,7 @@ impl RequestBuilder {
         match serde_urlencoded::to_string(form) {
             Ok(text) => {
                 let mut this = self;
-                this.body = Some(Bytes::from(text));
+                this.body = Some(Payload::Bytes(Bytes::from(text)));
                 this.content_type = Some("application/x-www-form-urlencoded");
                 this
             }
@@ -279,7 +281,59 @@ impl RequestBuilder {
 
     /// A raw body, replayed on every attempt.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = Some(body.into());
+        self.body = Some(Payload::Bytes(body.into()));
+        self.content_type = None;
+        self
+    }
+
+    /// A body read from `stream` as the transport sends it (chunked), never
+    /// held whole, with a replay buffer of `replay_buffer_bytes`.
+    ///
+    /// The chunks sent are recorded while they fit the buffer. An attempt
+    /// that fails while everything sent so far is still in the buffer may be
+    /// retried as any other (the method must allow it: PUT, an
+    /// [`idempotency_key`](Self::idempotency_key), or
+    /// [`idempotent(true)`](Self::idempotent)): its body replays the
+    /// recording, then goes on reading the stream. Once more than the buffer
+    /// was sent, the recording is dropped and the call is not retried; its
+    /// error says so ("...: the request body streamed past its 1048576-byte
+    /// replay buffer, so it cannot be sent again"). Memory stays bounded by
+    /// the buffer; a body is never cut short. An error of the stream fails
+    /// the attempt (the error's source) and is not retried.
+    ///
+    /// [`HookRequest::body`](crate::HookRequest::body) and the signer see no
+    /// bytes of a streamed body. An event stream
+    /// ([`send_events`](Self::send_events)) with a streamed body does not
+    /// reconnect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::body_string("part 1, part 2"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(201))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// use resilient_http::Bytes;
+    ///
+    /// let parts = ["part 1, ", "part 2"].map(|p| Ok::<_, std::io::Error>(Bytes::from(p)));
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let resp = client
+    ///     .put("upload")
+    ///     .body_stream(futures_util::stream::iter(parts), 1 << 20) // 1 MiB replay buffer
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(resp.status(), 201);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn body_stream<S, E>(mut self, stream: S, replay_buffer_bytes: usize) -> Self
+    where
+        S: futures_core::Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.body = Some(Payload::Stream(Upload::new(stream, replay_buffer_bytes)));
         self.content_type = None;
         self
     }
@@ -452,7 +506,7 @@ impl RequestBuilder {
             };
             url.set_query(Some(&joined));
         }
-        *request.body_mut() = body.clone().map(reqwest::Body::from);
+        *request.body_mut() = body.as_ref().map(Payload::body);
         if let Some(content_type) = content_type {
             request
                 .headers_mut()
@@ -532,5 +586,54 @@ impl RequestBuilder {
         let item_limit = client.inner.max_response_bytes;
         let call = client.execute::<Streamed>(call);
         async move { call.await.map(|stream| stream.with_item_limit(item_limit)) }
+    }
+
+    /// Sends the request as a server-sent events subscription and returns
+    /// its events as they arrive: an [`EventStream`] of
+    /// `Result<`[`SseEvent`](crate::SseEvent)`>` that reconnects by itself
+    /// with `Last-Event-ID` when the connection drops.
+    ///
+    /// The request carries `Accept: text/event-stream` and `Cache-Control:
+    /// no-cache` (unless it sets its own). The first connection goes through
+    /// the pipeline like [`send_stream`](Self::send_stream); so does every
+    /// reconnect, with the same breaker, limits, retry budget and endpoint
+    /// choice. An event stream has no total deadline by default: it lives
+    /// until dropped, and `read_timeout` is its idle limit (a read that waits
+    /// longer is a dropped connection, and reconnects). A call
+    /// [`timeout`](Self::timeout) still bounds the whole stream when set.
+    /// See [`EventStream`] for when the stream ends.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), for the first connection; a `Decode` error
+    /// when its `Content-Type` is not `text/event-stream`. A `204 No Content`
+    /// is an empty stream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/events"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_body_raw("id: 1\ndata: hello\n\nid: 2\ndata: world\n\n", "text/event-stream"))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let mut events = client.get("events").send_events().await?;
+    /// let mut words = Vec::new();
+    /// while let Some(event) = events.next_event().await {
+    ///     words.push(event?.into_data());
+    ///     if words.len() == 2 {
+    ///         break; // the stream would reconnect after the body ends
+    ///     }
+    /// }
+    /// assert_eq!(words, ["hello", "world"]);
+    /// assert_eq!(events.last_event_id(), Some("2"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn send_events(self) -> impl Future<Output = Result<EventStream, Error>> + Send + 'static {
+        let (client, call) = self.into_call();
+        EventStream::open(client, call)
     }
 }

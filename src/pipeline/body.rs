@@ -7,11 +7,12 @@ use url::Url;
 
 use super::CallContext;
 use crate::error::Error;
+use crate::upload::{NoReplay, Payload};
 
 /// What a retry needs, besides method and URL, to rebuild the request.
 pub(super) struct Replay {
     pub(super) headers: Option<reqwest::header::HeaderMap>,
-    pub(super) body: Option<Bytes>,
+    pub(super) body: Option<Payload>,
     pub(super) version: reqwest::Version,
 }
 
@@ -35,12 +36,18 @@ impl Replay {
         }
     }
 
+    /// Whether the body can be sent again whole (a streamed one may have
+    /// outgrown its replay buffer, or failed).
+    pub(super) fn replayable(&self) -> Result<(), NoReplay> {
+        self.body.as_ref().map_or(Ok(()), Payload::replayable)
+    }
+
     fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
         let mut request = reqwest::Request::new(method.clone(), url.clone());
         if let Some(headers) = &self.headers {
             request.headers_mut().clone_from(headers);
         }
-        *request.body_mut() = self.body.clone().map(reqwest::Body::from);
+        *request.body_mut() = self.body.as_ref().map(Payload::body);
         *request.version_mut() = self.version;
         request
     }

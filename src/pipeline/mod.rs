@@ -37,19 +37,35 @@ use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{Decision, RetryPolicy, Withdrawal, parse_retry_after};
 use crate::stats::{Active, Stats};
 use crate::timeout::{Deadline, TimeoutPhase};
+use crate::upload::{NoReplay, Payload};
 
-/// A prepared call: the request (body already `Bytes`) and its options.
+/// A prepared call: the request (its body built: `Bytes`, or a stream with
+/// its replay buffer) and its options.
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) request: reqwest::Request,
-    /// The body, also in `request`; kept to replay it without a copy.
-    pub(crate) body: Option<Bytes>,
+    /// The body, also in `request`; kept to replay it (bytes without a
+    /// copy, a stream from its replay buffer).
+    pub(crate) body: Option<Payload>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) plan: Plan,
 }
 
+impl Call {
+    /// A copy to send again (an event stream's reconnect); `None` when the
+    /// request's body cannot be copied.
+    pub(crate) fn try_clone(&self) -> Option<Self> {
+        Some(Self {
+            request: self.request.try_clone()?,
+            body: self.body.clone(),
+            timeout: self.timeout,
+            plan: self.plan.clone(),
+        })
+    }
+}
+
 /// The relative path of a call on a client with endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Routed {
     /// Joined onto the endpoint each attempt goes to.
     pub(crate) path: Box<str>,
@@ -149,7 +165,7 @@ pub(crate) struct CallContext<'a> {
 }
 
 /// How a call is carried out, besides its context and request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// The call may be sent more than once.
     pub(crate) idempotent: bool,
@@ -479,7 +495,10 @@ impl ApiClient {
                     if let Some(pause) = route.pause_of(target) {
                         self.pushback(pause, &err, &ctx.url, now);
                     }
+                    // A streamed body past its replay buffer cannot be sent again.
+                    let replayable = replay.replayable();
                     if let (Some(auth), Some((_, generation))) = (auth, &credential)
+                        && replayable.is_ok()
                         && err.status() == Some(StatusCode::UNAUTHORIZED)
                         && !std::mem::replace(&mut reauthorized, true)
                     {
@@ -508,6 +527,19 @@ impl ApiClient {
                             return Err(ctx.fail(err, attempts));
                         }
                     };
+                    if let Err(why) = replayable {
+                        drop(withdrawal); // given back: no retry is made
+                        let by = match why {
+                            NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
+                            NoReplay::SourceFailed => CutBy::BodySource,
+                        };
+                        tracing::debug!(
+                            target: "resilient_http::retry",
+                            attempt = attempts,
+                            "not retrying: {by}"
+                        );
+                        return Err(ctx.fail(err.with_cut(policy.max_attempts, by), attempts));
+                    }
                     Stats::retry(&ctx.method, &err.type_name());
                     // Dropped with the call if it is cancelled during the sleep.
                     pending = withdrawal;

@@ -139,25 +139,83 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    raw_server_with_head(move |_, _, stream| script(stream)).await
+}
+
+/// As [`raw_server`], the script also getting the connection's number (0
+/// for the first accepted) and the request head as text (lossy), to answer
+/// by request (a `Last-Event-ID`, say).
+pub async fn raw_server_with_head<F, Fut>(script: F) -> String
+where
+    F: Fn(usize, String, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");
     let script = Arc::new(script);
     tokio::spawn(async move {
-        for _ in 0..RAW_SERVER_MAX_CONNECTIONS {
+        for n in 0..RAW_SERVER_MAX_CONNECTIONS {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
             let script = Arc::clone(&script);
             tokio::spawn(async move {
-                if read_request_head(&mut stream).await {
-                    script(stream).await;
+                if let Some(head) = read_head(&mut stream).await {
+                    script(n, head, stream).await;
                 }
             });
         }
     });
     format!("http://{addr}/")
+}
+
+/// The value of header `name` (lowercase) in a request head, if present.
+pub fn head_value<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Reads a request head (see [`read_request_head`]) and returns it as text.
+/// It reads one byte at a time, so the body that follows stays unread.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read_u8().await {
+            Ok(b) => head.push(b),
+            Err(_) => return None,
+        }
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads a chunked request body (after [`read_head`]), at most `cap` bytes;
+/// `None` if the peer left, sent bad framing or more than `cap`.
+pub async fn read_chunked_body(stream: &mut tokio::net::TcpStream, cap: usize) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.ok()?;
+        let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        if body.len() + size > cap {
+            return None;
+        }
+        let mut chunk = vec![0u8; size + 2]; // the data and its CRLF
+        reader.read_exact(&mut chunk).await.ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// Reads up to the end of a request head (`\r\n\r\n`, at most 64 KiB);
