@@ -206,10 +206,7 @@ fn decode(c: &mut criterion::Criterion) {
         Subjects {
             // The default `max_response_bytes` (16 MiB) takes the 10 MB body.
             api: ApiClient::builder().base_url(&base).build().unwrap(),
-            raw: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .build()
-                .unwrap(),
+            raw: common::reqwest_builder().tcp_nodelay(true).build().unwrap(),
             base: base.clone(),
         }
     });

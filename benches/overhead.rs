@@ -61,14 +61,14 @@ fn subjects(bases: &[String]) -> Vec<(&'static str, Subject)> {
     let base = &bases[0];
     // The same wire traffic for all: raw reqwest sends the User-Agent our
     // client sends by default, so the comparison measures the layers only.
-    let raw = reqwest::Client::builder()
+    let raw = common::reqwest_builder()
         .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .tcp_nodelay(true)
         .build()
         .unwrap();
     // What the timers alone cost: the timeouts our defaults set, given to
     // reqwest (its total `timeout` is a timer per request, like ours).
-    let timeouts = reqwest::Client::builder()
+    let timeouts = common::reqwest_builder()
         .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(10))

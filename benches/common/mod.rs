@@ -103,6 +103,20 @@ async fn accept(listener: TcpListener, respond: Respond) {
     }
 }
 
+/// A builder for the raw reqwest clients the benches compare against.
+///
+/// The crate's rustls features build reqwest with `rustls-no-provider` (the
+/// client gets its crypto provider explicitly, never a process-wide one), so
+/// a plain `reqwest::Client::builder().build()` panics unless a default
+/// provider is installed. The benches speak plain HTTP: ring is installed as
+/// the process default here, for the raw clients only (`ApiClient` keeps its
+/// own provider). Harmless when another TLS stack is built in.
+pub(crate) fn reqwest_builder() -> reqwest::ClientBuilder {
+    // Err only when a provider is already installed: then that one serves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// Criterion settings that fit a shared 2-core machine: fewer, shorter samples.
 pub(crate) fn criterion() -> Criterion {
     Criterion::default()
