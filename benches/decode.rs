@@ -220,6 +220,7 @@ fn decode(c: &mut criterion::Criterion) {
     });
 
     for (name, bytes, count) in &bodies {
+        println!("decode/{name}: {} bytes, {count} records", bytes.len());
         // Every subject decodes the whole array (and opens its connection).
         rt.block_on(async {
             assert_eq!(subjects.get_json(name).await.len(), *count);
