@@ -1,8 +1,10 @@
 //! Throughput of raw reqwest, reqwest with the timeouts a resilient client
-//! sets, and `ApiClient` (defaults, and every layer on), at concurrency 1 and
-//! 32, against the same in-process server, on a current-thread runtime and on
-//! a multi-thread one (one worker, as a service's runtime runs on a busy
-//! 2-core machine; the server has its own thread).
+//! sets, and `ApiClient` (defaults, every layer on, and balanced over three
+//! endpoints), at concurrency 1 and 32, against the same in-process server, on
+//! a current-thread runtime and on a multi-thread one (one worker, as a
+//! service's runtime runs on a busy 2-core machine; the server has its own
+//! thread). The three endpoints are three listeners of that one server, so
+//! the balanced client costs the server what the others do.
 //!
 //! `cargo bench --bench overhead`; one runtime only:
 //! `cargo bench --bench overhead -- multi_thread`
@@ -53,17 +55,20 @@ impl Subject {
     }
 }
 
-fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
+/// `bases[0]` is the one base URL; all of them are the balanced client's
+/// endpoints.
+fn subjects(bases: &[String]) -> Vec<(&'static str, Subject)> {
+    let base = &bases[0];
     // The same wire traffic for all: raw reqwest sends the User-Agent our
     // client sends by default, so the comparison measures the layers only.
-    let raw = reqwest::Client::builder()
+    let raw = common::reqwest_builder()
         .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .tcp_nodelay(true)
         .build()
         .unwrap();
     // What the timers alone cost: the timeouts our defaults set, given to
     // reqwest (its total `timeout` is a timer per request, like ours).
-    let timeouts = reqwest::Client::builder()
+    let timeouts = common::reqwest_builder()
         .user_agent(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(10))
@@ -78,6 +83,9 @@ fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
         .max_concurrency(1024)
         .build()
         .unwrap();
+    // Defaults but three endpoints (least outstanding, power of two choices):
+    // what choosing an endpoint per attempt and its per-endpoint breaker cost.
+    let balanced = ApiClient::builder().endpoints(bases).build().unwrap();
     vec![
         ("raw_reqwest", Subject::Raw(raw, format!("{base}users/42"))),
         (
@@ -86,19 +94,22 @@ fn subjects(base: &str) -> Vec<(&'static str, Subject)> {
         ),
         ("api_defaults", Subject::Api(defaults)),
         ("api_all_layers", Subject::Api(every_layer)),
+        ("api_balanced_3", Subject::Api(balanced)),
     ]
 }
 
 fn overhead(c: &mut criterion::Criterion) {
-    let addr = common::start_server(200);
-    let base = format!("http://{addr}/api/");
+    let bases: Vec<String> = common::start_listeners(200, 3)
+        .into_iter()
+        .map(|addr| format!("http://{addr}/api/"))
+        .collect();
     for (runtime, rt) in runtimes() {
         for concurrency in [1usize, 32] {
             let mut group = c.benchmark_group(format!("overhead/{runtime}/c{concurrency}"));
             group.throughput(Throughput::Elements(concurrency as u64));
             // Fresh clients per runtime: a pool's connections belong to the
             // runtime that opened them.
-            for (name, subject) in rt.block_on(async { subjects(&base) }) {
+            for (name, subject) in rt.block_on(async { subjects(&bases) }) {
                 // Warm the pool so every subject starts with open connections.
                 rt.block_on(async {
                     for _ in 0..concurrency {

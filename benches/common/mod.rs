@@ -2,8 +2,10 @@
 // Bench setup fails loudly; not every bench uses every helper.
 #![allow(clippy::expect_used, dead_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +24,39 @@ pub(crate) const BODY: &[u8] =
 /// (one worker). It answers every request with `status` and [`BODY`], and
 /// lives until the bench process exits.
 pub(crate) fn start_server(status: u16) -> SocketAddr {
+    start_listeners(status, 1)[0]
+}
+
+/// Like [`start_server`], with `n` listeners (each its own port) served by
+/// the same one-worker runtime thread: several instances of one service, at
+/// the server cost of one.
+pub(crate) fn start_listeners(status: u16, n: usize) -> Vec<SocketAddr> {
+    let status = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    serve(
+        n,
+        Arc::new(move |_path: &str| (status, Bytes::from_static(BODY))),
+    )
+}
+
+/// Starts a server like [`start_server`] that answers a request for a path
+/// in `bodies` with 200 and that body (JSON; the `Bytes` is shared, not
+/// copied, per request), and any other path with 404.
+pub(crate) fn start_server_with(bodies: Vec<(String, Bytes)>) -> SocketAddr {
+    let bodies: HashMap<String, Bytes> = bodies.into_iter().collect();
+    serve(
+        1,
+        Arc::new(move |path: &str| match bodies.get(path) {
+            Some(body) => (hyper::StatusCode::OK, body.clone()),
+            None => (hyper::StatusCode::NOT_FOUND, Bytes::new()),
+        }),
+    )[0]
+}
+
+/// The status and body for a request path.
+type Respond = Arc<dyn Fn(&str) -> (hyper::StatusCode, Bytes) + Send + Sync>;
+
+/// `n` listeners on one runtime thread (one worker), answering with `respond`.
+fn serve(n: usize, respond: Respond) -> Vec<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -30,31 +65,56 @@ pub(crate) fn start_server(status: u16) -> SocketAddr {
             .build()
             .expect("server runtime");
         rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| async move {
-                        let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
-                        *resp.status_mut() =
-                            hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                        resp.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+            let mut accepts = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                tx.send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
+                accepts.spawn(accept(listener, respond.clone()));
             }
+            while accepts.join_next().await.is_some() {}
         });
     });
-    rx.recv().expect("server address")
+    (0..n).map(|_| rx.recv().expect("server address")).collect()
+}
+
+async fn accept(listener: TcpListener, respond: Respond) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (status, body) = respond(req.uri().path());
+                async move {
+                    let mut resp = Response::new(Full::new(body));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A builder for the raw reqwest clients the benches compare against.
+///
+/// The crate's rustls features build reqwest with `rustls-no-provider` (the
+/// client gets its crypto provider explicitly, never a process-wide one), so
+/// a plain `reqwest::Client::builder().build()` panics unless a default
+/// provider is installed. The benches speak plain HTTP: ring is installed as
+/// the process default here, for the raw clients only (`ApiClient` keeps its
+/// own provider). Harmless when another TLS stack is built in.
+pub(crate) fn reqwest_builder() -> reqwest::ClientBuilder {
+    // Err only when a provider is already installed: then that one serves.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }
 
 /// Criterion settings that fit a shared 2-core machine: fewer, shorter samples.
