@@ -105,12 +105,12 @@ async fn accept(listener: TcpListener, respond: Respond) {
 
 /// A builder for the raw reqwest clients the benches compare against.
 ///
-/// The crate's rustls features build reqwest with `rustls-no-provider` (the
-/// client gets its crypto provider explicitly, never a process-wide one), so
-/// a plain `reqwest::Client::builder().build()` panics unless a default
-/// provider is installed. The benches speak plain HTTP: ring is installed as
-/// the process default here, for the raw clients only (`ApiClient` keeps its
-/// own provider). Harmless when another TLS stack is built in.
+/// With the `rustls-ring` feature alone, reqwest is built with no crypto
+/// provider of its own (the crate's client gets one explicitly, never a
+/// process-wide one), so a plain `reqwest::Client::builder().build()` needs a
+/// default provider installed. The benches speak plain HTTP: ring is
+/// installed as the process default here, for the raw clients only
+/// (`ApiClient` keeps its own provider). Harmless with any other stack.
 pub(crate) fn reqwest_builder() -> reqwest::ClientBuilder {
     // Err only when a provider is already installed: then that one serves.
     let _ = rustls::crypto::ring::default_provider().install_default();
