@@ -1176,30 +1176,39 @@ impl std::error::Error for Error {
 /// names the serde category, the path to the failing field (field names and
 /// indexes only) and the position, but never a value; serde's own message,
 /// which can quote the body, stays in `source()`.
+///
+/// The body is decoded at full speed first; only a body that fails is decoded
+/// again, tracking the path (which copies every key it meets), to name where.
 pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|first| decode_json_error::<T>(body, first))
+}
+
+/// The `Decode` error of a body that failed to decode as `T` with `first`.
+#[cold]
+fn decode_json_error<T: DeserializeOwned>(body: &[u8], first: serde_json::Error) -> Error {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let decoded = serde_path_to_error::deserialize(&mut de)
-        .map_err(|err| (json_path(err.path()), err.into_inner()))
-        .and_then(|value| {
-            // Trailing bytes after the value are an error too, as with `from_slice`.
-            de.end()
-                .map(|()| value)
-                .map_err(|err| ("the top level".to_owned(), err))
-        });
-    decoded.map_err(|(path, inner)| {
-        let category = match inner.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "syntax",
-            serde_json::error::Category::Data => "type",
-            serde_json::error::Category::Eof => "end of input",
-        };
-        let detail = format!(
-            "body is not the expected JSON ({category} error at {path}, line {} column {})",
-            inner.line(),
-            inner.column()
-        );
-        Error::decode(detail, Some(Box::new(inner)))
-    })
+    let (path, inner) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(err) => (json_path(err.path()), err.into_inner()),
+        // Trailing bytes after the value are an error too, as with `from_slice`.
+        Ok(_) => match de.end() {
+            Err(err) => ("the top level".to_owned(), err),
+            // Decoded this time (a `Deserialize` that is not deterministic):
+            // the first failure stands, without a path.
+            Ok(()) => ("an unknown place".to_owned(), first),
+        },
+    };
+    let category = match inner.classify() {
+        serde_json::error::Category::Io => "I/O",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "type",
+        serde_json::error::Category::Eof => "end of input",
+    };
+    let detail = format!(
+        "body is not the expected JSON ({category} error at {path}, line {} column {})",
+        inner.line(),
+        inner.column()
+    );
+    Error::decode(detail, Some(Box::new(inner)))
 }
 
 /// A path like `` `items[2].id` `` (or `the top level`). Keys that do not look

@@ -55,7 +55,10 @@ impl Replay {
 
 /// Reads the whole body, failing with `Decode` past `limit` bytes.
 pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
-    if resp.content_length().is_some_and(|len| len > limit as u64) {
+    // Read before the first chunk: afterwards the transport's hint is what is
+    // left to come, not the whole body.
+    let length = resp.content_length();
+    if length.is_some_and(|len| len > limit as u64) {
         return Err(Error::too_large(limit));
     }
     let Some(first) = resp.chunk().await.map_err(Error::transport_mid_body)? else {
@@ -71,9 +74,7 @@ pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Resu
     if both > limit {
         return Err(Error::too_large(limit));
     }
-    let hint = resp
-        .content_length()
-        .map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let hint = length.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
     // `both <= limit`, so the bounds are ordered.
     let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
     buf.extend_from_slice(&first);
