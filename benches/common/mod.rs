@@ -1,6 +1,9 @@
-//! Shared by the benches: an in-process HTTP/1.1 server and criterion settings.
+//! Shared by the benches: an in-process HTTP/1.1 server and criterion settings,
+//! and the failure-mix server of the `scenarios` bench ([`scenario`]).
 // Bench setup fails loudly; not every bench uses every helper.
 #![allow(clippy::expect_used, dead_code)]
+
+pub(crate) mod scenario;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

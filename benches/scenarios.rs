@@ -1,0 +1,516 @@
+//! Failure mixes against the peers: `ApiClient` beside reqwest-middleware +
+//! reqwest-retry and reqwest 0.13's built-in retry, one after another against
+//! the same in-process server on 127.0.0.1, in one run.
+//!
+//! ```sh
+//! cargo bench --bench scenarios          # the full run (release), about two minutes
+//! cargo test --bench scenarios           # a smoke run (a few dozen calls a scenario)
+//! ```
+//!
+//! # Subjects
+//!
+//! Each is configured as a user would, with 4 attempts at most (3 retries)
+//! and the same backoff where the client has one: 100 ms doubling, capped at
+//! 5 s, full jitter (our defaults).
+//!
+//! - `resilient-http`: `ApiClient` with its defaults (retry budget, circuit
+//!   breaker, pushback) and `RetryPolicy::exponential().max_attempts(4)`.
+//! - `reqwest-retry`: reqwest-middleware 0.5 + reqwest-retry 0.9
+//!   `RetryTransientMiddleware`, `ExponentialBackoff` with `retry_bounds(100 ms,
+//!   5 s)` and 3 retries (its default jitter is full jitter too).
+//! - `reqwest-builtin`: reqwest 0.13's `reqwest::retry::for_host("127.0.0.1")`
+//!   with 3 retries per request, retrying 5xx, 408, 429 and transport errors,
+//!   and its default retry budget (20% extra load). It has no backoff.
+//!
+//! Every subject is built fresh for each scenario (new pool, budget, breaker).
+//!
+//! # Scenarios
+//!
+//! | scenario | server | load |
+//! |---|---|---|
+//! | `outage` | 503 to everything | closed loop |
+//! | `flaky-10` .. `flaky-50` | 503 to a seeded share of hits (10, 20, 30, 50%): the same hits for every subject | closed loop |
+//! | `brownout` | 10% of hits (seeded) answered after 500 ms | closed loop |
+//! | `recovery` | 503 for 2 s, then healthy | open loop, 500 calls/s for 14 s |
+//! | `pushback` | the first hit gets 429 `Retry-After: 1`, the rest 200 | closed loop |
+//! | `overload` | at most 8 requests in service (10 ms each, 800/s); 503 at once beyond | open loop, 1,200 calls/s for 3 s |
+//!
+//! Closed loop: 32 tasks make 1,000 calls (`outage`, `pushback`) or 2,000
+//! calls between them, each task starting its next call when the last ends.
+//! Open loop: calls start at a fixed rate whatever happens to earlier ones.
+//!
+//! # Columns
+//!
+//! - `ok %`: calls that ended with a 2xx response.
+//! - `req/call`: requests the server received per call (retries included).
+//! - `p50`, `p99`: latency per call, retries and waits included.
+//! - `cpu/call`: CPU time of the whole process but the server's thread,
+//!   per call (from `/proc/self/task/*/schedstat`; `-` where unreadable).
+//! - `note`: `recovery`: time from the server's recovery to the first 100 ms
+//!   window of calls (by start time) of which 99% succeed; `pushback`:
+//!   requests that reached the server within the second after the 429;
+//!   `overload`: 503s the server answered.
+//!
+//! The server runs on its own thread (`current_thread` runtime), the clients
+//! on a multi-thread runtime with one worker: 2 busy threads for 2 cores.
+//! The last line of stdout is one JSON object with every number.
+//!
+//! Under `cargo test` (no `--bench` argument; `.ci/run` runs every bench so)
+//! the same code runs a smoke version: 48 calls a closed-loop scenario, a
+//! 200 ms outage in `recovery` and 300 ms of `overload`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    missing_docs
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::scenario::{Behavior, Counts, ScenarioServer};
+use reqwest_middleware::ClientWithMiddleware;
+use reqwest_retry::RetryTransientMiddleware;
+use reqwest_retry::policies::ExponentialBackoff;
+use resilient_http::{ApiClient, RetryPolicy};
+use serde_json::{Value, json};
+
+/// Attempts per call at most, first included (3 retries), for every subject.
+const MAX_ATTEMPTS: u32 = 4;
+/// Backoff bounds for the subjects that have a backoff: our defaults.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// The windows in which `recovery` judges the success rate.
+const WINDOW: Duration = Duration::from_millis(100);
+/// The share of a window's calls that must succeed for `recovery` to count.
+const RECOVERED: f64 = 0.99;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Ours,
+    Middleware,
+    Builtin,
+}
+
+impl Peer {
+    const ALL: [Self; 3] = [Self::Ours, Self::Middleware, Self::Builtin];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "resilient-http",
+            Self::Middleware => "reqwest-retry",
+            Self::Builtin => "reqwest-builtin",
+        }
+    }
+}
+
+/// One client under test, built fresh for every scenario.
+enum Subject {
+    Ours(ApiClient),
+    Middleware(ClientWithMiddleware, String),
+    Builtin(reqwest::Client, String),
+}
+
+impl Subject {
+    fn new(peer: Peer, base: &str) -> Self {
+        let url = format!("{base}x");
+        match peer {
+            Peer::Ours => Self::Ours(
+                ApiClient::builder()
+                    .base_url(base)
+                    .retry(RetryPolicy::exponential().max_attempts(MAX_ATTEMPTS))
+                    .build()
+                    .expect("resilient-http client"),
+            ),
+            Peer::Middleware => {
+                let policy = ExponentialBackoff::builder()
+                    .retry_bounds(BACKOFF.0, BACKOFF.1)
+                    .build_with_max_retries(MAX_ATTEMPTS - 1);
+                let inner = reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .expect("reqwest client");
+                let client = reqwest_middleware::ClientBuilder::new(inner)
+                    .with(RetryTransientMiddleware::new_with_policy(policy))
+                    .build();
+                Self::Middleware(client, url)
+            }
+            Peer::Builtin => {
+                let policy = reqwest::retry::for_host("127.0.0.1")
+                    .max_retries_per_request(MAX_ATTEMPTS - 1)
+                    .classify_fn(|rr| match rr.status() {
+                        Some(s) if s.is_server_error() || s == 408 || s == 429 => rr.retryable(),
+                        None => rr.retryable(),
+                        Some(_) => rr.success(),
+                    });
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .retry(policy)
+                    .build()
+                    .expect("reqwest client");
+                Self::Builtin(client, url)
+            }
+        }
+    }
+
+    /// One logical GET; whether it ended with a 2xx (the body read to the end).
+    async fn call(&self) -> bool {
+        let resp = match self {
+            Self::Ours(client) => return client.get("x").send().await.is_ok(),
+            Self::Middleware(client, url) => client.get(url).send().await.ok(),
+            Self::Builtin(client, url) => client.get(url).send().await.ok(),
+        };
+        match resp {
+            Some(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// One finished call: when it started (after the run's start), how long it
+/// took, and whether it succeeded.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    start: Duration,
+    latency: Duration,
+    ok: bool,
+}
+
+/// How calls are offered.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// `tasks` tasks make `calls` calls between them, one after another.
+    Closed { calls: usize, tasks: usize },
+    /// A call starts every `1 / rate` seconds for `length`.
+    Open { rate: f64, length: Duration },
+}
+
+async fn closed_loop(subject: Arc<Subject>, calls: usize, tasks: usize, t0: Instant) -> Vec<Call> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (subject, next) = (Arc::clone(&subject), Arc::clone(&next));
+        set.spawn(async move {
+            let mut done = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls {
+                let started = Instant::now();
+                let ok = subject.call().await;
+                done.push(Call {
+                    start: started - t0,
+                    latency: started.elapsed(),
+                    ok,
+                });
+            }
+            done
+        });
+    }
+    let mut all = Vec::with_capacity(calls);
+    while let Some(done) = set.join_next().await {
+        all.extend(done.expect("call task"));
+    }
+    all
+}
+
+async fn open_loop(subject: Arc<Subject>, rate: f64, length: Duration, t0: Instant) -> Vec<Call> {
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut set = tokio::task::JoinSet::new();
+    let mut spawned = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = t0.elapsed();
+        if now >= length {
+            break;
+        }
+        let due = (now.as_secs_f64() * rate) as u64;
+        while spawned < due {
+            spawned += 1;
+            let (subject, done) = (Arc::clone(&subject), Arc::clone(&done));
+            set.spawn(async move {
+                let started = Instant::now();
+                let ok = subject.call().await;
+                let call = Call {
+                    start: started - t0,
+                    latency: started.elapsed(),
+                    ok,
+                };
+                done.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(call);
+            });
+        }
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+    std::mem::take(&mut *done.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The time from `healthy` (after the run's start) to the start of the first
+/// [`WINDOW`] of calls, by start time, of which [`RECOVERED`] succeeded.
+fn recovery_time(calls: &[Call], healthy: Duration) -> Option<Duration> {
+    let first = (healthy.as_nanos() / WINDOW.as_nanos()) as usize;
+    let last = calls
+        .iter()
+        .map(|c| (c.start.as_nanos() / WINDOW.as_nanos()) as usize)
+        .max()?;
+    let mut windows = vec![(0usize, 0usize); last + 1];
+    for c in calls {
+        let w = &mut windows[(c.start.as_nanos() / WINDOW.as_nanos()) as usize];
+        w.0 += 1;
+        w.1 += usize::from(c.ok);
+    }
+    (first..=last)
+        .find(|&w| windows[w].0 > 0 && windows[w].1 as f64 >= RECOVERED * windows[w].0 as f64)
+        .map(|w| WINDOW * (w - first) as u32)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    behavior: Behavior,
+    load: Load,
+    /// The `recovery` scenario's outage length.
+    healthy_after: Option<Duration>,
+}
+
+/// What the table and the JSON line show for one subject in one scenario.
+#[derive(Debug)]
+struct Row {
+    scenario: &'static str,
+    peer: Peer,
+    calls: usize,
+    ok_pct: f64,
+    requests_per_call: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_per_call: Option<Duration>,
+    wall: Duration,
+    counts: Counts,
+    recovery: Option<Option<Duration>>,
+}
+
+impl Row {
+    fn note(&self) -> String {
+        match self.scenario {
+            "recovery" => match self.recovery {
+                Some(Some(t)) => format!("recovered after {} ms", t.as_millis()),
+                _ => "not recovered in the run".into(),
+            },
+            "pushback" => format!("{} requests in the pause", self.counts.during_pause),
+            "overload" => format!("{} answered 503", self.counts.failed),
+            _ => String::new(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+        json!({
+            "scenario": self.scenario,
+            "client": self.peer.name(),
+            "calls": self.calls,
+            "ok_pct": (self.ok_pct * 100.0).round() / 100.0,
+            "server_requests_per_call": (self.requests_per_call * 1000.0).round() / 1000.0,
+            "p50_ms": ms(self.p50),
+            "p99_ms": ms(self.p99),
+            "cpu_us_per_call": self.cpu_per_call.map(|d| (d.as_secs_f64() * 1e7).round() / 10.0),
+            "wall_ms": ms(self.wall),
+            "server_requests": self.counts.hits,
+            "server_non_2xx": self.counts.failed,
+            "requests_during_pause": self.counts.during_pause,
+            "recovery_ms": self.recovery.map(|r| r.map(|d| d.as_millis())),
+        })
+    }
+}
+
+/// The nearest-rank percentile `p` (0..=100) of sorted latencies.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+async fn run(server: &ScenarioServer, scenario: &Scenario, peer: Peer) -> Row {
+    let subject = Arc::new(Subject::new(peer, &server.base()));
+    let cpu0 = server.client_cpu();
+    let t0 = Instant::now();
+    server.set(match (scenario.behavior, scenario.healthy_after) {
+        (Behavior::Recovery { .. }, Some(outage)) => Behavior::Recovery {
+            healthy_at: t0 + outage,
+        },
+        (behavior, _) => behavior,
+    });
+    let calls = match scenario.load {
+        Load::Closed { calls, tasks } => closed_loop(subject, calls, tasks, t0).await,
+        Load::Open { rate, length } => open_loop(subject, rate, length, t0).await,
+    };
+    let wall = t0.elapsed();
+    let counts = server.counts();
+    let cpu = server
+        .client_cpu()
+        .zip(cpu0)
+        .map(|(after, before)| after.saturating_sub(before));
+    let n = calls.len().max(1);
+    let ok = calls.iter().filter(|c| c.ok).count();
+    let mut latencies: Vec<_> = calls.iter().map(|c| c.latency).collect();
+    latencies.sort_unstable();
+    Row {
+        scenario: scenario.name,
+        peer,
+        calls: calls.len(),
+        ok_pct: 100.0 * ok as f64 / n as f64,
+        requests_per_call: counts.hits as f64 / n as f64,
+        p50: percentile(&latencies, 50),
+        p99: percentile(&latencies, 99),
+        cpu_per_call: cpu.map(|c| c / n as u32),
+        wall,
+        counts,
+        recovery: scenario
+            .healthy_after
+            .map(|healthy| recovery_time(&calls, healthy)),
+    }
+}
+
+fn scenarios(full: bool) -> Vec<Scenario> {
+    let closed = |calls: usize| Load::Closed {
+        calls: if full { calls } else { 48 },
+        tasks: if full { 32 } else { 16 },
+    };
+    let flaky = |name, fail, seed| Scenario {
+        name,
+        behavior: Behavior::Flaky { fail, seed },
+        load: closed(2000),
+        healthy_after: None,
+    };
+    let (outage, after) = if full {
+        (Duration::from_secs(2), Duration::from_secs(12))
+    } else {
+        (Duration::from_millis(200), Duration::from_millis(400))
+    };
+    vec![
+        Scenario {
+            name: "outage",
+            behavior: Behavior::Outage,
+            load: closed(1000),
+            healthy_after: None,
+        },
+        flaky("flaky-10", 0.1, 0x5EED_0010),
+        flaky("flaky-20", 0.2, 0x5EED_0020),
+        flaky("flaky-30", 0.3, 0x5EED_0030),
+        flaky("flaky-50", 0.5, 0x5EED_0050),
+        Scenario {
+            name: "brownout",
+            behavior: Behavior::Brownout {
+                slow: 0.1,
+                delay: Duration::from_millis(500),
+                seed: 0x5EED_B0B0,
+            },
+            load: closed(2000),
+            healthy_after: None,
+        },
+        Scenario {
+            name: "recovery",
+            // `healthy_at` is set when the run starts: `healthy_after` later.
+            behavior: Behavior::Recovery {
+                healthy_at: Instant::now(),
+            },
+            load: Load::Open {
+                rate: if full { 500.0 } else { 200.0 },
+                length: outage + after,
+            },
+            healthy_after: Some(outage),
+        },
+        Scenario {
+            name: "pushback",
+            behavior: Behavior::Pushback {
+                retry_after: Duration::from_secs(1),
+            },
+            load: closed(1000),
+            healthy_after: None,
+        },
+        Scenario {
+            name: "overload",
+            behavior: Behavior::Overload {
+                capacity: 8,
+                service: Duration::from_millis(10),
+            },
+            load: Load::Open {
+                rate: 1200.0,
+                length: if full {
+                    Duration::from_secs(3)
+                } else {
+                    Duration::from_millis(300)
+                },
+            },
+            healthy_after: None,
+        },
+    ]
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| scenario | client | calls | ok % | req/call | p50 ms | p99 ms | cpu µs/call | note |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let cpu = r.cpu_per_call.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.1}", d.as_secs_f64() * 1e6),
+        );
+        println!(
+            "| {} | {} | {} | {:.2} | {:.3} | {:.2} | {:.2} | {} | {} |",
+            r.scenario,
+            r.peer.name(),
+            r.calls,
+            r.ok_pct,
+            r.requests_per_call,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            cpu,
+            r.note()
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --bench scenarios` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let server = ScenarioServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let mut rows = Vec::new();
+    for scenario in scenarios(full) {
+        for peer in Peer::ALL {
+            let row = rt.block_on(run(&server, &scenario, peer));
+            eprintln!(
+                "{} / {}: {:.2}% ok, {:.3} req/call, {:.1} s",
+                row.scenario,
+                row.peer.name(),
+                row.ok_pct,
+                row.requests_per_call,
+                row.wall.as_secs_f64()
+            );
+            rows.push(row);
+        }
+    }
+    print_table(&rows);
+    let line = json!({
+        "bench": "scenarios",
+        "mode": if full { "bench" } else { "smoke" },
+        "max_attempts": MAX_ATTEMPTS,
+        "backoff_ms": [BACKOFF.0.as_millis(), BACKOFF.1.as_millis()],
+        "nproc": std::thread::available_parallelism().map_or(0, usize::from),
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    println!("{line}");
+}
