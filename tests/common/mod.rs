@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod faults;
+pub mod scenario;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
