@@ -15,6 +15,8 @@
 //!
 //! - `resilient-http`: `ApiClient` with its defaults (retry budget, circuit
 //!   breaker, pushback) and `RetryPolicy::exponential().max_attempts(4)`.
+//! - `resilient-http, no breaker`: the same with `no_circuit_breaker()`, to
+//!   tell what the breaker does from what the retry budget does.
 //! - `reqwest-retry`: reqwest-middleware 0.5 + reqwest-retry 0.9
 //!   `RetryTransientMiddleware`, `ExponentialBackoff` with `retry_bounds(100 ms,
 //!   5 s)` and 3 retries (its default jitter is full jitter too).
@@ -45,19 +47,27 @@
 //! - `req/call`: requests the server received per call (retries included).
 //! - `p50`, `p99`: latency per call, retries and waits included.
 //! - `cpu/call`: CPU time of the whole process but the server's thread,
-//!   per call (from `/proc/self/task/*/schedstat`; `-` where unreadable).
+//!   per call (from `/proc/self/task/*/schedstat`; `-` where unreadable). It
+//!   includes the load generator, and it is lower when the loop is busy
+//!   (wake-ups are shared by many requests) than when most tasks sleep in a
+//!   backoff: compare it within a scenario whose subjects keep alike busy
+//!   (`brownout`), and see the `overhead` bench for the cost of a call.
 //! - `note`: `recovery`: time from the server's recovery to the first 100 ms
 //!   window of calls (by start time) of which 99% succeed; `pushback`:
-//!   requests that reached the server within the second after the 429;
-//!   `overload`: 503s the server answered.
+//!   requests that reached the server within the second after the 429 (the
+//!   429 itself not counted; requests already on their way count);
+//!   `overload`: 503s the server answered. For our clients, the calls the
+//!   circuit breaker refused without sending anything.
 //!
 //! The server runs on its own thread (`current_thread` runtime), the clients
 //! on a multi-thread runtime with one worker: 2 busy threads for 2 cores.
 //! The last line of stdout is one JSON object with every number.
 //!
 //! Under `cargo test` (no `--bench` argument; `.ci/run` runs every bench so)
-//! the same code runs a smoke version: 48 calls a closed-loop scenario, a
-//! 200 ms outage in `recovery` and 300 ms of `overload`.
+//! the same code runs a smoke version, about 6 s: 32 calls a closed-loop
+//! scenario, backoff 10 ms..500 ms, 100 ms answers in `brownout`, a 100 ms
+//! outage and 200 ms after it in `recovery`, 200 ms of `overload`. Its
+//! numbers only show that every scenario runs.
 
 #![allow(
     clippy::unwrap_used,
@@ -78,13 +88,15 @@ use common::scenario::{Behavior, Counts, ScenarioServer};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
-use resilient_http::{ApiClient, RetryPolicy};
+use resilient_http::{ApiClient, ClientStats, RetryPolicy};
 use serde_json::{Value, json};
 
 /// Attempts per call at most, first included (3 retries), for every subject.
 const MAX_ATTEMPTS: u32 = 4;
 /// Backoff bounds for the subjects that have a backoff: our defaults.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// The same, in the smoke run (only its speed matters there).
+const SMOKE_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(500));
 /// The windows in which `recovery` judges the success rate.
 const WINDOW: Duration = Duration::from_millis(100);
 /// The share of a window's calls that must succeed for `recovery` to count.
@@ -93,16 +105,23 @@ const RECOVERED: f64 = 0.99;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
     Ours,
+    OursNoBreaker,
     Middleware,
     Builtin,
 }
 
 impl Peer {
-    const ALL: [Self; 3] = [Self::Ours, Self::Middleware, Self::Builtin];
+    const ALL: [Self; 4] = [
+        Self::Ours,
+        Self::OursNoBreaker,
+        Self::Middleware,
+        Self::Builtin,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Ours => "resilient-http",
+            Self::OursNoBreaker => "resilient-http, no breaker",
             Self::Middleware => "reqwest-retry",
             Self::Builtin => "reqwest-builtin",
         }
@@ -117,19 +136,26 @@ enum Subject {
 }
 
 impl Subject {
-    fn new(peer: Peer, base: &str) -> Self {
+    fn new(peer: Peer, base: &str, backoff: (Duration, Duration)) -> Self {
         let url = format!("{base}x");
         match peer {
-            Peer::Ours => Self::Ours(
-                ApiClient::builder()
-                    .base_url(base)
-                    .retry(RetryPolicy::exponential().max_attempts(MAX_ATTEMPTS))
-                    .build()
-                    .expect("resilient-http client"),
-            ),
+            Peer::Ours | Peer::OursNoBreaker => {
+                let builder = ApiClient::builder().base_url(base).retry(
+                    RetryPolicy::exponential()
+                        .max_attempts(MAX_ATTEMPTS)
+                        .initial_backoff(backoff.0)
+                        .max_backoff(backoff.1),
+                );
+                let builder = if peer == Peer::Ours {
+                    builder
+                } else {
+                    builder.no_circuit_breaker()
+                };
+                Self::Ours(builder.build().expect("resilient-http client"))
+            }
             Peer::Middleware => {
                 let policy = ExponentialBackoff::builder()
-                    .retry_bounds(BACKOFF.0, BACKOFF.1)
+                    .retry_bounds(backoff.0, backoff.1)
                     .build_with_max_retries(MAX_ATTEMPTS - 1);
                 let inner = reqwest::Client::builder()
                     .no_proxy()
@@ -292,20 +318,32 @@ struct Row {
     cpu_per_call: Option<Duration>,
     wall: Duration,
     counts: Counts,
+    /// Our clients' own counters.
+    stats: Option<ClientStats>,
     recovery: Option<Option<Duration>>,
 }
 
 impl Row {
     fn note(&self) -> String {
+        let mut notes = Vec::new();
         match self.scenario {
-            "recovery" => match self.recovery {
+            "recovery" => notes.push(match self.recovery {
                 Some(Some(t)) => format!("recovered after {} ms", t.as_millis()),
                 _ => "not recovered in the run".into(),
-            },
-            "pushback" => format!("{} requests in the pause", self.counts.during_pause),
-            "overload" => format!("{} answered 503", self.counts.failed),
-            _ => String::new(),
+            }),
+            "pushback" => notes.push(format!(
+                "requests inside the pause: {}",
+                self.counts.during_pause
+            )),
+            "overload" => notes.push(format!("503s: {}", self.counts.failed)),
+            _ => {}
         }
+        if let Some(refused) = self.stats.map(|s| s.rejected_circuit_open)
+            && refused > 0
+        {
+            notes.push(format!("breaker refused {refused} calls"));
+        }
+        notes.join("; ")
     }
 
     fn json(&self) -> Value {
@@ -324,6 +362,8 @@ impl Row {
             "server_non_2xx": self.counts.failed,
             "requests_during_pause": self.counts.during_pause,
             "recovery_ms": self.recovery.map(|r| r.map(|d| d.as_millis())),
+            "breaker_refused": self.stats.map(|s| s.rejected_circuit_open),
+            "pushback_pauses": self.stats.map(|s| s.pushback_pauses),
         })
     }
 }
@@ -337,8 +377,13 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[rank - 1]
 }
 
-async fn run(server: &ScenarioServer, scenario: &Scenario, peer: Peer) -> Row {
-    let subject = Arc::new(Subject::new(peer, &server.base()));
+async fn run(
+    server: &ScenarioServer,
+    scenario: &Scenario,
+    peer: Peer,
+    backoff: (Duration, Duration),
+) -> Row {
+    let subject = Arc::new(Subject::new(peer, &server.base(), backoff));
     let cpu0 = server.client_cpu();
     let t0 = Instant::now();
     server.set(match (scenario.behavior, scenario.healthy_after) {
@@ -348,8 +393,12 @@ async fn run(server: &ScenarioServer, scenario: &Scenario, peer: Peer) -> Row {
         (behavior, _) => behavior,
     });
     let calls = match scenario.load {
-        Load::Closed { calls, tasks } => closed_loop(subject, calls, tasks, t0).await,
-        Load::Open { rate, length } => open_loop(subject, rate, length, t0).await,
+        Load::Closed { calls, tasks } => closed_loop(Arc::clone(&subject), calls, tasks, t0).await,
+        Load::Open { rate, length } => open_loop(Arc::clone(&subject), rate, length, t0).await,
+    };
+    let stats = match &*subject {
+        Subject::Ours(client) => Some(client.stats()),
+        _ => None,
     };
     let wall = t0.elapsed();
     let counts = server.counts();
@@ -372,6 +421,7 @@ async fn run(server: &ScenarioServer, scenario: &Scenario, peer: Peer) -> Row {
         cpu_per_call: cpu.map(|c| c / n as u32),
         wall,
         counts,
+        stats,
         recovery: scenario
             .healthy_after
             .map(|healthy| recovery_time(&calls, healthy)),
@@ -380,7 +430,7 @@ async fn run(server: &ScenarioServer, scenario: &Scenario, peer: Peer) -> Row {
 
 fn scenarios(full: bool) -> Vec<Scenario> {
     let closed = |calls: usize| Load::Closed {
-        calls: if full { calls } else { 48 },
+        calls: if full { calls } else { 32 },
         tasks: if full { 32 } else { 16 },
     };
     let flaky = |name, fail, seed| Scenario {
@@ -392,7 +442,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
     let (outage, after) = if full {
         (Duration::from_secs(2), Duration::from_secs(12))
     } else {
-        (Duration::from_millis(200), Duration::from_millis(400))
+        (Duration::from_millis(100), Duration::from_millis(200))
     };
     vec![
         Scenario {
@@ -409,7 +459,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             name: "brownout",
             behavior: Behavior::Brownout {
                 slow: 0.1,
-                delay: Duration::from_millis(500),
+                delay: Duration::from_millis(if full { 500 } else { 100 }),
                 seed: 0x5EED_B0B0,
             },
             load: closed(2000),
@@ -446,7 +496,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 length: if full {
                     Duration::from_secs(3)
                 } else {
-                    Duration::from_millis(300)
+                    Duration::from_millis(200)
                 },
             },
             healthy_after: None,
@@ -488,10 +538,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
+    let backoff = if full { BACKOFF } else { SMOKE_BACKOFF };
     let mut rows = Vec::new();
     for scenario in scenarios(full) {
         for peer in Peer::ALL {
-            let row = rt.block_on(run(&server, &scenario, peer));
+            let row = rt.block_on(run(&server, &scenario, peer, backoff));
             eprintln!(
                 "{} / {}: {:.2}% ok, {:.3} req/call, {:.1} s",
                 row.scenario,
@@ -508,7 +559,7 @@ fn main() {
         "bench": "scenarios",
         "mode": if full { "bench" } else { "smoke" },
         "max_attempts": MAX_ATTEMPTS,
-        "backoff_ms": [BACKOFF.0.as_millis(), BACKOFF.1.as_millis()],
+        "backoff_ms": [backoff.0.as_millis(), backoff.1.as_millis()],
         "nproc": std::thread::available_parallelism().map_or(0, usize::from),
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
