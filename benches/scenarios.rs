@@ -320,7 +320,20 @@ struct Row {
     counts: Counts,
     /// Our clients' own counters.
     stats: Option<ClientStats>,
-    recovery: Option<Option<Duration>>,
+    /// `recovery` only: the time to recover, `None` when the run ended first.
+    recovery: Recovery,
+}
+
+/// The outcome of the `recovery` scenario's measure.
+#[derive(Debug, Clone, Copy)]
+enum Recovery {
+    /// Not the `recovery` scenario.
+    NotMeasured,
+    /// The first window of calls that succeeded again started this long
+    /// after the server recovered.
+    After(Duration),
+    /// No such window before the run ended.
+    NotInTheRun,
 }
 
 impl Row {
@@ -328,8 +341,8 @@ impl Row {
         let mut notes = Vec::new();
         match self.scenario {
             "recovery" => notes.push(match self.recovery {
-                Some(Some(t)) => format!("recovered after {} ms", t.as_millis()),
-                _ => "not recovered in the run".into(),
+                Recovery::After(t) => format!("recovered after {} ms", t.as_millis()),
+                Recovery::NotMeasured | Recovery::NotInTheRun => "not recovered in the run".into(),
             }),
             "pushback" => notes.push(format!(
                 "requests inside the pause: {}",
@@ -361,7 +374,11 @@ impl Row {
             "server_requests": self.counts.hits,
             "server_non_2xx": self.counts.failed,
             "requests_during_pause": self.counts.during_pause,
-            "recovery_ms": self.recovery.map(|r| r.map(|d| d.as_millis())),
+            "recovery_ms": match self.recovery {
+                Recovery::After(t) => json!(t.as_millis()),
+                Recovery::NotInTheRun => json!("not recovered"),
+                Recovery::NotMeasured => Value::Null,
+            },
             "breaker_refused": self.stats.map(|s| s.rejected_circuit_open),
             "pushback_pauses": self.stats.map(|s| s.pushback_pauses),
         })
@@ -422,9 +439,12 @@ async fn run(
         wall,
         counts,
         stats,
-        recovery: scenario
-            .healthy_after
-            .map(|healthy| recovery_time(&calls, healthy)),
+        recovery: match scenario.healthy_after {
+            None => Recovery::NotMeasured,
+            Some(healthy) => {
+                recovery_time(&calls, healthy).map_or(Recovery::NotInTheRun, Recovery::After)
+            }
+        },
     }
 }
 
