@@ -157,10 +157,7 @@ impl Subject {
                 let policy = ExponentialBackoff::builder()
                     .retry_bounds(backoff.0, backoff.1)
                     .build_with_max_retries(MAX_ATTEMPTS - 1);
-                let inner = reqwest::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .expect("reqwest client");
+                let inner = reqwest_builder().build().expect("reqwest client");
                 let client = reqwest_middleware::ClientBuilder::new(inner)
                     .with(RetryTransientMiddleware::new_with_policy(policy))
                     .build();
@@ -174,8 +171,7 @@ impl Subject {
                         None => rr.retryable(),
                         Some(_) => rr.success(),
                     });
-                let client = reqwest::Client::builder()
-                    .no_proxy()
+                let client = reqwest_builder()
                     .retry(policy)
                     .build()
                     .expect("reqwest client");
@@ -196,6 +192,27 @@ impl Subject {
             _ => false,
         }
     }
+}
+
+/// Where the peers' reqwest clients start: no proxy (loopback traffic stays
+/// here), and, where this crate builds reqwest with rustls but no crypto
+/// provider of reqwest's own (`rustls-no-provider`), a rustls configuration
+/// with one, the ring provider the tests use, as a reqwest user's `rustls`
+/// feature would bring one. Plain HTTP never uses it, but reqwest's `build()`
+/// panics without a provider.
+fn reqwest_builder() -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder().no_proxy();
+    #[cfg(feature = "_rustls")]
+    let builder = builder.tls_backend_preconfigured(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("rustls protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    );
+    builder
 }
 
 /// One finished call: when it started (after the run's start), how long it
