@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench scenarios          # the full run (release), about two minutes
 //! cargo test --bench scenarios           # a smoke run (a few dozen calls a scenario)
+//! SCENARIOS_ONLY=outage,flaky-50 cargo bench --bench scenarios   # just these
 //! ```
 //!
 //! # Subjects
@@ -568,6 +569,7 @@ fn print_table(rows: &[Row]) {
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench scenarios` does not.
+    // SCENARIOS_ONLY=outage,flaky-20 runs just those scenarios.
     let full = std::env::args().any(|a| a == "--bench");
     let server = ScenarioServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -577,7 +579,14 @@ fn main() {
         .expect("client runtime");
     let backoff = if full { BACKOFF } else { SMOKE_BACKOFF };
     let mut rows = Vec::new();
+    let only = std::env::var("SCENARIOS_ONLY").ok();
     for scenario in scenarios(full) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|n| n == scenario.name))
+        {
+            continue;
+        }
         for peer in Peer::ALL {
             let row = rt.block_on(run(&server, &scenario, peer, backoff));
             eprintln!(
