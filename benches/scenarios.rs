@@ -195,25 +195,11 @@ impl Subject {
     }
 }
 
-/// Where the peers' reqwest clients start: no proxy (loopback traffic stays
-/// here), and, where this crate builds reqwest with rustls but no crypto
-/// provider of reqwest's own (`rustls-no-provider`), a rustls configuration
-/// with one, the ring provider the tests use, as a reqwest user's `rustls`
-/// feature would bring one. Plain HTTP never uses it, but reqwest's `build()`
-/// panics without a provider.
+/// Where the peers' reqwest clients start: the benches' raw reqwest builder
+/// (a crypto provider where reqwest is built without its own) with no proxy,
+/// so loopback traffic stays here.
 fn reqwest_builder() -> reqwest::ClientBuilder {
-    let builder = reqwest::Client::builder().no_proxy();
-    #[cfg(feature = "_rustls")]
-    let builder = builder.tls_backend_preconfigured(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("rustls protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
-    );
-    builder
+    common::reqwest_builder().no_proxy()
 }
 
 /// One finished call: when it started (after the run's start), how long it
