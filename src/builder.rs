@@ -809,6 +809,7 @@ impl ApiClientBuilder {
             self.headers,
         );
         inner.allow_path_escape = self.allow_path_escape;
+        inner.read_timeout = self.read_timeout;
         inner.max_error_body_bytes = self.max_error_body_bytes;
         inner.signer = self.signer;
         Ok(ApiClient::from_inner(Arc::new(inner)))
@@ -823,7 +824,6 @@ impl ApiClientBuilder {
         });
         let mut b = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
             .user_agent(user_agent)
             // The original URL's query may hold credentials.
             .referer(false)

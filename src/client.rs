@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
+    /// The longest wait for the next bytes (headers or body), enforced here
+    /// rather than by the transport: see `pipeline::body::Reads`.
+    pub(crate) read_timeout: Duration,
     pub(crate) max_response_bytes: usize,
     /// How much of an error response's body is kept in the `Error`.
     pub(crate) max_error_body_bytes: usize,
@@ -118,6 +121,7 @@ impl Inner {
             stats: Stats::default(),
             attempt_timeout,
             total_timeout,
+            read_timeout: crate::builder::DEFAULT_READ_TIMEOUT,
             max_response_bytes,
             max_error_body_bytes: crate::builder::DEFAULT_MAX_ERROR_BODY_BYTES,
             retry,

@@ -207,6 +207,8 @@ pub struct ApiStream {
     slot: Option<OwnedSemaphorePermit>,
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
+    /// `read_timeout`, and the time the next bytes are due by.
+    idle: (std::time::Duration, Pin<Box<Sleep>>),
     done: bool,
     /// The default size limit of one item of `json_lines`/`json_array`.
     pub(crate) item_limit: usize,
@@ -228,6 +230,7 @@ impl ApiStream {
         method: Method,
         attempts: u32,
         deadline: Deadline,
+        read_timeout: std::time::Duration,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let status = response.status();
@@ -246,6 +249,7 @@ impl ApiStream {
             slot,
             body: Box::pin(response.bytes_stream()),
             deadline: Box::pin(tokio::time::sleep_until(deadline.end())),
+            idle: (read_timeout, Box::pin(tokio::time::sleep(read_timeout))),
             done: false,
             item_limit: usize::MAX,
         }
@@ -347,7 +351,13 @@ impl Stream for ApiStream {
                     self.finish();
                     None
                 }
-                Some(Ok(bytes)) => Some(Ok(bytes)),
+                Some(Ok(bytes)) => {
+                    // The next bytes are due `read_timeout` from now.
+                    let (limit, timer) = &mut self.idle;
+                    let due = tokio::time::Instant::now() + *limit;
+                    timer.as_mut().reset(due);
+                    Some(Ok(bytes))
+                }
                 Some(Err(e)) => {
                     self.finish();
                     Some(Err(self.fail(Error::transport_mid_body(e))))
@@ -357,6 +367,11 @@ impl Stream for ApiStream {
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.finish();
             let err = self.fail(Error::timeout(TimeoutPhase::Total));
+            return Poll::Ready(Some(Err(err)));
+        }
+        if self.idle.1.as_mut().poll(cx).is_ready() {
+            self.finish();
+            let err = self.fail(Error::timeout(TimeoutPhase::Read));
             return Poll::Ready(Some(Err(err)));
         }
         Poll::Pending

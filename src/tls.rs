@@ -296,28 +296,108 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The platform's trust (roots, and revocation where the platform checks
-/// it), plus the roots given.
+/// it), plus the roots given. The roots given are checked now (a bad one is a
+/// `Config` error from `build()`); the platform's are loaded at the first
+/// handshake (see [`PlatformVerifier`]).
 #[cfg(feature = "_rustls")]
 fn platform_verifier(
     roots: Vec<CertificateDer<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Result<rustls_platform_verifier::Verifier, Error> {
-    let built = if roots.is_empty() {
-        rustls_platform_verifier::Verifier::new(provider)
-    } else {
-        #[cfg(any(all(unix, not(target_os = "android")), target_os = "windows"))]
-        let with_roots = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider);
-        #[cfg(not(any(all(unix, not(target_os = "android")), target_os = "windows")))]
-        let with_roots = {
-            drop((roots, provider));
-            return Err(Error::config(
-                "tls_root_certificate_pem next to the built-in roots is not supported on \
-                 this platform: add tls_built_in_roots(false)",
-            ));
-        };
-        with_roots
-    };
-    built.map_err(|e| Error::config_from("could not load the platform's TLS roots", e))
+) -> Result<PlatformVerifier, Error> {
+    #[cfg(not(any(all(unix, not(target_os = "android")), target_os = "windows")))]
+    if !roots.is_empty() {
+        return Err(Error::config(
+            "tls_root_certificate_pem next to the built-in roots is not supported on \
+             this platform: add tls_built_in_roots(false)",
+        ));
+    }
+    let mut check = rustls::RootCertStore::empty();
+    for cert in &roots {
+        check
+            .add(cert.clone())
+            .map_err(|e| Error::config_from("tls_root_certificate_pem is not a usable root", e))?;
+    }
+    Ok(PlatformVerifier {
+        roots,
+        provider,
+        verifier: std::sync::OnceLock::new(),
+    })
+}
+
+/// The platform verifier, made at the first TLS handshake rather than in
+/// `build()`: it reads and parses every certificate of the system's store
+/// (milliseconds), which a client that never calls `https`, or one built per
+/// tenant, should not pay up front. A store that cannot be loaded fails the
+/// handshake.
+#[cfg(feature = "_rustls")]
+#[derive(Debug)]
+struct PlatformVerifier {
+    roots: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: std::sync::OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+#[cfg(feature = "_rustls")]
+impl PlatformVerifier {
+    fn get(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.verifier
+            .get_or_init(|| {
+                let provider = Arc::clone(&self.provider);
+                if self.roots.is_empty() {
+                    return rustls_platform_verifier::Verifier::new(provider);
+                }
+                #[cfg(any(all(unix, not(target_os = "android")), target_os = "windows"))]
+                return rustls_platform_verifier::Verifier::new_with_extra_roots(
+                    self.roots.iter().cloned(),
+                    provider,
+                );
+                // Refused by `platform_verifier` on the other platforms.
+                #[cfg(not(any(all(unix, not(target_os = "android")), target_os = "windows")))]
+                return rustls_platform_verifier::Verifier::new(provider);
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+#[cfg(feature = "_rustls")]
+impl rustls::client::danger::ServerCertVerifier for PlatformVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.get()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        // What the verifier would say, without loading the store for it.
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// `tls_danger_accept_invalid_certs`: any certificate is taken, but the

@@ -1,12 +1,15 @@
 //! Body I/O of an attempt: reading a bounded body, the prefix of an error
 //! body, and what a retry needs to send the same request again.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use reqwest::Method;
 use url::Url;
 
 use super::CallContext;
 use crate::error::Error;
+use crate::timeout::TimeoutPhase;
 use crate::upload::{NoReplay, Payload};
 
 /// What a retry needs, besides method and URL, to rebuild the request.
@@ -54,20 +57,50 @@ impl Replay {
 }
 
 /// Reads the whole body, failing with `Decode` past `limit` bytes.
-pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, Error> {
+/// Waits for `read` (the headers, or the next piece of a body) at most
+/// `idle`: past it, a `Timeout(Read)` error. `None` when the attempt's own
+/// limit is no longer than `read_timeout`, so that it bounds every read
+/// already (the defaults): no timer of its own then.
+pub(super) async fn within_read_timeout<F: Future>(
+    idle: Option<Duration>,
+    read: F,
+) -> Result<F::Output, Error> {
+    match idle {
+        Some(limit) => tokio::time::timeout(limit, read)
+            .await
+            .map_err(|_| Error::timeout(TimeoutPhase::Read)),
+        None => Ok(read.await),
+    }
+}
+
+/// The next piece of a body, within the read timeout.
+async fn next_chunk(
+    resp: &mut reqwest::Response,
+    idle: Option<Duration>,
+) -> Result<Option<Bytes>, Error> {
+    within_read_timeout(idle, resp.chunk())
+        .await?
+        .map_err(Error::transport_mid_body)
+}
+
+pub(super) async fn read_body(
+    mut resp: reqwest::Response,
+    limit: usize,
+    idle: Option<Duration>,
+) -> Result<Bytes, Error> {
     // Read before the first chunk: afterwards the transport's hint is what is
     // left to come, not the whole body.
     let length = resp.content_length();
     if length.is_some_and(|len| len > limit as u64) {
         return Err(Error::too_large(limit));
     }
-    let Some(first) = resp.chunk().await.map_err(Error::transport_mid_body)? else {
+    let Some(first) = next_chunk(&mut resp, idle).await? else {
         return Ok(Bytes::new());
     };
     if first.len() > limit {
         return Err(Error::too_large(limit));
     }
-    let Some(second) = resp.chunk().await.map_err(Error::transport_mid_body)? else {
+    let Some(second) = next_chunk(&mut resp, idle).await? else {
         return Ok(first);
     };
     let both = first.len().saturating_add(second.len());
@@ -84,16 +117,20 @@ pub(super) async fn read_body(mut resp: reqwest::Response, limit: usize) -> Resu
             return Err(Error::too_large(limit));
         }
         buf.extend_from_slice(&chunk);
-        next = resp.chunk().await.map_err(Error::transport_mid_body)?;
+        next = next_chunk(&mut resp, idle).await?;
     }
     Ok(buf.freeze())
 }
 
 /// Reads up to `cap` bytes of an error body, ignoring read failures.
-pub(super) async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+pub(super) async fn read_prefix(
+    mut resp: reqwest::Response,
+    cap: usize,
+    idle: Option<Duration>,
+) -> Vec<u8> {
     let mut buf = Vec::new();
     while buf.len() < cap {
-        match resp.chunk().await {
+        match next_chunk(&mut resp, idle).await {
             Ok(Some(chunk)) => {
                 let take = chunk.len().min(cap - buf.len());
                 buf.extend_from_slice(&chunk[..take]);

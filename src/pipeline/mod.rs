@@ -21,7 +21,7 @@ use url::Url;
 mod body;
 mod route;
 
-use self::body::{Replay, read_body, read_prefix};
+use self::body::{Replay, read_body, read_prefix, within_read_timeout};
 use self::route::{Admitted, Choice, Route};
 use crate::auth::Credential;
 use crate::balance::Instance;
@@ -144,6 +144,7 @@ impl Finish for Streamed {
                 ctx.method,
                 attempts,
                 ctx.deadline,
+                ctx.read_timeout,
                 slot,
             )),
             Got::Buffered { .. } => Err(Error::decode("stream was buffered", None)),
@@ -162,6 +163,8 @@ pub(crate) struct CallContext<'a> {
     /// `url` is the placeholder of a routed call that has not chosen an
     /// endpoint yet: not to be reported.
     placeholder: bool,
+    /// The client's `read_timeout`: a stream's idle limit.
+    read_timeout: Duration,
 }
 
 /// How a call is carried out, besides its context and request.
@@ -316,7 +319,10 @@ impl ApiClient {
             Err(_) => tracing::Span::none(),
         };
         let inner_span = span.clone();
-        self.pipeline::<F>(call, inner_span).instrument(span)
+        // Boxed: the pipeline's state is kilobytes (every layer's wait lives
+        // in it), and a caller moves the returned future a few times before
+        // polling it; a pointer moves for free, the state once per call.
+        Box::pin(self.pipeline::<F>(call, inner_span)).instrument(span)
     }
 
     // One loop in one future, on purpose: splitting it into nested async
@@ -469,7 +475,8 @@ impl ApiClient {
             attempts = attempt_no;
             inner.stats.attempt(&ctx.method, attempts);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow);
+            let idle = (inner.read_timeout < limit).then_some(inner.read_timeout);
+            let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow, idle);
             let timed =
                 tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
             let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
@@ -567,6 +574,7 @@ impl ApiClient {
             span,
             active: stats.start(request.method()),
             placeholder: plan.routed.is_some(),
+            read_timeout: self.inner.read_timeout,
         };
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
@@ -782,12 +790,10 @@ impl ApiClient {
         sent_to: &Url,
         stream: bool,
         allow: &[StatusCode],
+        idle: Option<Duration>,
     ) -> Result<Got, Error> {
-        let mut resp = self
-            .inner
-            .http
-            .execute(request)
-            .await
+        let mut resp = within_read_timeout(idle, self.inner.http.execute(request))
+            .await?
             .map_err(Error::transport)?;
         redact::mark_response_secrets(resp.headers_mut());
         let status = resp.status();
@@ -799,7 +805,7 @@ impl ApiClient {
             let version = resp.version();
             // Keep the call's URL (no copy) unless a redirect changed it.
             let url = (resp.url() != sent_to).then(|| resp.url().clone());
-            let body = read_body(resp, self.inner.max_response_bytes).await?;
+            let body = read_body(resp, self.inner.max_response_bytes, idle).await?;
             return Ok(Got::Buffered {
                 status,
                 version,
@@ -814,7 +820,7 @@ impl ApiClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         // Keep a bounded prefix for `body_text` and `body_json`; a broken
         // body does not hide the status.
-        let body = read_prefix(resp, self.inner.max_error_body_bytes).await;
+        let body = read_prefix(resp, self.inner.max_error_body_bytes, idle).await;
         Err(Error::from_response(
             status,
             headers,
