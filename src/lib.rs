@@ -56,7 +56,9 @@
 //! 3. for each attempt, the endpoint's server pushback pause and circuit
 //!    breaker are asked (open, or paused past the deadline: the call fails at
 //!    once, no I/O; paused within it: the call waits), then a rate-limit
-//!    permit is taken, then the token (if any) is set and the request hooks run;
+//!    permit is taken, then the token (if any) is set, the request hooks run,
+//!    the trace context is added (feature `opentelemetry`, see
+//!    [Tracing](#tracing)) and the signer (if any) signs the request;
 //! 4. one attempt is sent under `min(attempt_timeout, time left)`, and its body
 //!    read and buffered (bounded by `max_response_bytes`) inside the attempt;
 //! 5. the outcome is classified and recorded in the breaker;
@@ -195,6 +197,35 @@
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
 //! emitted on the caller's task.
 //!
+//! With the feature `opentelemetry`, each attempt is also a span of its own,
+//! `http.client.attempt`, at INFO: an OpenTelemetry CLIENT span named after
+//! the method (`otel.name`), with `http.request.resend_count` on a resend and
+//! the attempt's `http.response.status_code` and `error.type`, a child of the
+//! call's span, which becomes the INTERNAL span above the attempts. Each
+//! attempt sends its own context in its headers through the global text map
+//! propagator (`opentelemetry::global::set_text_map_propagator`):
+//! `traceparent`, `tracestate`, and `baggage` when the propagator includes
+//! it. Bridged to OpenTelemetry with `tracing-opentelemetry`, the trace reads
+//! caller → call → attempts, and the server's spans join it under the attempt
+//! that reached it.
+//!
+//! - A `traceparent` already on the request (set per call, as a default
+//!   header, or by a request hook) wins: it is sent as it is and nothing is
+//!   added; no header the request already has is replaced.
+//! - When a subscriber filters the crate's spans out, the caller's current
+//!   context is sent instead, so the server still joins the caller's trace.
+//! - Without a valid context (no OpenTelemetry layer, no current trace) or
+//!   without a propagator (OpenTelemetry's default propagator writes
+//!   nothing), no header is sent.
+//! - A token fetched within a call ([`OAuth2ClientCredentials`], or a
+//!   [`TokenProvider`] that calls through an [`ApiClient`]) is a call of its
+//!   own under the call's span: the same trace.
+//!
+//! Without the feature no attempt span is created and nothing is injected
+//! (a request hook can still set `traceparent`); no OpenTelemetry crate is
+//! compiled. The feature follows one OpenTelemetry release (see the README's
+//! "Distributed tracing"); moving to another is a CHANGELOG entry.
+//!
 //! # Features
 //!
 //! JSON and HTTP/2 are always on. The default feature `rustls` is the only
@@ -223,6 +254,9 @@
 //!
 //! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
+//! - `opentelemetry`: a span per attempt and trace context propagation
+//!   through OpenTelemetry's global propagator (see [Tracing](#tracing));
+//!   adds the `opentelemetry` API crate and `tracing-opentelemetry`.
 //! - `bench-internals`: exposes the layers' bookkeeping to the `hot_path`
 //!   benchmark; not a stable API.
 
@@ -247,6 +281,7 @@ mod hook;
 mod limit;
 mod oauth2;
 mod origin;
+mod otel;
 mod path;
 mod pipeline;
 mod proxy;

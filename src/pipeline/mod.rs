@@ -452,6 +452,8 @@ impl ApiClient {
                 attempt_no,
                 guard_redirects,
             );
+            // The trace context: after the hooks, before the signer.
+            let attempt_span = crate::otel::AttemptSpan::start(&mut request, attempt_no);
             let mut now = now;
             if let Some(signer) = &inner.signer {
                 // Last before sending: the signer sees every header and the body.
@@ -477,9 +479,10 @@ impl ApiClient {
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
             let idle = (inner.read_timeout < limit).then_some(inner.read_timeout);
             let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow, idle);
-            let timed =
-                tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
+            let timed = tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt));
+            let timed = attempt_span.in_span(timed).await;
             let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+            attempt_span.ended(outcome.as_ref().map(Got::status));
             drop(flight);
             let now = Instant::now();
             match outcome {
@@ -835,7 +838,7 @@ fn call_span(call: &Call) -> tracing::Span {
     let span = tracing::info_span!(
         target: "resilient_http",
         "http.client.request",
-        otel.kind = "client",
+        otel.kind = crate::otel::CALL_SPAN_KIND,
         http.request.method = %call.request.method(),
         url.full = Empty,
         server.address = Empty,
