@@ -145,6 +145,12 @@ mod imp {
         match outcome {
             Ok(status) => {
                 span.record("http.response.status_code", i64::from(status.as_u16()));
+                // A 4xx or 5xx the call allowed is still an error status for
+                // a CLIENT span (the conventions), its code the error type.
+                if status.as_u16() >= 400 {
+                    span.record("error.type", status.as_str());
+                    span.record("otel.status_code", "ERROR");
+                }
             }
             Err(err) => {
                 if let Some(status) = err.status() {

@@ -18,9 +18,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{Sequence, fast_builder};
+use opentelemetry::baggage::BaggageExt as _;
+use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapCompositePropagator;
-use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
-use opentelemetry::{Value, global};
+use opentelemetry::trace::{
+    SpanId, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use resilient_http::{
@@ -216,6 +220,12 @@ async fn each_attempt_is_a_client_span_child_of_the_call_and_sends_its_own_trace
         Some(&Value::I64(200))
     );
     assert_eq!(attribute(attempts[1], "error.type"), None);
+    assert!(
+        matches!(attempts[0].status, Status::Error { .. }),
+        "{:?}",
+        attempts[0].status
+    );
+    assert_eq!(attempts[1].status, Status::Unset);
     // The URL is there, as the call's span has it.
     assert!(attribute(attempts[1], "url.full").is_some());
     no_propagator();
@@ -509,5 +519,116 @@ async fn a_token_provider_call_inside_a_call_is_its_own_span_in_the_same_trace()
         .unwrap();
     drop(caller);
     check_token_fetch_spans(&traced, &auth, caller_trace).await;
+    no_propagator();
+}
+
+/// A stub that answers 200 to any GET.
+async fn ok_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn baggage_is_sent_and_a_header_the_request_has_is_not_replaced() {
+    let _global = GLOBAL.lock().await;
+    trace_context();
+    let _traced = Traced::new();
+    let server = ok_server().await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+    // The caller's span starts in a context that carries baggage.
+    let caller = {
+        let _cx = Context::current_with_baggage([KeyValue::new("tenant", "acme")]).attach();
+        tracing::info_span!("caller")
+    };
+    async {
+        client.get("a").send().await?;
+        client
+            .get("b")
+            .header("baggage", "tenant=theirs")
+            .send()
+            .await
+    }
+    .instrument(caller)
+    .await
+    .unwrap();
+    assert_eq!(
+        header_values(&server, "baggage").await,
+        vec![
+            Some("tenant=acme".to_owned()),
+            Some("tenant=theirs".to_owned())
+        ]
+    );
+    // The traceparent is sent beside the caller's own baggage.
+    assert!(
+        header_values(&server, "traceparent")
+            .await
+            .iter()
+            .all(Option::is_some)
+    );
+    no_propagator();
+}
+
+#[tokio::test]
+async fn an_opentelemetry_context_without_tracing_spans_is_sent() {
+    let _global = GLOBAL.lock().await;
+    trace_context();
+    // No tracing subscriber: the caller uses OpenTelemetry's API directly.
+    let _none = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let span = provider.tracer("direct").start("caller");
+    let cx = Context::current_with_span(span);
+    let expected = {
+        let sc = cx.span().span_context().clone();
+        (sc.trace_id(), sc.span_id())
+    };
+    let server = ok_server().await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+    client.get("a").send().with_context(cx).await.unwrap();
+    let sent = header_values(&server, "traceparent").await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(parse_traceparent(sent[0].as_deref().unwrap()), expected);
+    no_propagator();
+}
+
+#[tokio::test]
+async fn an_allowed_error_status_is_still_an_error_on_the_attempt_span() {
+    let _global = GLOBAL.lock().await;
+    trace_context();
+    let traced = Traced::new();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+    let resp = async {
+        client
+            .get("a")
+            .allow_status(resilient_http::StatusCode::NOT_FOUND)
+            .send()
+            .await
+    }
+    .instrument(tracing::info_span!("caller"))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 404);
+    let spans = traced.spans();
+    let attempt = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .unwrap();
+    assert_eq!(
+        attribute(attempt, "http.response.status_code"),
+        Some(&Value::I64(404))
+    );
+    assert_eq!(attribute(attempt, "error.type"), Some(&Value::from("404")));
+    assert!(matches!(attempt.status, Status::Error { .. }));
     no_propagator();
 }
