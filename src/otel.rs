@@ -168,6 +168,12 @@ mod imp {
         if headers.contains_key(TRACEPARENT) {
             return;
         }
+        // OpenTelemetry's default propagator writes no field: nothing to do.
+        let writes =
+            opentelemetry::global::get_text_map_propagator(|p| p.fields().next().is_some());
+        if !writes {
+            return;
+        }
         let Some(cx) = context(span) else {
             return;
         };

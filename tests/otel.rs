@@ -34,6 +34,7 @@ use resilient_http::{
 use tracing::Instrument as _;
 use tracing::subscriber::DefaultGuard;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use wiremock::matchers::{method, path};
@@ -59,15 +60,32 @@ impl Traced {
     /// With `filter` in front of the whole subscriber (spans it refuses are
     /// disabled).
     fn filtered(filter: Targets) -> Self {
+        Self::with_filter(filter, false)
+    }
+
+    /// With `filter` in front of the OpenTelemetry layer only (a per-layer
+    /// filter: the spans it refuses exist, but have no OpenTelemetry data).
+    fn per_layer(filter: Targets) -> Self {
+        Self::with_filter(filter, true)
+    }
+
+    fn with_filter(filter: Targets, per_layer: bool) -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
         let tracer = provider.tracer("resilient-http-tests");
-        let subscriber = tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer));
-        let default = tracing::subscriber::set_default(subscriber);
+        let default = if per_layer {
+            let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+            tracing::subscriber::set_default(
+                tracing_subscriber::registry().with(layer.with_filter(filter)),
+            )
+        } else {
+            let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+            tracing::subscriber::set_default(
+                tracing_subscriber::registry().with(filter).with(layer),
+            )
+        };
         Self {
             exporter,
             provider,
@@ -352,11 +370,21 @@ async fn without_a_valid_context_no_header_is_sent() {
 async fn with_the_crate_spans_filtered_out_the_caller_context_is_sent() {
     let _global = GLOBAL.lock().await;
     trace_context();
-    let traced = Traced::filtered(
+    let no_crate_spans = || {
         Targets::new()
             .with_target("resilient_http", LevelFilter::OFF)
-            .with_default(LevelFilter::TRACE),
-    );
+            .with_default(LevelFilter::TRACE)
+    };
+    // Filtered out of the whole subscriber (the spans are disabled).
+    check_caller_context_sent(Traced::filtered(no_crate_spans())).await;
+    // Filtered out of the OpenTelemetry layer only.
+    check_caller_context_sent(Traced::per_layer(no_crate_spans())).await;
+    no_propagator();
+}
+
+/// A call retried once sends the caller's context on both attempts, and only
+/// the caller's span is exported.
+async fn check_caller_context_sent(traced: Traced) {
     let server = flaky_server().await;
     let client = fast_builder(&server.uri()).build().unwrap();
     let caller = tracing::info_span!("caller");
