@@ -212,8 +212,12 @@
 //! - A `traceparent` already on the request (set per call, as a default
 //!   header, or by a request hook) wins: it is sent as it is and nothing is
 //!   added; no header the request already has is replaced.
-//! - When a subscriber filters the crate's spans out, the caller's current
+//! - When a subscriber filters the crate's spans out (for the whole
+//!   subscriber, or for the OpenTelemetry layer only), the caller's current
 //!   context is sent instead, so the server still joins the caller's trace.
+//! - For [`send_stream`](RequestBuilder::send_stream) and
+//!   [`send_events`](RequestBuilder::send_events) the attempt's span ends
+//!   when the response's headers arrive.
 //! - Without a valid context (no OpenTelemetry layer, no current trace) or
 //!   without a propagator (OpenTelemetry's default propagator writes
 //!   nothing), no header is sent.
