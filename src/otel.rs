@@ -206,7 +206,7 @@ mod imp {
     /// Writes a propagator's fields as request headers; a header the request
     /// already has is kept, and a name or value that is not valid in HTTP is
     /// skipped.
-    struct HeaderInjector<'a>(&'a mut HeaderMap);
+    pub(super) struct HeaderInjector<'a>(pub(super) &'a mut HeaderMap);
 
     impl Injector for HeaderInjector<'_> {
         fn set(&mut self, key: &str, value: String) {
@@ -220,5 +220,27 @@ mod imp {
                 self.0.insert(name, value);
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests {
+    use opentelemetry::propagation::Injector as _;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::imp::HeaderInjector;
+
+    #[test]
+    fn the_injector_skips_what_is_not_http_and_keeps_what_is_there() {
+        let mut headers = HeaderMap::new();
+        headers.insert("baggage", HeaderValue::from_static("mine=1"));
+        let mut injector = HeaderInjector(&mut headers);
+        injector.set("not a name", "v".to_owned());
+        injector.set("tracestate", "a=1\nb=2".to_owned());
+        injector.set("baggage", "theirs=2".to_owned());
+        injector.set("Traceparent", "00-x".to_owned());
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["baggage"], "mine=1");
+        assert_eq!(headers["traceparent"], "00-x");
     }
 }
