@@ -212,10 +212,10 @@ impl CallContext<'_> {
         let span = self.span;
         if !span.is_disabled() {
             if let Some(status) = err.status() {
-                span.record("http.response.status_code", status.as_u16());
+                span.record("http.response.status_code", i64::from(status.as_u16()));
             }
             if attempts > 1 {
-                span.record("http.request.resend_count", attempts - 1);
+                span.record("http.request.resend_count", i64::from(attempts - 1));
             }
             span.record("error.type", &*err.type_name());
         }
@@ -261,7 +261,10 @@ impl CallContext<'_> {
             let base = &instance.base;
             span.record("url.full", tracing::field::display(redact::url(&self.url)));
             span.record("server.address", base.host_str().unwrap_or_default());
-            span.record("server.port", base.port_or_known_default().unwrap_or(0));
+            span.record(
+                "server.port",
+                i64::from(base.port_or_known_default().unwrap_or(0)),
+            );
         }
         Ok(())
     }
@@ -275,9 +278,10 @@ impl CallContext<'_> {
         );
         if !self.span.is_disabled() {
             self.span
-                .record("http.response.status_code", status.as_u16());
+                .record("http.response.status_code", i64::from(status.as_u16()));
             if attempts > 1 {
-                self.span.record("http.request.resend_count", attempts - 1);
+                self.span
+                    .record("http.request.resend_count", i64::from(attempts - 1));
             }
         }
         tracing::debug!(target: "resilient_http", attempt = attempts, "attempt succeeded");
@@ -852,7 +856,10 @@ fn call_span(call: &Call) -> tracing::Span {
         let url = call.request.url();
         span.record("url.full", tracing::field::display(redact::url(url)));
         span.record("server.address", url.host_str().unwrap_or_default());
-        span.record("server.port", url.port_or_known_default().unwrap_or(0));
+        span.record(
+            "server.port",
+            i64::from(url.port_or_known_default().unwrap_or(0)),
+        );
     }
     span
 }
