@@ -222,6 +222,8 @@
 //! ## Other features
 //!
 //! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
+//! - `redis`: `RateLimit::shared` with a `RedisLimiter`: one rate limit for
+//!   every replica of a service, kept in Redis (the `redis` crate).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
 //! - `bench-internals`: exposes the layers' bookkeeping to the `hot_path`
 //!   benchmark; not a stable API.
@@ -256,6 +258,8 @@ mod redirect;
 mod request;
 mod response;
 mod retry;
+#[cfg(feature = "redis")]
+mod shared_limit;
 mod sse;
 mod stats;
 mod stream;
@@ -280,6 +284,11 @@ pub use path::Segments;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
+#[cfg(feature = "redis")]
+pub use shared_limit::{
+    DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_OPEN_DURATION, DEFAULT_REDIS_TIMEOUT,
+    RedisLimiter, StoreFallback,
+};
 pub use sse::{EventStream, SseEvent};
 pub use stats::ClientStats;
 pub use stream::{JsonArray, JsonLines};
