@@ -113,8 +113,8 @@ impl RateLimit {
     /// every process, that share `store`'s key.
     ///
     /// Each permit costs one round trip to Redis (fewer with
-    /// [`RedisLimiter::lease`]), within a small time budget
-    /// ([`RedisLimiter::timeout`]). Waiting works as for a local limit: a
+    /// [`RedisLimiter::lease`](crate::RedisLimiter::lease)), within a small time budget
+    /// ([`RedisLimiter::timeout`](crate::RedisLimiter::timeout)). Waiting works as for a local limit: a
     /// call waits for its permit within its deadline (Redis reserves it, so
     /// waiting callers are served in turn), or is refused at once with
     /// [`Error::is_rate_limited`] when the wait cannot fit, or with
@@ -321,6 +321,7 @@ impl Limits {
     }
 
     /// Adds the shared rate limit's counters to `stats`.
+    #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
     pub(crate) fn add_stats(&self, stats: &mut crate::stats::ClientStats) {
         #[cfg(feature = "redis")]
         if let Some((Rate::Shared(shared), _)) = &self.rate {
