@@ -175,3 +175,43 @@ impl Layers {
         ok
     }
 }
+
+/// A shared rate limit (feature `redis`) that never bites: 1,000,000 permits
+/// per second with a burst as large, so each permit costs what the store
+/// costs and no wait.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct SharedPermits {
+    limits: Limits,
+    deadline: Deadline,
+}
+
+#[cfg(feature = "redis")]
+impl SharedPermits {
+    /// A shared limit on the Redis at `url` under `key`, leasing `lease`
+    /// permits per round trip, with a 1 s budget per call to Redis (so a
+    /// slow run measures Redis, not the fallback).
+    ///
+    /// # Errors
+    ///
+    /// A `Config` error for an invalid URL or lease.
+    pub fn new(url: &str, key: &str, lease: u32) -> Result<Self, crate::Error> {
+        let limit = RateLimit::per_second(1_000_000)
+            .burst(1_000_000)
+            .shared(
+                crate::RedisLimiter::new(url, key)
+                    .lease(lease)
+                    .timeout(Duration::from_secs(1)),
+            )
+            .on_store_error(crate::StoreFallback::Reject);
+        Ok(Self {
+            limits: Limits::from_settings(Some(&limit), None)?,
+            deadline: Deadline::after(Duration::from_secs(3600)),
+        })
+    }
+
+    /// Takes one permit; `false` when refused (Redis failed).
+    pub async fn permit(&self) -> bool {
+        self.limits.rate(&self.deadline).await.is_ok()
+    }
+}

@@ -772,10 +772,7 @@ impl ApiClientBuilder {
         if let Some(cfg) = &self.breaker {
             cfg.validate()?;
         }
-        let rate = self
-            .rate_limit
-            .map(|r| r.validate().map(|quota| (quota, r.waits())))
-            .transpose()?;
+        let limits = Limits::from_settings(self.rate_limit.as_ref(), self.max_concurrency)?;
         if self.max_concurrency == Some(0) {
             return Err(Error::config("max_concurrency must be at least 1"));
         }
@@ -792,7 +789,6 @@ impl ApiClientBuilder {
         });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
         let budget = self.retry.budget.start();
-        let limits = Limits::new(rate, self.max_concurrency);
         let mut inner = Inner::new(
             http,
             base,

@@ -358,7 +358,9 @@ impl ApiClient {
     #[must_use]
     pub fn stats(&self) -> ClientStats {
         let fetches = self.inner.auth.as_ref().map_or(0, TokenCache::fetches);
-        self.inner.stats.snapshot(fetches)
+        let mut stats = self.inner.stats.snapshot(fetches);
+        self.inner.limits.add_stats(&mut stats);
+        stats
     }
 
     /// A request with any method.

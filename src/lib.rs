@@ -257,6 +257,8 @@
 //! ## Other features
 //!
 //! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
+//! - `redis`: `RateLimit::shared` with a `RedisLimiter`: one rate limit for
+//!   every replica of a service, kept in Redis (the `redis` crate).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
 //! - `opentelemetry`: a span per attempt and trace context propagation
 //!   through OpenTelemetry's global propagator (see [Tracing](#tracing));
@@ -295,6 +297,8 @@ mod redirect;
 mod request;
 mod response;
 mod retry;
+#[cfg(feature = "redis")]
+mod shared_limit;
 mod sse;
 mod stats;
 mod stream;
@@ -319,6 +323,11 @@ pub use path::Segments;
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use response::{ApiResponse, ApiStream};
 pub use retry::{RetryBudget, RetryPolicy};
+#[cfg(feature = "redis")]
+pub use shared_limit::{
+    DEFAULT_REDIS_CONNECT_TIMEOUT, DEFAULT_REDIS_OPEN_DURATION, DEFAULT_REDIS_TIMEOUT,
+    RedisLimiter, StoreFallback,
+};
 pub use sse::{EventStream, SseEvent};
 pub use stats::ClientStats;
 pub use stream::{JsonArray, JsonLines};

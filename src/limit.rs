@@ -41,13 +41,15 @@ use crate::timeout::Deadline;
 ///     .build()?;
 /// # Ok::<(), resilient_http::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct RateLimit {
     count: u32,
     period: Duration,
     burst: Option<u32>,
     wait: bool,
+    #[cfg(feature = "redis")]
+    shared: crate::shared_limit::SharedSettings,
 }
 
 impl RateLimit {
@@ -59,6 +61,8 @@ impl RateLimit {
             period: Duration::from_secs(1),
             burst: None,
             wait: true,
+            #[cfg(feature = "redis")]
+            shared: crate::shared_limit::SharedSettings::default(),
         }
     }
 
@@ -104,22 +108,95 @@ impl RateLimit {
         self
     }
 
+    /// One quota for every replica of a service, kept in Redis (feature
+    /// `redis`): the rate and burst given here hold for all the clients, in
+    /// every process, that share `store`'s key.
+    ///
+    /// Each permit costs one round trip to Redis (fewer with
+    /// [`RedisLimiter::lease`](crate::RedisLimiter::lease)), within a small time budget
+    /// ([`RedisLimiter::timeout`](crate::RedisLimiter::timeout)). Waiting works as for a local limit: a
+    /// call waits for its permit within its deadline (Redis reserves it, so
+    /// waiting callers are served in turn), or is refused at once with
+    /// [`Error::is_rate_limited`] when the wait cannot fit, or with
+    /// [`fail_fast`](Self::fail_fast). When Redis is slow or down,
+    /// [`on_store_error`](Self::on_store_error) decides.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// use resilient_http::{ApiClient, RateLimit, RedisLimiter, StoreFallback};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("https://partner-x.example/api/")
+    ///     .rate_limit(
+    ///         RateLimit::per_second(1000)
+    ///             .burst(50)
+    ///             .shared(RedisLimiter::new("redis://127.0.0.1:6379", "partner-x"))
+    ///             .on_store_error(StoreFallback::Local(0.1)),
+    ///     )
+    ///     .build()?;
+    /// let resp = client.get("orders").send().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, store: crate::RedisLimiter) -> Self {
+        self.shared.store = Some(store);
+        self
+    }
+
+    /// What a [`shared`](Self::shared) limit does while Redis is slow or down
+    /// (default [`StoreFallback::Local(0.1)`](crate::StoreFallback::Local)).
+    /// Without `shared`, it has no effect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{RateLimit, RedisLimiter, StoreFallback};
+    ///
+    /// // Better refused than over the partner's quota.
+    /// let limit = RateLimit::per_second(100)
+    ///     .shared(RedisLimiter::new("redis://127.0.0.1:6379", "partner-x"))
+    ///     .on_store_error(StoreFallback::Reject);
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn on_store_error(mut self, fallback: crate::StoreFallback) -> Self {
+        self.shared.fallback = fallback;
+        self
+    }
+
+    /// The shared limit's settings, when there is a store.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_settings(&self) -> Option<(&crate::RedisLimiter, crate::StoreFallback)> {
+        self.shared
+            .store
+            .as_ref()
+            .map(|store| (store, self.shared.fallback))
+    }
+
     /// Whether a call waits for a permit (the default) or is rejected at once.
     pub(crate) fn waits(&self) -> bool {
         self.wait
     }
 
-    pub(crate) fn validate(&self) -> Result<Quota, Error> {
+    /// The checked count, period and burst.
+    pub(crate) fn parts(&self) -> Result<(u32, Duration, u32), Error> {
         let count = NonZeroU32::new(self.count)
             .ok_or_else(|| Error::config("rate limit: the rate must be at least 1"))?;
-        let quota = Quota::with_period(self.period / count.get())
-            .ok_or_else(|| Error::config("rate limit: the rate is too high"))?;
         let burst = match self.burst {
             None => count,
             Some(b) => NonZeroU32::new(b)
                 .ok_or_else(|| Error::config("rate limit: burst must be at least 1"))?,
         };
-        Ok(quota.allow_burst(burst))
+        Ok((count.get(), self.period, burst.get()))
+    }
+
+    pub(crate) fn validate(&self) -> Result<Quota, Error> {
+        let (count, period, burst) = self.parts()?;
+        let quota = Quota::with_period(period / count)
+            .ok_or_else(|| Error::config("rate limit: the rate is too high"))?;
+        // Non-zero: checked by `parts`.
+        Ok(NonZeroU32::new(burst).map_or(quota, |b| quota.allow_burst(b)))
     }
 }
 
@@ -161,25 +238,97 @@ impl Clock for TokioClock {
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Tick>>;
 
+/// A rate limit in this process: governor's GCRA on tokio time.
+#[derive(Debug)]
+pub(crate) struct LocalLimiter {
+    limiter: Limiter,
+    clock: TokioClock,
+}
+
+impl LocalLimiter {
+    pub(crate) fn new(quota: Quota) -> Self {
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
+        Self {
+            limiter: RateLimiter::direct_with_clock(quota, clock),
+            clock,
+        }
+    }
+
+    /// Takes a permit, waiting (when `wait`) only if the wait fits the
+    /// deadline. Returns the time waited: zero, not the time `check()` took,
+    /// for a permit had at once.
+    pub(crate) async fn acquire(&self, deadline: &Deadline, wait: bool) -> Result<Duration, Error> {
+        let mut start = None;
+        loop {
+            match self.limiter.check() {
+                Ok(()) => return Ok(start.map_or(Duration::ZERO, |s: Instant| s.elapsed())),
+                Err(not_until) => {
+                    let needed = not_until.wait_time_from(self.clock.now());
+                    if !wait || !deadline.fits(needed) {
+                        return Err(Error::rate_limited(needed));
+                    }
+                    start.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(needed).await;
+                }
+            }
+        }
+    }
+}
+
+/// Which rate limit a client has.
+#[derive(Debug)]
+enum Rate {
+    Local(LocalLimiter),
+    /// Kept in Redis, shared by every replica (feature `redis`).
+    #[cfg(feature = "redis")]
+    Shared(crate::shared_limit::SharedLimiter),
+}
+
 /// The runtime limits of one client, shared by its clones.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    rate: Option<(Limiter, TokioClock, bool)>,
+    rate: Option<(Rate, bool)>,
     concurrency: Option<Arc<Semaphore>>,
 }
 
 impl Limits {
     pub(crate) fn new(rate: Option<(Quota, bool)>, max_concurrency: Option<usize>) -> Self {
-        let rate = rate.map(|(quota, wait)| {
-            let clock = TokioClock {
-                origin: Instant::now(),
-            };
-            (RateLimiter::direct_with_clock(quota, clock), clock, wait)
-        });
         Self {
-            rate,
+            rate: rate.map(|(quota, wait)| (Rate::Local(LocalLimiter::new(quota)), wait)),
             concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
         }
+    }
+
+    /// The limits of a client built with `rate` (checked) and `max_concurrency`.
+    pub(crate) fn from_settings(
+        rate: Option<&RateLimit>,
+        max_concurrency: Option<usize>,
+    ) -> Result<Self, Error> {
+        let Some(limit) = rate else {
+            return Ok(Self::new(None, max_concurrency));
+        };
+        let quota = limit.validate()?;
+        #[cfg(feature = "redis")]
+        if let Some((store, fallback)) = limit.shared_settings() {
+            let shared = crate::shared_limit::SharedLimiter::new(limit, store, fallback)?;
+            let mut limits = Self::new(None, max_concurrency);
+            limits.rate = Some((Rate::Shared(shared), limit.waits()));
+            return Ok(limits);
+        }
+        Ok(Self::new(Some((quota, limit.waits())), max_concurrency))
+    }
+
+    /// Adds the shared rate limit's counters to `stats`.
+    #[cfg_attr(not(feature = "redis"), allow(clippy::unused_self))]
+    pub(crate) fn add_stats(&self, stats: &mut crate::stats::ClientStats) {
+        #[cfg(feature = "redis")]
+        if let Some((Rate::Shared(shared), _)) = &self.rate {
+            shared.add_stats(stats);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = stats;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -211,22 +360,13 @@ impl Limits {
     /// Returns the time waited: zero, not the time `check()` took, for a
     /// permit had at once.
     pub(crate) async fn rate(&self, deadline: &Deadline) -> Result<Duration, Error> {
-        let Some((limiter, clock, wait)) = &self.rate else {
-            return Ok(Duration::ZERO);
-        };
-        let mut start = None;
-        loop {
-            match limiter.check() {
-                Ok(()) => return Ok(start.map_or(Duration::ZERO, |s: Instant| s.elapsed())),
-                Err(not_until) => {
-                    let needed = not_until.wait_time_from(clock.now());
-                    if !*wait || !deadline.fits(needed) {
-                        return Err(Error::rate_limited(needed));
-                    }
-                    start.get_or_insert_with(Instant::now);
-                    tokio::time::sleep(needed).await;
-                }
-            }
+        match &self.rate {
+            None => Ok(Duration::ZERO),
+            Some((Rate::Local(local), wait)) => local.acquire(deadline, *wait).await,
+            // Boxed: the shared path's future (a Redis round trip) is large,
+            // and would otherwise grow every call's pipeline future.
+            #[cfg(feature = "redis")]
+            Some((Rate::Shared(shared), wait)) => Box::pin(shared.acquire(deadline, *wait)).await,
         }
     }
 

@@ -15,6 +15,9 @@
 //! | `http.client.limit.rejections` | counter | `limit` (`rate`, `concurrency`, `circuit_open`, `server_pushback`) |
 //! | `http.client.pushback.pauses` (endpoints paused by a server's `Retry-After`) | counter | `endpoint` |
 //! | `http.client.token.fetches` | counter | `result` (`ok`, `error`) |
+//! | `http.client.rate_limit.shared.permits` (feature `redis`: permits from the shared quota) | counter | `source` (`store`: a round trip to Redis, `lease`: a leased permit) |
+//! | `http.client.rate_limit.shared.fallbacks` (calls decided without Redis) | counter | `policy` (`local`, `allow`, `reject`) |
+//! | `http.client.rate_limit.shared.store_errors` (calls to Redis that failed) | counter | `error` (`timeout`, `connection`, `response`) |
 //!
 //! `outcome` is `ok` or the [`ErrorKind`](crate::ErrorKind) name; the status
 //! class is `2xx`..`5xx`, or `none` when no response came. Install any
@@ -81,6 +84,19 @@ pub struct ClientStats {
     pub rejected_concurrency: u64,
     /// Tokens fetched from the token provider.
     pub token_fetches: u64,
+    /// Permits taken from a shared rate limit's quota in Redis (feature
+    /// `redis`), leased ones included; fallback permits are not counted.
+    pub shared_permits: u64,
+    /// Permits of a shared rate limit that were waited for (reserved in
+    /// Redis for a later time).
+    pub shared_waits: u64,
+    /// Calls a shared rate limit decided without Redis, by its
+    /// [`StoreFallback`](crate::StoreFallback): Redis failed, was too slow,
+    /// or was being skipped after failures.
+    pub shared_fallbacks: u64,
+    /// Calls to Redis that failed or took longer than their time budget
+    /// (failed connection attempts included).
+    pub shared_store_errors: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -118,6 +134,10 @@ impl Stats {
             rejected_rate_limited: load(&self.rate_limited),
             rejected_concurrency: load(&self.concurrency),
             token_fetches,
+            shared_permits: 0,
+            shared_waits: 0,
+            shared_fallbacks: 0,
+            shared_store_errors: 0,
         }
     }
 
@@ -171,6 +191,36 @@ impl Stats {
             .increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = endpoint;
+    }
+
+    /// A permit was taken from a shared quota (`source`: `store` or `lease`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_permit(source: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.rate_limit.shared.permits", "source" => source).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = source;
+    }
+
+    /// A call was decided by a shared limit's fallback `policy`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_fallback(policy: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.rate_limit.shared.fallbacks", "policy" => policy)
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = policy;
+    }
+
+    /// A call to a shared limit's store failed (`error`: `timeout`,
+    /// `connection` or `response`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared_store_error(error: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.rate_limit.shared.store_errors", "error" => error)
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = error;
     }
 
     /// A call waited `wait` for a `limit` permit.

@@ -798,6 +798,50 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The `rate_limit.shared` keys (feature `redis`), watched by a test that
+/// needs a real Redis.
+#[cfg(all(feature = "etcd", feature = "redis"))]
+const SHARED_KEYS: &[(&str, &str)] = &[
+    (
+        "rate_limit.shared.url",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.key",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.timeout",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.connect_timeout",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.open_duration",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.lease",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+    (
+        "rate_limit.shared.on_store_error.local",
+        "redis.rs: a_shared_limit_from_the_config_reaches_redis",
+    ),
+];
+#[cfg(all(feature = "etcd", not(feature = "redis")))]
+const SHARED_KEYS: &[(&str, &str)] = &[];
+
+/// Every key of `rate_limit.shared`.
+#[cfg(all(feature = "etcd", feature = "redis"))]
+const FULL_SHARED: &str = r#"
+[rate_limit]
+per_second = 1
+shared = { url = "redis://127.0.0.1:6379/", key = "k", timeout = "5ms", connect_timeout = "1s", open_duration = "2s", lease = 1, on_store_error = { local = 0.5 } }
+"#;
+
 /// [`FULL`] plus the keys that exclude `base_url` or need a feature.
 #[cfg(feature = "etcd")]
 const FULL_WITH_ENDPOINTS: &str = r#"
@@ -840,6 +884,12 @@ fn every_config_key_is_checked_by_a_test() {
     config.load_balance = extra.load_balance;
     config.resolver_refresh = extra.resolver_refresh;
     config.etcd = extra.etcd;
+    #[cfg(feature = "redis")]
+    {
+        let shared = parse(FULL_SHARED).rate_limit.unwrap().shared;
+        config.rate_limit.as_mut().unwrap().shared = shared;
+    }
+    let checked: Vec<&(&str, &str)> = CHECKED_KEYS.iter().chain(SHARED_KEYS).collect();
     // Written out, every field that is set shows as a key.
     let written = toml::Value::try_from(&config).unwrap();
     let mut keys = Vec::new();
@@ -847,15 +897,15 @@ fn every_config_key_is_checked_by_a_test() {
 
     let unchecked: Vec<&String> = keys
         .iter()
-        .filter(|k| !CHECKED_KEYS.iter().any(|(c, _)| c == k))
+        .filter(|k| !checked.iter().any(|(c, _)| c == k))
         .collect();
-    let stale: Vec<&str> = CHECKED_KEYS
+    let stale: Vec<&str> = checked
         .iter()
         .map(|(c, _)| *c)
         .filter(|c| !keys.iter().any(|k| k == c))
         .collect();
 
-    assert!(keys.len() >= CHECKED_KEYS.len(), "{keys:?}");
+    assert!(keys.len() >= checked.len(), "{keys:?}");
     assert!(
         unchecked.is_empty(),
         "config keys no test watches reach the client: {unchecked:?}"

@@ -662,4 +662,47 @@ mod facade {
         assert_eq!((by_result("error"), by_result("ok")), (Some(1), Some(1)));
         assert_eq!(client.stats().token_fetches, 2);
     }
+
+    /// A shared rate limit whose Redis refuses connections: one failed
+    /// connection, then every call decided by the fallback.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_shared_limit_without_redis_counts_fallbacks_and_store_errors() {
+        let recorder = Capture::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let server = answering(200, Duration::ZERO).await;
+        let port = crate::common::closed_port().unwrap();
+        let client = fast_builder(&server.uri())
+            .rate_limit(
+                RateLimit::per_second(100)
+                    .shared(resilient_http::RedisLimiter::new(
+                        format!("redis://127.0.0.1:{port}/"),
+                        "k",
+                    ))
+                    .on_store_error(resilient_http::StoreFallback::Allow),
+            )
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            client.get("x").send().await.unwrap();
+        }
+        let fallbacks = recorder.counter(
+            "http.client.rate_limit.shared.fallbacks",
+            &[("policy", "allow")],
+        );
+        let errors = recorder.counter(
+            "http.client.rate_limit.shared.store_errors",
+            &[("error", "connection")],
+        );
+        assert_eq!((fallbacks, errors), (Some(5), Some(1)));
+        let stats = client.stats();
+        assert_eq!(
+            (
+                stats.shared_fallbacks,
+                stats.shared_store_errors,
+                stats.shared_permits
+            ),
+            (5, 1, 0)
+        );
+    }
 }

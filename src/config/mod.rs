@@ -27,6 +27,8 @@ use crate::tls::TlsVersion;
 mod duration;
 mod section;
 
+#[cfg(feature = "redis")]
+pub use section::SharedRateLimitSection;
 pub use section::{
     CircuitBreakerSection, FailureRateSection, RateLimitSection, RetryBudgetSection, RetrySection,
 };

@@ -209,6 +209,101 @@ pub struct RateLimitSection {
     /// Reject at once instead of waiting for a permit (default `false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_fast: Option<bool>,
+    /// One quota for every replica, kept in Redis (feature `redis`; default
+    /// none: a limit per client): `{ url = "redis://127.0.0.1:6379", key =
+    /// "partner-x" }`, see [`SharedRateLimitSection`].
+    #[cfg(feature = "redis")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedRateLimitSection>,
+}
+
+/// The `rate_limit.shared` section of an [`ApiClientConfig`] (feature
+/// `redis`): a [`RedisLimiter`](crate::RedisLimiter) and its
+/// [`StoreFallback`](crate::StoreFallback) as data.
+///
+/// `url` and `key` are required. `Debug` never shows the URL's password.
+///
+/// ```toml
+/// [rate_limit]
+/// per_second = 1000
+/// burst = 50
+/// shared = { url = "redis://127.0.0.1:6379", key = "partner-x", timeout = "5ms", lease = 10, on_store_error = { local = 0.1 } }
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SharedRateLimitSection {
+    /// The Redis server, `redis://[user:password@]host[:port][/db]`.
+    pub url: String,
+    /// The quota's name, shared by every replica that uses it.
+    pub key: String,
+    /// The time budget of one call to Redis (default `"5ms"`).
+    #[serde(
+        default,
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// The limit on connecting to Redis (default `"1s"`).
+    #[serde(
+        default,
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// How long Redis is skipped after it failed (default `"1s"`).
+    #[serde(
+        default,
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub open_duration: Option<Duration>,
+    /// Permits taken per round trip (default 1; at most the burst).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u32>,
+    /// `"allow"`, `"reject"`, or `{ local = 0.1 }` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_error: Option<crate::StoreFallback>,
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Debug for SharedRateLimitSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRateLimitSection")
+            .field("url", &crate::redact::raw_url(&self.url))
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("open_duration", &self.open_duration)
+            .field("lease", &self.lease)
+            .field("on_store_error", &self.on_store_error)
+            .finish()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl SharedRateLimitSection {
+    fn apply(&self, limit: RateLimit) -> RateLimit {
+        let mut store = crate::RedisLimiter::new(&self.url, &self.key);
+        if let Some(d) = self.timeout {
+            store = store.timeout(d);
+        }
+        if let Some(d) = self.connect_timeout {
+            store = store.connect_timeout(d);
+        }
+        if let Some(d) = self.open_duration {
+            store = store.open_duration(d);
+        }
+        if let Some(n) = self.lease {
+            store = store.lease(n);
+        }
+        let limit = limit.shared(store);
+        match self.on_store_error {
+            Some(fallback) => limit.on_store_error(fallback),
+            None => limit,
+        }
+    }
 }
 
 impl RetrySection {
@@ -339,6 +434,10 @@ impl RateLimitSection {
         }
         if self.fail_fast == Some(true) {
             limit = limit.fail_fast();
+        }
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            limit = shared.apply(limit);
         }
         Ok(limit)
     }
