@@ -37,6 +37,13 @@
 //! | `recovery` | 503 for 2 s, then healthy | open loop, 500 calls/s for 14 s |
 //! | `pushback` | the first hit gets 429 `Retry-After: 1`, the rest 200 | closed loop |
 //! | `overload` | at most 8 requests in service (10 ms each, 800/s); 503 at once beyond | open loop, 1,200 calls/s for 3 s |
+//! | `slow-tail` | 2% of hits (seeded) answered after 200 ms, the rest after ~1 ms | closed loop, 4,000 calls |
+//!
+//! `slow-tail` runs our client alone, against itself: `resilient-http`
+//! (no hedging) as the baseline and `resilient-http, hedged` with
+//! `Hedging::percentile(0.95)` (one hedge at the endpoint's p95). The goal:
+//! p99 at least 5x lower for at most 10% more requests at the server; the
+//! run prints both ratios.
 //!
 //! Closed loop: 32 tasks make 1,000 calls (`outage`, `pushback`) or 2,000
 //! calls between them, each task starting its next call when the last ends.
@@ -89,7 +96,7 @@ use common::scenario::{Behavior, Counts, ScenarioServer};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
-use resilient_http::{ApiClient, ClientStats, RetryPolicy};
+use resilient_http::{ApiClient, ClientStats, Hedging, RetryPolicy};
 use serde_json::{Value, json};
 
 /// Attempts per call at most, first included (3 retries), for every subject.
@@ -109,6 +116,8 @@ enum Peer {
     OursNoBreaker,
     Middleware,
     Builtin,
+    /// Ours with `Hedging::percentile(0.95)` (the tail scenarios only).
+    OursHedged,
 }
 
 impl Peer {
@@ -125,6 +134,7 @@ impl Peer {
             Self::OursNoBreaker => "resilient-http, no breaker",
             Self::Middleware => "reqwest-retry",
             Self::Builtin => "reqwest-builtin",
+            Self::OursHedged => "resilient-http, hedged",
         }
     }
 }
@@ -140,17 +150,17 @@ impl Subject {
     fn new(peer: Peer, base: &str, backoff: (Duration, Duration)) -> Self {
         let url = format!("{base}x");
         match peer {
-            Peer::Ours | Peer::OursNoBreaker => {
+            Peer::Ours | Peer::OursNoBreaker | Peer::OursHedged => {
                 let builder = ApiClient::builder().base_url(base).retry(
                     RetryPolicy::exponential()
                         .max_attempts(MAX_ATTEMPTS)
                         .initial_backoff(backoff.0)
                         .max_backoff(backoff.1),
                 );
-                let builder = if peer == Peer::Ours {
-                    builder
-                } else {
-                    builder.no_circuit_breaker()
+                let builder = match peer {
+                    Peer::OursNoBreaker => builder.no_circuit_breaker(),
+                    Peer::OursHedged => builder.hedging(Hedging::percentile(0.95)),
+                    _ => builder,
                 };
                 Self::Ours(builder.build().expect("resilient-http client"))
             }
@@ -307,6 +317,8 @@ struct Scenario {
     load: Load,
     /// The `recovery` scenario's outage length.
     healthy_after: Option<Duration>,
+    /// The subjects that run it.
+    peers: &'static [Peer],
 }
 
 /// What the table and the JSON line show for one subject in one scenario.
@@ -360,6 +372,14 @@ impl Row {
         {
             notes.push(format!("breaker refused {refused} calls"));
         }
+        if let Some(stats) = self.stats
+            && stats.hedges > 0
+        {
+            notes.push(format!(
+                "hedges: {} sent, {} won",
+                stats.hedges, stats.hedges_won
+            ));
+        }
         notes.join("; ")
     }
 
@@ -384,6 +404,8 @@ impl Row {
                 Recovery::NotMeasured => Value::Null,
             },
             "breaker_refused": self.stats.map(|s| s.rejected_circuit_open),
+            "hedges": self.stats.map(|s| s.hedges),
+            "hedges_won": self.stats.map(|s| s.hedges_won),
             "pushback_pauses": self.stats.map(|s| s.pushback_pauses),
         })
     }
@@ -462,6 +484,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
         behavior: Behavior::Flaky { fail, seed },
         load: closed(2000),
         healthy_after: None,
+        peers: &Peer::ALL,
     };
     let (outage, after) = if full {
         (Duration::from_secs(2), Duration::from_secs(12))
@@ -474,6 +497,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             behavior: Behavior::Outage,
             load: closed(1000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         flaky("flaky-10", 0.1, 0x5EED_0010),
         flaky("flaky-20", 0.2, 0x5EED_0020),
@@ -488,6 +512,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             },
             load: closed(2000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "recovery",
@@ -500,6 +525,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 length: outage + after,
             },
             healthy_after: Some(outage),
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "pushback",
@@ -508,6 +534,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             },
             load: closed(1000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "overload",
@@ -524,6 +551,19 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 },
             },
             healthy_after: None,
+            peers: &Peer::ALL,
+        },
+        Scenario {
+            name: "slow-tail",
+            behavior: Behavior::Tail {
+                slow: 0.02,
+                base: Duration::from_millis(1),
+                delay: Duration::from_millis(200),
+                seed: 0x5EED_7A11,
+            },
+            load: closed(4000),
+            healthy_after: None,
+            peers: &[Peer::Ours, Peer::OursHedged],
         },
     ]
 }
@@ -553,6 +593,27 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// The tail scenarios' goals, from their rows: hedged against the baseline.
+fn print_tail_checks(rows: &[Row]) {
+    let row = |scenario: &str, peer: Peer| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.peer == peer)
+    };
+    if let (Some(base), Some(hedged)) = (
+        row("slow-tail", Peer::Ours),
+        row("slow-tail", Peer::OursHedged),
+    ) {
+        let p99 = base.p99.as_secs_f64() / hedged.p99.as_secs_f64().max(1e-9);
+        let extra = hedged.requests_per_call / base.requests_per_call.max(1e-9) - 1.0;
+        println!(
+            "slow-tail: p99 {:.2} ms -> {:.2} ms ({p99:.1}x lower; goal >= 5x), server requests {:+.1}% (goal <= +10%)",
+            base.p99.as_secs_f64() * 1e3,
+            hedged.p99.as_secs_f64() * 1e3,
+            extra * 100.0
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench scenarios` does not.
     // SCENARIOS_ONLY=outage,flaky-20 runs just those scenarios.
@@ -573,7 +634,7 @@ fn main() {
         {
             continue;
         }
-        for peer in Peer::ALL {
+        for &peer in scenario.peers {
             let row = rt.block_on(run(&server, &scenario, peer, backoff));
             eprintln!(
                 "{} / {}: {:.2}% ok, {:.3} req/call, {:.1} s",
@@ -587,6 +648,7 @@ fn main() {
         }
     }
     print_table(&rows);
+    print_tail_checks(&rows);
     let line = json!({
         "bench": "scenarios",
         "mode": if full { "bench" } else { "smoke" },

@@ -13,6 +13,7 @@ use crate::client::{ApiClient, Inner};
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
+use crate::hedge::Hedging;
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::{Limits, RateLimit};
 use crate::origin;
@@ -57,6 +58,7 @@ pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// | `retry` | [`RetryPolicy::exponential()`] |
 /// | `circuit_breaker` | [`CircuitBreakerConfig::default()`] |
 /// | `rate_limit`, `max_concurrency` | off |
+/// | `hedging` | off |
 /// | `max_response_bytes` | 16 MiB |
 /// | `max_error_body_bytes` | 64 KiB |
 /// | `max_redirects` | 10 |
@@ -98,6 +100,7 @@ pub struct ApiClientBuilder {
     breaker: Option<CircuitBreakerConfig>,
     rate_limit: Option<RateLimit>,
     max_concurrency: Option<usize>,
+    hedging: Option<Hedging>,
     headers: HeaderMap,
     user_agent: Option<HeaderValue>,
     max_response_bytes: usize,
@@ -140,6 +143,7 @@ impl fmt::Debug for ApiClientBuilder {
             .field("circuit_breaker", &self.breaker)
             .field("rate_limit", &self.rate_limit)
             .field("max_concurrency", &self.max_concurrency)
+            .field("hedging", &self.hedging)
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
             .field("tls", &self.tls)
@@ -170,6 +174,7 @@ impl ApiClientBuilder {
             breaker: Some(CircuitBreakerConfig::default()),
             rate_limit: None,
             max_concurrency: None,
+            hedging: None,
             headers: HeaderMap::new(),
             user_agent: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -320,6 +325,31 @@ impl ApiClientBuilder {
     /// replaces it for one call.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = timeout;
+        self
+    }
+
+    /// Hedged requests for every call that may be repeated (default off): a
+    /// copy of an attempt is sent when it has not answered within a fixed
+    /// delay or a percentile of the endpoint's recent latencies, and the
+    /// first usable answer wins. See [`Hedging`] for the rules (hedges are
+    /// attempts, paid from the retry budget) and
+    /// [`RequestBuilder::hedging`](crate::RequestBuilder::hedging) to set it
+    /// per call. An invalid setting is a `Config` error from
+    /// [`build`](Self::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, Hedging};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/")
+    ///     .hedging(Hedging::percentile(0.95).max_hedges(1))
+    ///     .build()?;
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Some(hedging);
         self
     }
 
@@ -779,6 +809,9 @@ impl ApiClientBuilder {
         if self.max_concurrency == Some(0) {
             return Err(Error::config("max_concurrency must be at least 1"));
         }
+        if let Some(h) = &self.hedging {
+            h.validate()?;
+        }
 
         let http = self.transport(server_address)?;
         let balancer = has_endpoints.then(|| {
@@ -811,6 +844,7 @@ impl ApiClientBuilder {
         inner.allow_path_escape = self.allow_path_escape;
         inner.max_error_body_bytes = self.max_error_body_bytes;
         inner.signer = self.signer;
+        inner.hedging = self.hedging;
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 

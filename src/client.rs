@@ -18,6 +18,7 @@ use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
 use crate::discovery::Balancer;
 use crate::error::Error;
+use crate::hedge::{Hedging, Latencies, LatencySketch};
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
 use crate::origin;
@@ -88,6 +89,12 @@ pub(crate) struct Inner {
     pub(crate) default_headers: HeaderMap,
     /// Paths may leave the base path (`ApiClientBuilder::allow_path_escape`).
     pub(crate) allow_path_escape: bool,
+    /// Hedged requests for every call (`ApiClientBuilder::hedging`).
+    pub(crate) hedging: Option<Hedging>,
+    /// Recent latencies of the endpoints called by fixed URL, for a
+    /// percentile hedging delay (those of a client's endpoints are kept
+    /// with them).
+    pub(crate) latencies: Latencies,
 }
 
 impl Inner {
@@ -109,6 +116,8 @@ impl Inner {
     ) -> Self {
         Self {
             pauses: Pauses::new(base.as_ref(), |_| Pause::new()),
+            latencies: Latencies::new(base.as_ref(), |_| LatencySketch::default()),
+            hedging: None,
             http,
             base,
             balancer,

@@ -230,6 +230,14 @@ impl Limits {
         }
     }
 
+    /// Takes a rate-limit permit if one is free now, without waiting (a
+    /// hedge's: no free permit, no hedge).
+    pub(crate) fn try_rate(&self) -> bool {
+        self.rate
+            .as_ref()
+            .is_none_or(|(limiter, _, _)| limiter.check().is_ok())
+    }
+
     /// Free concurrency permits (for tests and `Debug`).
     #[cfg(test)]
     pub(crate) fn available(&self) -> Option<usize> {

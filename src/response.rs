@@ -53,6 +53,7 @@ pub struct ApiResponse {
     pub(crate) elapsed: std::time::Duration,
     pub(crate) method: Method,
     pub(crate) url: Url,
+    pub(crate) hedged: bool,
 }
 
 impl fmt::Debug for ApiResponse {
@@ -63,6 +64,7 @@ impl fmt::Debug for ApiResponse {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("body_len", &self.body.len())
             .field("attempts", &self.attempts)
+            .field("hedged", &self.hedged)
             .finish_non_exhaustive()
     }
 }
@@ -93,10 +95,34 @@ impl ApiResponse {
         &self.url
     }
 
-    /// Attempts it took, the successful one included.
+    /// Attempts it took, the successful one included; hedges
+    /// ([`Hedging`](crate::Hedging)) count as attempts.
     #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Whether the answer came from a hedge (a copy sent because the attempt
+    /// it raced was slow; see [`Hedging`](crate::Hedging)) rather than that
+    /// attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let resp = client.get("fast").send().await?;
+    /// assert!(!resp.hedged());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn hedged(&self) -> bool {
+        self.hedged
     }
 
     /// Time the call took, from the start of the call to the buffered body.

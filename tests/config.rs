@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "etcd")]
 use common::base64;
 use common::{RAW_SERVER_MAX_CONNECTIONS, read_request_head, received};
+use resilient_http::config::HedgingSection;
 use resilient_http::{
     ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig, CircuitBreakerSection,
-    ErrorKind, FailureRateSection, RateLimit, RateLimitSection, RetryBudget, RetryBudgetSection,
-    RetryPolicy, RetrySection, TimeoutPhase,
+    ErrorKind, FailureRateSection, Hedging, RateLimit, RateLimitSection, RetryBudget,
+    RetryBudgetSection, RetryPolicy, RetrySection, TimeoutPhase,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wiremock::matchers::{any, header, path};
@@ -61,6 +62,10 @@ per_minute = 600
 burst = 20
 fail_fast = true
 
+[hedging]
+percentile = 0.95
+max_hedges = 2
+
 [default_headers]
 x-tenant = "acme"
 x-api-key = "k-123"
@@ -93,6 +98,9 @@ fn full_in_code() -> ApiClientConfig {
     limit.per_minute = Some(600);
     limit.burst = Some(20);
     limit.fail_fast = Some(true);
+    let mut hedging = HedgingSection::default();
+    hedging.percentile = Some(0.95);
+    hedging.max_hedges = Some(2);
 
     let mut c = ApiClientConfig::default();
     c.base_url = Some("http://users.internal:8080/api/".into());
@@ -104,6 +112,7 @@ fn full_in_code() -> ApiClientConfig {
     c.circuit_breaker = Some(breaker);
     c.rate_limit = Some(limit);
     c.max_concurrency = Some(8);
+    c.hedging = Some(hedging);
     c.default_headers = BTreeMap::from([
         ("x-tenant".into(), "acme".into()),
         ("x-api-key".into(), "k-123".into()),
@@ -261,6 +270,7 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
         )
         .rate_limit(RateLimit::per_minute(600).burst(20).fail_fast())
         .max_concurrency(8)
+        .hedging(Hedging::percentile(0.95).max_hedges(2))
         .default_header("x-api-key", "k-123")
         .default_header("x-tenant", "acme")
         .bearer_auth("t0ken")
@@ -268,6 +278,20 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
         .max_response_bytes(1_048_576)
         .tls_danger_accept_invalid_certs(true);
     assert_eq!(format!("{from_file:?}"), format!("{in_code:?}"));
+}
+
+#[test]
+fn a_fixed_hedging_delay_reads_from_the_config() {
+    let config = parse("hedging = { delay = \"20ms\" }");
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&config)),
+        format!(
+            "{:?}",
+            ApiClient::builder().hedging(Hedging::fixed(Duration::from_millis(20)))
+        )
+    );
+    assert_eq!(parse(&toml::to_string(&config).unwrap()), config);
+    assert!(parse_error("hedging = { percentil = 0.9 }").contains("percentil"));
 }
 
 // ---------------------------------------------------------------- errors while reading
@@ -493,6 +517,10 @@ fn invalid_values_are_config_errors_from_build() {
         "circuit_breaker = { failure_rate = { window = 20, time_window = \"30s\" } }",
         "circuit_breaker = { failure_rate = { time_window = \"0s\" } }",
         "max_concurrency = 0",
+        "hedging = { percentile = 1.5 }",
+        "hedging = { max_hedges = 1 }",
+        "hedging = { percentile = 0.9, delay = \"5ms\" }",
+        "hedging = { delay = \"5ms\", max_hedges = 0 }",
         "connect_timeout = \"0s\"",
         "user_agent = \"bad\\nagent\"",
         "bearer_token = \"bad\\ntoken\"",
@@ -658,6 +686,14 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
     ),
     (
         "max_concurrency",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "hedging.percentile",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "hedging.max_hedges",
         "a_config_gives_the_same_builder_as_the_code_it_stands_for",
     ),
     (

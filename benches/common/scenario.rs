@@ -49,6 +49,14 @@ pub(crate) enum Behavior {
     /// At most `capacity` requests in service at once, each for `service`;
     /// a request beyond that gets 503 at once.
     Overload { capacity: usize, service: Duration },
+    /// 200 to everything after `base`; hit `n` waits `delay` instead iff
+    /// `unit(seed, n) < slow` (a slow tail).
+    Tail {
+        slow: f64,
+        base: Duration,
+        delay: Duration,
+        seed: u64,
+    },
 }
 
 /// What the server saw since the last [`ScenarioServer::set`].
@@ -273,6 +281,16 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
             if pause_until.is_some_and(|until| now < until) {
                 shared.during_pause.fetch_add(1, Ordering::Relaxed);
             }
+            respond(shared, StatusCode::OK)
+        }
+        Behavior::Tail {
+            slow,
+            base,
+            delay,
+            seed,
+        } => {
+            let wait = if picked(seed, n, slow) { delay } else { base };
+            tokio::time::sleep(wait).await;
             respond(shared, StatusCode::OK)
         }
         Behavior::Overload { service, .. } => match slots.try_acquire_owned() {

@@ -28,7 +28,8 @@ mod duration;
 mod section;
 
 pub use section::{
-    CircuitBreakerSection, FailureRateSection, RateLimitSection, RetryBudgetSection, RetrySection,
+    CircuitBreakerSection, FailureRateSection, HedgingSection, RateLimitSection,
+    RetryBudgetSection, RetrySection,
 };
 
 pub use crate::builder::{
@@ -160,6 +161,11 @@ pub struct ApiClientConfig {
     /// At most this many calls in flight (default unlimited; 0 is an error).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// Hedged requests (default off): `{ percentile = 0.95 }` or
+    /// `{ delay = "20ms" }`, and `max_hedges`. See
+    /// [`ApiClientBuilder::hedging`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedging: Option<HedgingSection>,
     /// Headers sent with every request, name to value (default none). Values
     /// of credential-like headers are never printed; like
     /// [`ApiClientBuilder::default_header`].
@@ -276,6 +282,7 @@ impl fmt::Debug for ApiClientConfig {
             .field("circuit_breaker", &self.circuit_breaker)
             .field("rate_limit", &self.rate_limit)
             .field("max_concurrency", &self.max_concurrency)
+            .field("hedging", &self.hedging)
             .field("default_headers", &default_headers)
             .field("user_agent", &self.user_agent)
             .field(
@@ -411,6 +418,12 @@ impl ApiClientConfig {
         }
         if let Some(n) = self.max_concurrency {
             b = b.max_concurrency(n);
+        }
+        if let Some(section) = &self.hedging {
+            b = match section.hedging() {
+                Ok(hedging) => b.hedging(hedging),
+                Err(err) => b.fail(err),
+            };
         }
         for (name, value) in &self.default_headers {
             b = b.default_header(name.as_str(), value.as_str());

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::breaker::{CircuitBreakerConfig, DEFAULT_RATE, DEFAULT_RATE_WINDOW, Sustained};
 use crate::error::Error;
+use crate::hedge::Hedging;
 use crate::limit::RateLimit;
 use crate::retry::{RetryBudget, RetryPolicy};
 
@@ -209,6 +210,56 @@ pub struct RateLimitSection {
     /// Reject at once instead of waiting for a permit (default `false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_fast: Option<bool>,
+}
+
+/// The `hedging` section of an [`ApiClientConfig`]: a
+/// [`Hedging`](crate::Hedging) policy as data.
+///
+/// Exactly one of `percentile` and `delay` is required; neither or both is an
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) error when the client is
+/// built.
+///
+/// ```toml
+/// [hedging]
+/// percentile = 0.95     # or: delay = "20ms"
+/// max_hedges = 1
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgingSection {
+    /// Hedge after this quantile (`0.0..1.0`, exclusive) of the endpoint's
+    /// recent latencies; [`Hedging::percentile`](crate::Hedging::percentile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// Hedge after this fixed delay; [`Hedging::fixed`](crate::Hedging::fixed).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay: Option<Duration>,
+    /// The most hedges an attempt may have (default 1; 1 to 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_hedges: Option<u32>,
+}
+
+impl HedgingSection {
+    pub(super) fn hedging(&self) -> Result<Hedging, Error> {
+        let mut hedging = match (self.percentile, self.delay) {
+            (Some(q), None) => Hedging::percentile(q),
+            (None, Some(d)) => Hedging::fixed(d),
+            (Some(_), Some(_)) => {
+                return Err(Error::config("hedging: set percentile or delay, not both"));
+            }
+            (None, None) => {
+                return Err(Error::config("hedging: percentile or delay is required"));
+            }
+        };
+        if let Some(n) = self.max_hedges {
+            hedging = hedging.max_hedges(n);
+        }
+        Ok(hedging)
+    }
 }
 
 impl RetrySection {

@@ -19,15 +19,18 @@ use tracing::field::Empty;
 use url::Url;
 
 mod body;
+mod hedge;
 mod route;
 
 use self::body::{Replay, read_body, read_prefix};
+use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
 use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
+use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
 use crate::origin::Origin;
 use crate::pushback::Pause;
@@ -118,6 +121,7 @@ impl Finish for Buffer {
                 elapsed,
                 method: ctx.method,
                 url: url.unwrap_or(ctx.url),
+                hedged: ctx.hedged,
             }),
             // Not asked for; cannot happen, but is not worth a panic.
             Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
@@ -162,6 +166,8 @@ pub(crate) struct CallContext<'a> {
     /// `url` is the placeholder of a routed call that has not chosen an
     /// endpoint yet: not to be reported.
     placeholder: bool,
+    /// The answer came from a hedge.
+    hedged: bool,
 }
 
 /// How a call is carried out, besides its context and request.
@@ -181,6 +187,20 @@ pub(crate) struct Plan {
     pub(crate) retry: Option<Box<RetryPolicy>>,
     /// Statuses besides 2xx that are answers for this call, not errors.
     pub(crate) allow: Box<[StatusCode]>,
+    /// This call's hedging: the client's, none, or its own.
+    pub(crate) hedging: HedgeChoice,
+}
+
+/// A call's hedging (see [`Hedging`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum HedgeChoice {
+    /// The client's ([`crate::ApiClientBuilder::hedging`]).
+    #[default]
+    Client,
+    /// None for this call.
+    Off,
+    /// This call's own (boxed: most calls have none).
+    Call(Box<Hedging>),
 }
 
 /// A call split into what the pipeline keeps.
@@ -336,13 +356,23 @@ impl ApiClient {
         } = self.prepare(call, span, &inner.stats);
         let Plan {
             idempotent,
-            guard_redirects,
+            guard_redirects: plan_guard,
             routed,
             use_token,
             retry,
             allow,
+            hedging,
         } = plan;
         let policy = retry.as_deref().unwrap_or(&inner.retry);
+        // Hedged only when it may be repeated, buffered, and has attempts to
+        // spare; a percentile delay records the latencies it reads.
+        let hedging = match hedging {
+            HedgeChoice::Client => inner.hedging,
+            HedgeChoice::Off => None,
+            HedgeChoice::Call(h) => Some(*h),
+        }
+        .filter(|_| idempotent && policy.max_attempts > 1 && !F::STREAM && !replay.streamed());
+        let records = hedging.is_some_and(|h| h.quantile().is_some());
         let auth = inner.auth.as_ref().filter(|_| use_token);
         let mut reauthorized = false;
         let deadline = ctx.deadline;
@@ -440,12 +470,8 @@ impl ApiClient {
             }
             let mut request = replay.next(&mut original, &ctx, target.is_some());
             let attempt_no = attempts + 1;
-            let mut guard_redirects = self.decorate(
-                &mut request,
-                credential.as_ref(),
-                attempt_no,
-                guard_redirects,
-            );
+            let mut guard_redirects =
+                self.decorate(&mut request, credential.as_ref(), attempt_no, plan_guard);
             let mut now = now;
             if let Some(signer) = &inner.signer {
                 // Last before sending: the signer sees every header and the body.
@@ -469,11 +495,85 @@ impl ApiClient {
             attempts = attempt_no;
             inner.stats.attempt(&ctx.method, attempts);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow);
-            let timed =
-                tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
-            let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
-            drop(flight);
+            let sketch = if records {
+                Some(self.sketch(target, &ctx.url))
+            } else {
+                None
+            };
+            let delay = hedging
+                .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
+                .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
+                .filter(|(_, d)| *d < limit);
+            let started = now;
+            let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
+                let first = First {
+                    request,
+                    permit,
+                    target,
+                    load: flight,
+                    url: ctx.url.clone(),
+                    started,
+                    guard: guard_redirects,
+                    limit,
+                    phase,
+                };
+                let race = Race {
+                    route: &route,
+                    ctx: &ctx,
+                    routed: routed.as_ref(),
+                    query: query.as_deref(),
+                    replay: &replay,
+                    auth,
+                    deadline: &deadline,
+                    allow: &allow,
+                    policy,
+                    guard_redirects: plan_guard,
+                    delay,
+                    max_hedges: h.hedges(),
+                    sketch: sketch.as_deref(),
+                    attempts,
+                };
+                let Raced {
+                    outcome,
+                    url,
+                    target: decided_by,
+                    hedge,
+                    sent,
+                    attempts: made,
+                } = self.race(first, race).await;
+                attempts = made;
+                if let (Some(instance), Some(path)) = (decided_by, &routed)
+                    && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
+                {
+                    // A hedge to another endpoint decided: the call's URL is its.
+                    if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
+                        return Err(ctx.fail(err, attempts));
+                    }
+                    tried = Some(Arc::clone(instance));
+                } else if ctx.url != url {
+                    ctx.url = url;
+                }
+                if sent > 0 && !span.is_disabled() {
+                    span.record("hedge.sent", sent);
+                    span.record("hedge.won", hedge);
+                }
+                if outcome.is_ok() && hedge > 0 {
+                    ctx.hedged = true;
+                    inner.stats.hedge_won(&ctx.method);
+                }
+                (outcome, None, true, decided_by)
+            } else {
+                let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow);
+                let timed =
+                    tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt)).await;
+                let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+                drop(flight);
+                if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
+                    let end = Instant::now();
+                    sketch.record(end.saturating_duration_since(started), end);
+                }
+                (outcome, permit, false, target)
+            };
             let now = Instant::now();
             match outcome {
                 Ok(got) => {
@@ -491,9 +591,11 @@ impl ApiClient {
                     if let Some(p) = permit {
                         p.record(verdict(&err), now);
                     }
-                    attempt_failed(attempts, &err);
-                    if let Some(pause) = route.pause_of(target) {
-                        self.pushback(pause, &err, &ctx.url, now);
+                    if !raced {
+                        attempt_failed(attempts, &err);
+                        if let Some(pause) = route.pause_of(target) {
+                            self.pushback(pause, &err, &ctx.url, now);
+                        }
                     }
                     // A streamed body past its replay buffer cannot be sent again.
                     let replayable = replay.replayable();
@@ -550,6 +652,15 @@ impl ApiClient {
         }
     }
 
+    /// The latency sketch of an attempt's endpoint: the chosen endpoint's,
+    /// or the fixed URL's origin's.
+    fn sketch(&self, target: Option<&Arc<Instance>>, url: &Url) -> Arc<LatencySketch> {
+        match target {
+            Some(instance) => Arc::clone(instance.latency()),
+            None => self.inner.latencies.get(url, |_| LatencySketch::default()),
+        }
+    }
+
     /// Splits a call into what the pipeline keeps: the context (method, URL,
     /// deadline, span), what a retry needs to rebuild the request, the request
     /// itself, and whether it may be repeated and must not be redirected away.
@@ -567,6 +678,7 @@ impl ApiClient {
             span,
             active: stats.start(request.method()),
             placeholder: plan.routed.is_some(),
+            hedged: false,
         };
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
@@ -838,6 +950,8 @@ fn call_span(call: &Call) -> tracing::Span {
         http.request.resend_count = Empty,
         error.type = Empty,
         limit.wait_ms = Empty,
+        hedge.sent = Empty,
+        hedge.won = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
         let url = call.request.url();
