@@ -180,6 +180,30 @@ impl ApiClient {
         &self.inner.http
     }
 
+    /// The concurrency limit now: the fixed
+    /// [`max_concurrency`](crate::ApiClientBuilder::max_concurrency), the
+    /// current value of the
+    /// [`adaptive_concurrency`](crate::ApiClientBuilder::adaptive_concurrency)
+    /// limit, or `None` when calls are not limited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/")
+    ///     .max_concurrency(64)
+    ///     .build()?;
+    /// assert_eq!(client.concurrency_limit(), Some(64));
+    /// assert_eq!(ApiClient::new("http://127.0.0.1:8080/")?.concurrency_limit(), None);
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    #[must_use]
+    pub fn concurrency_limit(&self) -> Option<usize> {
+        self.inner.limits.concurrency_limit()
+    }
+
     /// The base URL paths are joined onto (always ends in `/`).
     #[must_use]
     pub fn base_url(&self) -> Option<&Url> {

@@ -236,6 +236,7 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod adaptive;
 mod auth;
 mod balance;
 mod breaker;
@@ -268,6 +269,7 @@ mod timeout;
 mod tls;
 mod upload;
 
+pub use adaptive::AdaptiveConcurrency;
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState, StateChange};

@@ -10,11 +10,11 @@ use futures_core::Stream;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Version};
 use serde::de::DeserializeOwned;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use crate::error::Error;
+use crate::limit::Slot;
 use crate::redact;
 use crate::timeout::{Deadline, TimeoutPhase};
 
@@ -230,7 +230,7 @@ pub struct ApiStream {
     attempts: u32,
     started: Instant,
     /// The call's concurrency permit, held until the body ends or the stream is dropped.
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     done: bool,
@@ -254,7 +254,7 @@ impl ApiStream {
         method: Method,
         attempts: u32,
         deadline: Deadline,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Self {
         let status = response.status();
         let version = response.version();

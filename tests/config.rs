@@ -16,9 +16,9 @@ use common::base64;
 use common::{RAW_SERVER_MAX_CONNECTIONS, read_request_head, received};
 use resilient_http::config::HedgingSection;
 use resilient_http::{
-    ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig, CircuitBreakerSection,
-    ErrorKind, FailureRateSection, Hedging, RateLimit, RateLimitSection, RetryBudget,
-    RetryBudgetSection, RetryPolicy, RetrySection, TimeoutPhase,
+    AdaptiveConcurrency, ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig,
+    CircuitBreakerSection, ErrorKind, FailureRateSection, Hedging, RateLimit, RateLimitSection,
+    RetryBudget, RetryBudgetSection, RetryPolicy, RetrySection, TimeoutPhase,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wiremock::matchers::{any, header, path};
@@ -281,6 +281,37 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
 }
 
 #[test]
+fn adaptive_concurrency_from_the_config_sets_the_limit() {
+    let config = parse(
+        "base_url = \"http://127.0.0.1:9/\"\nadaptive_concurrency = { initial = 10, floor = 2, ceiling = 50 }",
+    );
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&config)),
+        format!(
+            "{:?}",
+            ApiClient::builder()
+                .base_url("http://127.0.0.1:9/")
+                .adaptive_concurrency(
+                    AdaptiveConcurrency::default()
+                        .initial(10)
+                        .floor(2)
+                        .ceiling(50)
+                )
+        )
+    );
+    let client = ApiClient::from_config(&config).unwrap();
+    assert_eq!(client.concurrency_limit(), Some(10));
+    // The initial limit is kept within floor and ceiling.
+    let config =
+        parse("base_url = \"http://127.0.0.1:9/\"\nadaptive_concurrency = { ceiling = 5 }");
+    assert_eq!(
+        ApiClient::from_config(&config).unwrap().concurrency_limit(),
+        Some(5)
+    );
+    assert_eq!(parse(&toml::to_string(&config).unwrap()), config);
+}
+
+#[test]
 fn a_fixed_hedging_delay_reads_from_the_config() {
     let config = parse("hedging = { delay = \"20ms\" }");
     assert_eq!(
@@ -517,6 +548,9 @@ fn invalid_values_are_config_errors_from_build() {
         "circuit_breaker = { failure_rate = { window = 20, time_window = \"30s\" } }",
         "circuit_breaker = { failure_rate = { time_window = \"0s\" } }",
         "max_concurrency = 0",
+        "adaptive_concurrency = { floor = 0 }",
+        "adaptive_concurrency = { floor = 9, ceiling = 8 }",
+        "max_concurrency = 4\nadaptive_concurrency = { floor = 1 }",
         "hedging = { percentile = 1.5 }",
         "hedging = { max_hedges = 1 }",
         "hedging = { percentile = 0.9, delay = \"5ms\" }",
@@ -689,6 +723,18 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
         "a_config_gives_the_same_builder_as_the_code_it_stands_for",
     ),
     (
+        "adaptive_concurrency.initial",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
+        "adaptive_concurrency.floor",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
+        "adaptive_concurrency.ceiling",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
         "hedging.percentile",
         "a_config_gives_the_same_builder_as_the_code_it_stands_for",
     ),
@@ -837,6 +883,7 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
 /// [`FULL`] plus the keys that exclude `base_url` or need a feature.
 #[cfg(feature = "etcd")]
 const FULL_WITH_ENDPOINTS: &str = r#"
+adaptive_concurrency = { initial = 10, floor = 2, ceiling = 50 }
 endpoints = ["http://10.0.0.1:8080/api/"]
 load_balance = "round_robin"
 resolver_refresh = "2s"
@@ -876,6 +923,7 @@ fn every_config_key_is_checked_by_a_test() {
     config.load_balance = extra.load_balance;
     config.resolver_refresh = extra.resolver_refresh;
     config.etcd = extra.etcd;
+    config.adaptive_concurrency = extra.adaptive_concurrency;
     // Written out, every field that is set shows as a key.
     let written = toml::Value::try_from(&config).unwrap();
     let mut keys = Vec::new();

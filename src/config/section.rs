@@ -10,6 +10,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::adaptive::AdaptiveConcurrency;
 use crate::breaker::{CircuitBreakerConfig, DEFAULT_RATE, DEFAULT_RATE_WINDOW, Sustained};
 use crate::error::Error;
 use crate::hedge::Hedging;
@@ -241,6 +242,46 @@ pub struct HedgingSection {
     /// The most hedges an attempt may have (default 1; 1 to 10).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_hedges: Option<u32>,
+}
+
+/// The `adaptive_concurrency` section of an [`ApiClientConfig`]: an
+/// [`AdaptiveConcurrency`] limit as data; every key optional.
+///
+/// ```toml
+/// [adaptive_concurrency]
+/// initial = 20
+/// floor = 4
+/// ceiling = 256
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdaptiveConcurrencySection {
+    /// The limit to start from (default 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial: Option<usize>,
+    /// The lowest the limit goes (default 1; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<usize>,
+    /// The highest the limit goes (default 1,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<usize>,
+}
+
+impl AdaptiveConcurrencySection {
+    pub(super) fn limit(&self) -> AdaptiveConcurrency {
+        let mut limit = AdaptiveConcurrency::default();
+        if let Some(n) = self.initial {
+            limit = limit.initial(n);
+        }
+        if let Some(n) = self.floor {
+            limit = limit.floor(n);
+        }
+        if let Some(n) = self.ceiling {
+            limit = limit.ceiling(n);
+        }
+        limit
+    }
 }
 
 impl HedgingSection {

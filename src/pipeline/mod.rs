@@ -12,7 +12,6 @@ use backon::ExponentialBackoff;
 use bytes::Bytes;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -25,6 +24,7 @@ mod route;
 use self::body::{Replay, read_body, read_prefix};
 use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
+use crate::adaptive::Signal;
 use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
@@ -32,6 +32,7 @@ use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
 use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
+use crate::limit::Slot;
 use crate::origin::Origin;
 use crate::pushback::Pause;
 use crate::redact;
@@ -88,7 +89,7 @@ pub(crate) trait Finish: 'static {
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Result<Self::Output, Error>;
 }
 
@@ -103,7 +104,7 @@ impl Finish for Buffer {
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
-        _slot: Option<OwnedSemaphorePermit>,
+        _slot: Option<Slot>,
     ) -> Result<ApiResponse, Error> {
         match got {
             Got::Buffered {
@@ -140,7 +141,7 @@ impl Finish for Streamed {
         attempts: u32,
         _elapsed: Duration,
         ctx: CallContext<'_>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Result<ApiStream, Error> {
         match got {
             Got::Streaming(resp) => Ok(ApiStream::new(
@@ -575,6 +576,14 @@ impl ApiClient {
                 (outcome, permit, false, target)
             };
             let now = Instant::now();
+            if let Some(adaptive) = inner.limits.adaptive()
+                && let Some(signal) =
+                    capacity_signal(&outcome, now.saturating_duration_since(started))
+                && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
+            {
+                // (A hedge's answer is not timed from its own start: no sample.)
+                adaptive.observe(signal, now);
+            }
             match outcome {
                 Ok(got) => {
                     if let Some(p) = permit {
@@ -982,6 +991,25 @@ fn cut_by(refusal: &Error) -> Option<CutBy> {
         Some(CutBy::RateLimit)
     } else {
         None
+    }
+}
+
+/// What an attempt's outcome says about the dependency's capacity, for the
+/// adaptive concurrency limit: its time when answered, a drop on a timeout,
+/// a 503 or a 429, nothing otherwise.
+fn capacity_signal(outcome: &Result<Got, Error>, took: Duration) -> Option<Signal> {
+    match outcome {
+        Ok(_) => Some(Signal::Rtt(took)),
+        Err(err)
+            if err.is_timeout()
+                || matches!(
+                    err.status(),
+                    Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+                ) =>
+        {
+            Some(Signal::Drop)
+        }
+        Err(_) => None,
     }
 }
 

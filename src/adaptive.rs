@@ -1,0 +1,377 @@
+//! The adaptive concurrency limit: [`AdaptiveConcurrency`], the setting, and
+//! [`Adaptive`], the limiter (TCP Vegas applied to calls, with AIMD on drops).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::timeout::Deadline;
+
+/// A concurrency limit that follows the dependency's capacity, measured from
+/// its response times, instead of a fixed
+/// [`max_concurrency`](crate::ApiClientBuilder::max_concurrency).
+///
+/// The limiter is TCP Vegas applied to calls (as in Netflix's
+/// concurrency-limits): it keeps the lowest recent response time of an
+/// attempt as the time with no queue, estimates from each response time how
+/// many calls wait in the dependency's queue (`limit × (1 − rtt_min / rtt)`),
+/// and grows the limit while that queue is short, shrinks it while it is
+/// long. A timeout, a 503 or a 429 is a drop: the limit is cut by 10% at once
+/// (additive increase, multiplicative decrease). The limit stays within
+/// [`floor`](Self::floor) and [`ceiling`](Self::ceiling), and only grows while
+/// calls use at least half of it.
+///
+/// A call above the limit waits for a slot within its deadline, then fails
+/// with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) and
+/// [`Error::is_concurrency_limited`]; the slot is held for the whole call,
+/// retries and backoff included, like `max_concurrency`'s.
+/// [`ApiClient::concurrency_limit`](crate::ApiClient::concurrency_limit)
+/// reads the limit now.
+///
+/// | option | default |
+/// |---|---|
+/// | `initial` | 20 |
+/// | `floor` | 1 |
+/// | `ceiling` | 1,000 |
+///
+/// # Examples
+///
+/// ```
+/// use resilient_http::{AdaptiveConcurrency, ApiClient};
+///
+/// let client = ApiClient::builder()
+///     .base_url("http://127.0.0.1:8080/")
+///     .adaptive_concurrency(AdaptiveConcurrency::default().floor(4).ceiling(256))
+///     .build()?;
+/// assert_eq!(client.concurrency_limit(), Some(20));
+/// # Ok::<(), resilient_http::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct AdaptiveConcurrency {
+    initial: usize,
+    floor: usize,
+    ceiling: usize,
+}
+
+impl Default for AdaptiveConcurrency {
+    fn default() -> Self {
+        Self {
+            initial: 20,
+            floor: 1,
+            ceiling: 1000,
+        }
+    }
+}
+
+impl AdaptiveConcurrency {
+    /// The limit to start from (default 20; kept within floor and ceiling).
+    pub fn initial(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The lowest the limit goes (default 1; 0 is a `Config` error).
+    pub fn floor(mut self, limit: usize) -> Self {
+        self.floor = limit;
+        self
+    }
+
+    /// The highest the limit goes (default 1,000; below the floor is a
+    /// `Config` error).
+    pub fn ceiling(mut self, limit: usize) -> Self {
+        self.ceiling = limit;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.floor == 0 {
+            return Err(Error::config(
+                "adaptive_concurrency: floor must be at least 1",
+            ));
+        }
+        if self.ceiling < self.floor {
+            return Err(Error::config(
+                "adaptive_concurrency: ceiling must be at least the floor",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn start(&self, now: Instant) -> Adaptive {
+        let initial = self.initial.clamp(self.floor, self.ceiling);
+        Adaptive {
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(initial),
+            freed: Notify::new(),
+            vegas: Mutex::new(Vegas {
+                #[allow(clippy::cast_precision_loss)]
+                limit: initial as f64,
+                floor: self.floor,
+                ceiling: self.ceiling,
+                rtt_min: None,
+                probe_at: now + PROBE,
+            }),
+        }
+    }
+}
+
+/// How often the no-queue response time is measured afresh (it may have
+/// grown: the dependency moved, its work changed).
+const PROBE: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Vegas {
+    limit: f64,
+    floor: usize,
+    ceiling: usize,
+    /// The lowest response time since the last probe.
+    rtt_min: Option<Duration>,
+    probe_at: Instant,
+}
+
+/// What an attempt said about the dependency's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Answered in this time.
+    Rtt(Duration),
+    /// A timeout, a 503 or a 429: the dependency is past its capacity.
+    Drop,
+}
+
+impl Vegas {
+    /// The new limit after `signal` with `in_flight` calls.
+    fn update(&mut self, signal: Signal, in_flight: usize, now: Instant) -> f64 {
+        let limit = self.limit;
+        let log = limit.max(1.0).log10().max(0.5);
+        let next = match signal {
+            Signal::Drop => limit * 0.9,
+            Signal::Rtt(rtt) => {
+                if now >= self.probe_at {
+                    self.rtt_min = None;
+                    self.probe_at = now + PROBE;
+                }
+                let rtt_min = self.rtt_min.map_or(rtt, |m| m.min(rtt));
+                self.rtt_min = Some(rtt_min);
+                #[allow(clippy::cast_precision_loss)]
+                let using = in_flight as f64;
+                let queue = limit * (1.0 - rtt_min.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
+                if queue > 3.0 * log {
+                    limit - log
+                } else if using * 2.0 < limit {
+                    // Not using the limit: no evidence it could be higher.
+                    limit
+                } else if queue < 1.5 * log {
+                    limit + log
+                } else {
+                    limit
+                }
+            }
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let bounded = next.clamp(self.floor as f64, self.ceiling as f64);
+        self.limit = bounded;
+        bounded
+    }
+}
+
+/// The adaptive limiter of one client, shared by its clones.
+#[derive(Debug)]
+pub(crate) struct Adaptive {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+    freed: Notify,
+    vegas: Mutex<Vegas>,
+}
+
+impl Adaptive {
+    /// The limit now.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self) -> bool {
+        let limit = self.limit();
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes a slot, waiting at most until the deadline.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        deadline: &Deadline,
+    ) -> Result<(AdaptiveSlot, Duration), Error> {
+        if self.try_take() {
+            return Ok((AdaptiveSlot(Arc::clone(self)), Duration::ZERO));
+        }
+        let start = Instant::now();
+        // Bounded by the deadline: each turn waits for a freed slot.
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.try_take() {
+                return Ok((AdaptiveSlot(Arc::clone(self)), start.elapsed()));
+            }
+            if tokio::time::timeout_at(deadline.end(), freed)
+                .await
+                .is_err()
+            {
+                return Err(Error::concurrency_limited());
+            }
+        }
+    }
+
+    /// Feeds one attempt's outcome to the limiter.
+    pub(crate) fn observe(&self, signal: Signal, now: Instant) {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let limit = {
+            let mut vegas = self.vegas.lock().unwrap_or_else(PoisonError::into_inner);
+            vegas.update(signal, in_flight, now)
+        };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let limit = limit.round() as usize;
+        let before = self.limit.swap(limit, Ordering::Relaxed);
+        for _ in before..limit {
+            self.freed.notify_one();
+        }
+    }
+
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+}
+
+/// A slot of the adaptive limit, given back on drop.
+#[derive(Debug)]
+pub(crate) struct AdaptiveSlot(Arc<Adaptive>);
+
+impl Drop for AdaptiveSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn vegas(initial: usize) -> (Adaptive, Instant) {
+        let now = Instant::now();
+        let cfg = AdaptiveConcurrency::default()
+            .initial(initial)
+            .floor(4)
+            .ceiling(64);
+        (cfg.start(now), now)
+    }
+
+    #[test]
+    fn drops_cut_the_limit_by_a_tenth_down_to_the_floor() {
+        let (a, now) = vegas(20);
+        a.observe(Signal::Drop, now);
+        assert_eq!(a.limit(), 18);
+        for _ in 0..100 {
+            a.observe(Signal::Drop, now);
+        }
+        assert_eq!(a.limit(), 4);
+    }
+
+    #[test]
+    fn a_short_queue_grows_a_used_limit_and_a_long_one_shrinks_it() {
+        let (a, now) = vegas(20);
+        // Unused (no call in flight): no growth.
+        for _ in 0..10 {
+            a.observe(Signal::Rtt(ms(5)), now);
+        }
+        assert_eq!(a.limit(), 20);
+        // In use, answers as fast as with no queue: growth, up to the ceiling.
+        a.in_flight.store(20, Ordering::Relaxed);
+        a.observe(Signal::Rtt(ms(5)), now);
+        assert!(a.limit() > 20, "{}", a.limit());
+        for _ in 0..200 {
+            let limit = a.limit();
+            a.in_flight.store(limit, Ordering::Relaxed);
+            a.observe(Signal::Rtt(ms(5)), now);
+        }
+        assert_eq!(a.limit(), 64);
+        // Twice as slow: half the calls wait in a queue; shrink to near the
+        // capacity the times say (the limit that adds no queue).
+        for _ in 0..200 {
+            a.observe(
+                Signal::Rtt(ms(5) * u32::try_from(a.limit()).unwrap() / 16),
+                now,
+            );
+        }
+        let limit = a.limit();
+        assert!((16..=22).contains(&limit), "{limit}");
+    }
+
+    #[test]
+    fn the_no_queue_time_is_measured_afresh() {
+        let (a, now) = vegas(20);
+        a.in_flight.store(20, Ordering::Relaxed);
+        a.observe(Signal::Rtt(ms(5)), now);
+        // The dependency got slower for good: after a probe its new speed is
+        // the no-queue time, and the limit stops shrinking.
+        let later = now + PROBE + ms(1);
+        for _ in 0..50 {
+            a.observe(Signal::Rtt(ms(50)), later);
+        }
+        let settled = a.limit();
+        for _ in 0..50 {
+            a.observe(Signal::Rtt(ms(50)), later);
+        }
+        assert!(a.limit() >= settled, "{} < {settled}", a.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_above_the_limit_wait_for_a_slot_within_the_deadline() {
+        let a = Arc::new(
+            AdaptiveConcurrency::default()
+                .initial(1)
+                .start(Instant::now()),
+        );
+        let deadline = Deadline::after(Duration::from_secs(1));
+        let (held, _) = a.acquire(&deadline).await.unwrap();
+        let waiting = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move {
+                a.acquire(&Deadline::after(Duration::from_secs(5)))
+                    .await
+                    .map(|(_, w)| w)
+            })
+        };
+        tokio::time::sleep(ms(100)).await;
+        drop(held);
+        let waited = waiting.await.unwrap().unwrap();
+        assert_eq!(waited, ms(100));
+        let (_held, _) = a.acquire(&deadline).await.unwrap();
+        let err = a.acquire(&Deadline::after(ms(50))).await.unwrap_err();
+        assert!(err.is_concurrency_limited());
+    }
+
+    #[test]
+    fn invalid_settings_are_config_errors() {
+        assert!(AdaptiveConcurrency::default().validate().is_ok());
+        assert!(AdaptiveConcurrency::default().floor(0).validate().is_err());
+        assert!(
+            AdaptiveConcurrency::default()
+                .floor(8)
+                .ceiling(4)
+                .validate()
+                .is_err()
+        );
+    }
+}
