@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -105,9 +105,10 @@ impl AdaptiveConcurrency {
     pub(crate) fn start(&self, now: Instant) -> Adaptive {
         let initial = self.initial.clamp(self.floor, self.ceiling);
         Adaptive {
-            in_flight: AtomicUsize::new(0),
+            sem: Arc::new(Semaphore::new(initial)),
             limit: AtomicUsize::new(initial),
-            freed: Notify::new(),
+            debt: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             vegas: Mutex::new(Vegas {
                 #[allow(clippy::cast_precision_loss)]
                 limit: initial as f64,
@@ -179,12 +180,17 @@ impl Vegas {
     }
 }
 
-/// The adaptive limiter of one client, shared by its clones.
+/// The adaptive limiter of one client, shared by its clones: a fair (FIFO)
+/// semaphore whose permits follow the limit. A lower limit takes free
+/// permits out at once and the rest as calls give theirs back (`debt`); a
+/// higher one pays the debt first, then adds permits.
 #[derive(Debug)]
 pub(crate) struct Adaptive {
-    in_flight: AtomicUsize,
+    sem: Arc<Semaphore>,
     limit: AtomicUsize,
-    freed: Notify,
+    /// Permits to take out of circulation as they come back.
+    debt: AtomicUsize,
+    in_flight: AtomicUsize,
     vegas: Mutex<Vegas>,
 }
 
@@ -194,69 +200,74 @@ impl Adaptive {
         self.limit.load(Ordering::Relaxed)
     }
 
-    fn try_take(&self) -> bool {
-        let limit = self.limit();
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Takes a slot, waiting at most until the deadline.
+    /// Takes a slot, waiting (in turn) at most until the deadline.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         deadline: &Deadline,
     ) -> Result<(AdaptiveSlot, Duration), Error> {
-        if self.try_take() {
-            return Ok((AdaptiveSlot(Arc::clone(self)), Duration::ZERO));
-        }
-        let start = Instant::now();
-        // Bounded by the deadline: each turn waits for a freed slot.
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.try_take() {
-                return Ok((AdaptiveSlot(Arc::clone(self)), start.elapsed()));
+        let (permit, waited) = if let Ok(permit) = Arc::clone(&self.sem).try_acquire_owned() {
+            (permit, Duration::ZERO)
+        } else {
+            let start = Instant::now();
+            let wait = Arc::clone(&self.sem).acquire_owned();
+            match tokio::time::timeout_at(deadline.end(), wait).await {
+                Ok(Ok(permit)) => (permit, start.elapsed()),
+                // Timed out, or closed (never: it is not closed).
+                _ => return Err(Error::concurrency_limited()),
             }
-            if tokio::time::timeout_at(deadline.end(), freed)
-                .await
-                .is_err()
-            {
-                return Err(Error::concurrency_limited());
-            }
-        }
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            AdaptiveSlot {
+                permit: Some(permit),
+                limiter: Arc::clone(self),
+            },
+            waited,
+        ))
     }
 
     /// Feeds one attempt's outcome to the limiter.
     pub(crate) fn observe(&self, signal: Signal, now: Instant) {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
-        let limit = {
-            let mut vegas = self.vegas.lock().unwrap_or_else(PoisonError::into_inner);
-            vegas.update(signal, in_flight, now)
-        };
+        let mut vegas = self.vegas.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = vegas.update(signal, in_flight, now);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let limit = limit.round() as usize;
-        let before = self.limit.swap(limit, Ordering::Relaxed);
-        for _ in before..limit {
-            self.freed.notify_one();
+        let next = next.round() as usize;
+        let before = self.limit.swap(next, Ordering::Relaxed);
+        if next > before {
+            let up = next - before;
+            let paid = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| Some(d - d.min(up)))
+                .map_or(0, |d| d.min(up));
+            self.sem.add_permits(up - paid);
+        } else if next < before {
+            let down = before - next;
+            let taken = self.sem.forget_permits(down);
+            self.debt.fetch_add(down - taken, Ordering::AcqRel);
         }
-    }
-
-    fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
     }
 }
 
-/// A slot of the adaptive limit, given back on drop.
+/// A slot of the adaptive limit, given back on drop (or taken out of
+/// circulation when the limit fell meanwhile).
 #[derive(Debug)]
-pub(crate) struct AdaptiveSlot(Arc<Adaptive>);
+pub(crate) struct AdaptiveSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    limiter: Arc<Adaptive>,
+}
 
 impl Drop for AdaptiveSlot {
     fn drop(&mut self) {
-        self.0.release();
+        let limiter = &self.limiter;
+        limiter.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let owed = limiter
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if owed && let Some(permit) = self.permit.take() {
+            permit.forget();
+        }
     }
 }
 
@@ -360,6 +371,37 @@ mod tests {
         let (_held, _) = a.acquire(&deadline).await.unwrap();
         let err = a.acquire(&Deadline::after(ms(50))).await.unwrap_err();
         assert!(err.is_concurrency_limited());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_limit_takes_permits_back_as_calls_end() {
+        let a = Arc::new(
+            AdaptiveConcurrency::default()
+                .initial(4)
+                .start(Instant::now()),
+        );
+        let d = Deadline::after(Duration::from_secs(1));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(a.acquire(&d).await.unwrap().0);
+        }
+        for _ in 0..20 {
+            a.observe(Signal::Drop, Instant::now());
+        }
+        assert_eq!(a.limit(), 1);
+        held.clear();
+        // One slot left in circulation.
+        let (one, _) = a.acquire(&d).await.unwrap();
+        assert!(a.acquire(&Deadline::after(ms(10))).await.is_err());
+        drop(one);
+        // A higher limit adds slots back.
+        a.in_flight.store(1, Ordering::Relaxed);
+        for _ in 0..5 {
+            a.observe(Signal::Rtt(ms(5)), Instant::now());
+        }
+        assert!(a.limit() >= 2);
+        let (_x, _) = a.acquire(&d).await.unwrap();
+        let (_y, _) = a.acquire(&d).await.unwrap();
     }
 
     #[test]
