@@ -16,12 +16,15 @@ use crate::timeout::Deadline;
 /// [`max_concurrency`](crate::ApiClientBuilder::max_concurrency).
 ///
 /// The limiter is TCP Vegas applied to calls (as in Netflix's
-/// concurrency-limits): it keeps the lowest recent response time of an
-/// attempt as the time with no queue, estimates from each response time how
-/// many calls wait in the dependency's queue (`limit × (1 − rtt_min / rtt)`),
-/// and grows the limit while that queue is short, shrinks it while it is
-/// long. A timeout, a 503 or a 429 is a drop: the limit is cut by 10% at once
-/// (additive increase, multiplicative decrease). The limit stays within
+/// concurrency-limits): it smooths attempt times (an exponential average
+/// over about 20 attempts), keeps the lowest smoothed time as the time with
+/// no queue (measured afresh every 30 s), estimates how many calls wait in
+/// the dependency's queue (`limit × (1 − rtt_min / rtt)`), and grows the
+/// limit by `log10(limit)` per round trip (of `limit` attempts) while that
+/// queue is below `log10(limit)`, and shrinks it as fast while the queue is
+/// above twice that. A timeout, a 503 or a 429 is a drop: the limit is cut
+/// by 10% at once, once per round trip (additive increase, multiplicative
+/// decrease). The limit stays within
 /// [`floor`](Self::floor) and [`ceiling`](Self::ceiling), and only grows while
 /// calls use at least half of it.
 ///
@@ -115,6 +118,8 @@ impl AdaptiveConcurrency {
                 floor: self.floor,
                 ceiling: self.ceiling,
                 rtt_min: None,
+                rtt_avg: None,
+                hold_until: None,
                 probe_at: now + PROBE,
             }),
         }
@@ -123,15 +128,22 @@ impl AdaptiveConcurrency {
 
 /// How often the no-queue response time is measured afresh (it may have
 /// grown: the dependency moved, its work changed).
-const PROBE: Duration = Duration::from_secs(10);
+const PROBE: Duration = Duration::from_secs(30);
+
+/// The weight of one attempt time in the smoothed time (about the last 20).
+const SMOOTHING: f64 = 0.05;
 
 #[derive(Debug)]
 struct Vegas {
     limit: f64,
     floor: usize,
     ceiling: usize,
-    /// The lowest response time since the last probe.
-    rtt_min: Option<Duration>,
+    /// The lowest smoothed response time since the last probe.
+    rtt_min: Option<f64>,
+    /// The smoothed response time, in seconds.
+    rtt_avg: Option<f64>,
+    /// Until when further drops are part of the one that cut the limit.
+    hold_until: Option<Instant>,
     probe_at: Instant,
 }
 
@@ -150,24 +162,38 @@ impl Vegas {
         let limit = self.limit;
         let log = limit.max(1.0).log10().max(0.5);
         let next = match signal {
-            Signal::Drop => limit * 0.9,
+            // One cut per round trip: the drops of one burst are one signal.
+            Signal::Drop if self.hold_until.is_some_and(|t| now < t) => limit,
+            Signal::Drop => {
+                let rtt = Duration::from_secs_f64(self.rtt_avg.unwrap_or(0.0).clamp(0.0, 60.0));
+                self.hold_until = Some(now + rtt);
+                limit * 0.9
+            }
             Signal::Rtt(rtt) => {
                 if now >= self.probe_at {
                     self.rtt_min = None;
+                    self.rtt_avg = None;
                     self.probe_at = now + PROBE;
                 }
-                let rtt_min = self.rtt_min.map_or(rtt, |m| m.min(rtt));
+                let sample = rtt.as_secs_f64();
+                let avg = self
+                    .rtt_avg
+                    .map_or(sample, |a| a + SMOOTHING * (sample - a));
+                self.rtt_avg = Some(avg);
+                let rtt_min = self.rtt_min.map_or(avg, |m| m.min(avg));
                 self.rtt_min = Some(rtt_min);
                 #[allow(clippy::cast_precision_loss)]
                 let using = in_flight as f64;
-                let queue = limit * (1.0 - rtt_min.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
-                if queue > 3.0 * log {
-                    limit - log
+                let queue = limit * (1.0 - rtt_min / avg.max(1e-9));
+                // `log` per round trip of the whole limit: `log / limit` a sample.
+                let step = log / limit.max(1.0);
+                if queue > 2.0 * log {
+                    limit - step
                 } else if using * 2.0 < limit {
                     // Not using the limit: no evidence it could be higher.
                     limit
-                } else if queue < 1.5 * log {
-                    limit + log
+                } else if queue < log {
+                    limit + step
                 } else {
                     limit
                 }
@@ -293,10 +319,20 @@ mod tests {
         let (a, now) = vegas(20);
         a.observe(Signal::Drop, now);
         assert_eq!(a.limit(), 18);
-        for _ in 0..100 {
-            a.observe(Signal::Drop, now);
+        for k in 1..100 {
+            a.observe(Signal::Drop, now + ms(k));
         }
         assert_eq!(a.limit(), 4);
+        // The drops of one round trip cut once.
+        let (a, now) = vegas(20);
+        a.in_flight.store(20, Ordering::Relaxed);
+        a.observe(Signal::Rtt(ms(50)), now);
+        for k in 0..10 {
+            a.observe(Signal::Drop, now + ms(k));
+        }
+        assert_eq!(a.limit(), 18);
+        a.observe(Signal::Drop, now + ms(60));
+        assert_eq!(a.limit(), 16);
     }
 
     #[test]
@@ -307,26 +343,21 @@ mod tests {
             a.observe(Signal::Rtt(ms(5)), now);
         }
         assert_eq!(a.limit(), 20);
-        // In use, answers as fast as with no queue: growth, up to the ceiling.
-        a.in_flight.store(20, Ordering::Relaxed);
-        a.observe(Signal::Rtt(ms(5)), now);
-        assert!(a.limit() > 20, "{}", a.limit());
-        for _ in 0..200 {
+        // In use, answered as fast as with no queue: growth, up to the ceiling.
+        for _ in 0..5000 {
             let limit = a.limit();
             a.in_flight.store(limit, Ordering::Relaxed);
             a.observe(Signal::Rtt(ms(5)), now);
         }
         assert_eq!(a.limit(), 64);
-        // Twice as slow: half the calls wait in a queue; shrink to near the
-        // capacity the times say (the limit that adds no queue).
-        for _ in 0..200 {
-            a.observe(
-                Signal::Rtt(ms(5) * u32::try_from(a.limit()).unwrap() / 16),
-                now,
-            );
+        // A dependency that serves 16 at once: beyond, calls queue and take
+        // longer in proportion; the limit settles near 16.
+        for _ in 0..5000 {
+            let l = u32::try_from(a.limit().max(16)).unwrap();
+            a.observe(Signal::Rtt(ms(5) * l / 16), now);
         }
         let limit = a.limit();
-        assert!((16..=22).contains(&limit), "{limit}");
+        assert!((14..=22).contains(&limit), "{limit}");
     }
 
     #[test]

@@ -426,7 +426,7 @@ async fn the_adaptive_limit_falls_on_503s_and_rises_while_answers_stay_fast() {
     assert_eq!(client.concurrency_limit(), Some(4));
 
     // Twice the limit at once, answered as fast as ever: the limit grows.
-    for _ in 0..10 {
+    for _ in 0..20 {
         let limit = client.concurrency_limit().unwrap();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..2 * limit {
@@ -438,7 +438,7 @@ async fn the_adaptive_limit_falls_on_503s_and_rises_while_answers_stay_fast() {
         }
     }
     let grown = client.concurrency_limit().unwrap();
-    assert!(grown >= 12, "{grown}");
+    assert!(grown >= 8, "{grown}");
     assert!(grown <= 64);
     server.abort();
 }
