@@ -581,3 +581,24 @@ async fn a_hedge_is_never_sent_to_a_paused_endpoint() {
     assert_eq!(b.requests().len(), 1, "only the request that paused it");
     assert_eq!(a.requests().len(), 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_span_says_how_many_hedges_were_sent_and_which_won() {
+    let (logs, _guard) = common::capture_traces(tracing::Level::DEBUG);
+    let server = Server::start(first_slow).await;
+    let client = builder(&server.url)
+        .hedging(Hedging::fixed(ms(50)))
+        .build()
+        .unwrap();
+
+    assert!(client.get("x").send().await.unwrap().hedged());
+
+    let text = logs.text();
+    assert!(text.contains("hedge sent"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("attempt succeeded"))
+        .unwrap_or_else(|| panic!("no success event in:\n{text}"));
+    assert!(line.contains("hedge.sent=1"), "{line}");
+    assert!(line.contains("hedge.won=1"), "{line}");
+}
