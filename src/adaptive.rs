@@ -84,8 +84,8 @@ impl AdaptiveConcurrency {
         self
     }
 
-    /// The highest the limit goes (default 1,000; below the floor is a
-    /// `Config` error).
+    /// The highest the limit goes (default 1,000; below the floor or above
+    /// 1,000,000 is a `Config` error).
     pub fn ceiling(mut self, limit: usize) -> Self {
         self.ceiling = limit;
         self
@@ -96,6 +96,11 @@ impl AdaptiveConcurrency {
             return Err(Error::config(
                 "adaptive_concurrency: floor must be at least 1",
             ));
+        }
+        if self.ceiling > MAX_LIMIT {
+            return Err(Error::config(format!(
+                "adaptive_concurrency: ceiling must be at most {MAX_LIMIT}"
+            )));
         }
         if self.ceiling < self.floor {
             return Err(Error::config(
@@ -125,6 +130,9 @@ impl AdaptiveConcurrency {
         }
     }
 }
+
+/// The highest ceiling accepted.
+const MAX_LIMIT: usize = 1_000_000;
 
 /// How often the no-queue response time is measured afresh (it may have
 /// grown: the dependency moved, its work changed).
@@ -446,5 +454,9 @@ mod tests {
                 .validate()
                 .is_err()
         );
+        let huge = AdaptiveConcurrency::default()
+            .initial(usize::MAX)
+            .ceiling(usize::MAX);
+        assert!(huge.validate().is_err());
     }
 }
