@@ -37,6 +37,21 @@
 //! | `recovery` | 503 for 2 s, then healthy | open loop, 500 calls/s for 14 s |
 //! | `pushback` | the first hit gets 429 `Retry-After: 1`, the rest 200 | closed loop |
 //! | `overload` | at most 8 requests in service (10 ms each, 800/s); 503 at once beyond | open loop, 1,200 calls/s for 3 s |
+//! | `slow-tail` | 2% of hits (seeded) answered after 200 ms, the rest after ~1 ms | closed loop, 4,000 calls |
+//!
+//! | `overload-adaptive` | at most K = 16 requests in service (5 ms each), 16 more queued, 503 at once beyond 2K = 32 | 64 tasks in a closed loop for 20 s |
+//!
+//! `overload-adaptive` runs our client alone too: with
+//! `AdaptiveConcurrency::default()` and with fixed `max_concurrency` limits
+//! of 8, 16, 24 and 32 (2K). The goals: the adaptive limit's median over the
+//! last 5 s within [0.7K, 1.3K], goodput (successful calls per second) at
+//! least 90% of the best fixed limit's, p99 below the fixed limit of 2K's.
+//!
+//! `slow-tail` runs our client alone, against itself: `resilient-http`
+//! (no hedging) as the baseline and `resilient-http, hedged` with
+//! `Hedging::percentile(0.95)` (one hedge at the endpoint's p95). The goal:
+//! p99 at least 5x lower for at most 10% more requests at the server; the
+//! run prints both ratios.
 //!
 //! Closed loop: 32 tasks make 1,000 calls (`outage`, `pushback`) or 2,000
 //! calls between them, each task starting its next call when the last ends.
@@ -89,7 +104,7 @@ use common::scenario::{Behavior, Counts, ScenarioServer};
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
-use resilient_http::{ApiClient, ClientStats, RetryPolicy};
+use resilient_http::{AdaptiveConcurrency, ApiClient, ClientStats, Hedging, RetryPolicy};
 use serde_json::{Value, json};
 
 /// Attempts per call at most, first included (3 retries), for every subject.
@@ -109,6 +124,12 @@ enum Peer {
     OursNoBreaker,
     Middleware,
     Builtin,
+    /// Ours with `Hedging::percentile(0.95)` (the tail scenarios only).
+    OursHedged,
+    /// Ours with `AdaptiveConcurrency::default()`.
+    OursAdaptive,
+    /// Ours with `max_concurrency(n)`.
+    OursFixed(usize),
 }
 
 impl Peer {
@@ -119,12 +140,15 @@ impl Peer {
         Self::Builtin,
     ];
 
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Self::Ours => "resilient-http",
-            Self::OursNoBreaker => "resilient-http, no breaker",
-            Self::Middleware => "reqwest-retry",
-            Self::Builtin => "reqwest-builtin",
+            Self::Ours => "resilient-http".into(),
+            Self::OursNoBreaker => "resilient-http, no breaker".into(),
+            Self::Middleware => "reqwest-retry".into(),
+            Self::Builtin => "reqwest-builtin".into(),
+            Self::OursHedged => "resilient-http, hedged".into(),
+            Self::OursAdaptive => "resilient-http, adaptive limit".into(),
+            Self::OursFixed(n) => format!("resilient-http, max_concurrency({n})"),
         }
     }
 }
@@ -140,17 +164,25 @@ impl Subject {
     fn new(peer: Peer, base: &str, backoff: (Duration, Duration)) -> Self {
         let url = format!("{base}x");
         match peer {
-            Peer::Ours | Peer::OursNoBreaker => {
+            Peer::Ours
+            | Peer::OursNoBreaker
+            | Peer::OursHedged
+            | Peer::OursAdaptive
+            | Peer::OursFixed(_) => {
                 let builder = ApiClient::builder().base_url(base).retry(
                     RetryPolicy::exponential()
                         .max_attempts(MAX_ATTEMPTS)
                         .initial_backoff(backoff.0)
                         .max_backoff(backoff.1),
                 );
-                let builder = if peer == Peer::Ours {
-                    builder
-                } else {
-                    builder.no_circuit_breaker()
+                let builder = match peer {
+                    Peer::OursNoBreaker => builder.no_circuit_breaker(),
+                    Peer::OursHedged => builder.hedging(Hedging::percentile(0.95)),
+                    Peer::OursAdaptive => {
+                        builder.adaptive_concurrency(AdaptiveConcurrency::default())
+                    }
+                    Peer::OursFixed(n) => builder.max_concurrency(n),
+                    _ => builder,
                 };
                 Self::Ours(builder.build().expect("resilient-http client"))
             }
@@ -218,6 +250,56 @@ enum Load {
     Closed { calls: usize, tasks: usize },
     /// A call starts every `1 / rate` seconds for `length`.
     Open { rate: f64, length: Duration },
+    /// `tasks` tasks make calls one after another for `length`.
+    ClosedFor { tasks: usize, length: Duration },
+}
+
+async fn closed_for(
+    subject: Arc<Subject>,
+    tasks: usize,
+    length: Duration,
+    t0: Instant,
+) -> Vec<Call> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let subject = Arc::clone(&subject);
+        set.spawn(async move {
+            let mut done = Vec::new();
+            while t0.elapsed() < length {
+                let started = Instant::now();
+                let ok = subject.call().await;
+                done.push(Call {
+                    start: started - t0,
+                    latency: started.elapsed(),
+                    ok,
+                });
+            }
+            done
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = set.join_next().await {
+        all.extend(done.expect("call task"));
+    }
+    all
+}
+
+/// Samples `client.concurrency_limit()` every 10 ms until `stop`; returns
+/// (time after `t0`, limit) pairs.
+async fn sample_limit(
+    client: ApiClient,
+    t0: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(Duration, usize)> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        if let Some(limit) = client.concurrency_limit() {
+            samples.push((t0.elapsed(), limit));
+        }
+    }
+    samples
 }
 
 async fn closed_loop(subject: Arc<Subject>, calls: usize, tasks: usize, t0: Instant) -> Vec<Call> {
@@ -307,6 +389,8 @@ struct Scenario {
     load: Load,
     /// The `recovery` scenario's outage length.
     healthy_after: Option<Duration>,
+    /// The subjects that run it.
+    peers: &'static [Peer],
 }
 
 /// What the table and the JSON line show for one subject in one scenario.
@@ -326,6 +410,11 @@ struct Row {
     stats: Option<ClientStats>,
     /// `recovery` only: the time to recover, `None` when the run ended first.
     recovery: Recovery,
+    /// Successful calls per second of the run.
+    goodput: f64,
+    /// The median concurrency limit over the last 5 s (or last quarter) of
+    /// the run, where the client has a limit.
+    limit_median: Option<usize>,
 }
 
 /// The outcome of the `recovery` scenario's measure.
@@ -353,12 +442,27 @@ impl Row {
                 self.counts.during_pause
             )),
             "overload" => notes.push(format!("503s: {}", self.counts.failed)),
+            "overload-adaptive" => {
+                notes.push(format!("goodput {:.0}/s", self.goodput));
+                notes.push(format!("503s: {}", self.counts.failed));
+                if let Some(limit) = self.limit_median {
+                    notes.push(format!("limit median (last 5 s) {limit}"));
+                }
+            }
             _ => {}
         }
         if let Some(refused) = self.stats.map(|s| s.rejected_circuit_open)
             && refused > 0
         {
             notes.push(format!("breaker refused {refused} calls"));
+        }
+        if let Some(stats) = self.stats
+            && stats.hedges > 0
+        {
+            notes.push(format!(
+                "hedges: {} sent, {} won",
+                stats.hedges, stats.hedges_won
+            ));
         }
         notes.join("; ")
     }
@@ -384,6 +488,10 @@ impl Row {
                 Recovery::NotMeasured => Value::Null,
             },
             "breaker_refused": self.stats.map(|s| s.rejected_circuit_open),
+            "goodput_per_s": self.goodput.round(),
+            "limit_median": self.limit_median,
+            "hedges": self.stats.map(|s| s.hedges),
+            "hedges_won": self.stats.map(|s| s.hedges_won),
             "pushback_pauses": self.stats.map(|s| s.pushback_pauses),
         })
     }
@@ -413,9 +521,26 @@ async fn run(
         },
         (behavior, _) => behavior,
     });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limit_task = match &*subject {
+        Subject::Ours(client) => Some(tokio::spawn(sample_limit(
+            client.clone(),
+            t0,
+            Arc::clone(&stop),
+        ))),
+        _ => None,
+    };
     let calls = match scenario.load {
         Load::Closed { calls, tasks } => closed_loop(Arc::clone(&subject), calls, tasks, t0).await,
         Load::Open { rate, length } => open_loop(Arc::clone(&subject), rate, length, t0).await,
+        Load::ClosedFor { tasks, length } => {
+            closed_for(Arc::clone(&subject), tasks, length, t0).await
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = match limit_task {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
     };
     let stats = match &*subject {
         Subject::Ours(client) => Some(client.stats()),
@@ -431,6 +556,14 @@ async fn run(
     let ok = calls.iter().filter(|c| c.ok).count();
     let mut latencies: Vec<_> = calls.iter().map(|c| c.latency).collect();
     latencies.sort_unstable();
+    // The last 5 s, or the last quarter of a shorter run.
+    let tail_from = wall.saturating_sub(Duration::from_secs(5).min(wall / 4));
+    let mut tail: Vec<usize> = samples
+        .iter()
+        .filter(|(t, _)| *t >= tail_from)
+        .map(|(_, l)| *l)
+        .collect();
+    tail.sort_unstable();
     Row {
         scenario: scenario.name,
         peer,
@@ -443,6 +576,8 @@ async fn run(
         wall,
         counts,
         stats,
+        goodput: ok as f64 / wall.as_secs_f64().max(1e-9),
+        limit_median: tail.get(tail.len() / 2).copied(),
         recovery: match scenario.healthy_after {
             None => Recovery::NotMeasured,
             Some(healthy) => {
@@ -452,6 +587,7 @@ async fn run(
     }
 }
 
+#[allow(clippy::too_many_lines)]
 fn scenarios(full: bool) -> Vec<Scenario> {
     let closed = |calls: usize| Load::Closed {
         calls: if full { calls } else { 32 },
@@ -462,6 +598,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
         behavior: Behavior::Flaky { fail, seed },
         load: closed(2000),
         healthy_after: None,
+        peers: &Peer::ALL,
     };
     let (outage, after) = if full {
         (Duration::from_secs(2), Duration::from_secs(12))
@@ -474,6 +611,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             behavior: Behavior::Outage,
             load: closed(1000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         flaky("flaky-10", 0.1, 0x5EED_0010),
         flaky("flaky-20", 0.2, 0x5EED_0020),
@@ -488,6 +626,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             },
             load: closed(2000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "recovery",
@@ -500,6 +639,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 length: outage + after,
             },
             healthy_after: Some(outage),
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "pushback",
@@ -508,6 +648,7 @@ fn scenarios(full: bool) -> Vec<Scenario> {
             },
             load: closed(1000),
             healthy_after: None,
+            peers: &Peer::ALL,
         },
         Scenario {
             name: "overload",
@@ -524,6 +665,43 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 },
             },
             healthy_after: None,
+            peers: &Peer::ALL,
+        },
+        Scenario {
+            name: "overload-adaptive",
+            behavior: Behavior::Queue {
+                capacity: 16,
+                queue: 16,
+                service: Duration::from_millis(5),
+            },
+            load: Load::ClosedFor {
+                tasks: 64,
+                length: if full {
+                    Duration::from_secs(20)
+                } else {
+                    Duration::from_millis(300)
+                },
+            },
+            healthy_after: None,
+            peers: &[
+                Peer::OursAdaptive,
+                Peer::OursFixed(8),
+                Peer::OursFixed(16),
+                Peer::OursFixed(24),
+                Peer::OursFixed(32),
+            ],
+        },
+        Scenario {
+            name: "slow-tail",
+            behavior: Behavior::Tail {
+                slow: 0.02,
+                base: Duration::from_millis(1),
+                delay: Duration::from_millis(200),
+                seed: 0x5EED_7A11,
+            },
+            load: closed(4000),
+            healthy_after: None,
+            peers: &[Peer::Ours, Peer::OursHedged],
         },
     ]
 }
@@ -553,6 +731,47 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// The tail scenarios' goals, from their rows: hedged against the baseline.
+fn print_tail_checks(rows: &[Row]) {
+    let row = |scenario: &str, peer: Peer| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.peer == peer)
+    };
+    if let Some(adaptive) = row("overload-adaptive", Peer::OursAdaptive) {
+        let fixed: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.scenario == "overload-adaptive" && matches!(r.peer, Peer::OursFixed(_)))
+            .collect();
+        let best = fixed
+            .iter()
+            .max_by(|a, b| a.goodput.total_cmp(&b.goodput))
+            .map_or(0.0, |r| r.goodput);
+        let two_k = fixed.iter().find(|r| r.peer == Peer::OursFixed(32));
+        println!(
+            "overload-adaptive: limit median {:?} (goal 11..=20), goodput {:.0}/s = {:.1}% of the best fixed limit's {:.0}/s (goal >= 90%), p99 {:.2} ms vs {:.2} ms at max_concurrency(32) (goal: below)",
+            adaptive.limit_median,
+            adaptive.goodput,
+            100.0 * adaptive.goodput / best.max(1e-9),
+            best,
+            adaptive.p99.as_secs_f64() * 1e3,
+            two_k.map_or(0.0, |r| r.p99.as_secs_f64() * 1e3),
+        );
+    }
+    if let (Some(base), Some(hedged)) = (
+        row("slow-tail", Peer::Ours),
+        row("slow-tail", Peer::OursHedged),
+    ) {
+        let p99 = base.p99.as_secs_f64() / hedged.p99.as_secs_f64().max(1e-9);
+        let extra = hedged.requests_per_call / base.requests_per_call.max(1e-9) - 1.0;
+        println!(
+            "slow-tail: p99 {:.2} ms -> {:.2} ms ({p99:.1}x lower; goal >= 5x), server requests {:+.1}% (goal <= +10%)",
+            base.p99.as_secs_f64() * 1e3,
+            hedged.p99.as_secs_f64() * 1e3,
+            extra * 100.0
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench scenarios` does not.
     // SCENARIOS_ONLY=outage,flaky-20 runs just those scenarios.
@@ -573,7 +792,7 @@ fn main() {
         {
             continue;
         }
-        for peer in Peer::ALL {
+        for &peer in scenario.peers {
             let row = rt.block_on(run(&server, &scenario, peer, backoff));
             eprintln!(
                 "{} / {}: {:.2}% ok, {:.3} req/call, {:.1} s",
@@ -587,6 +806,7 @@ fn main() {
         }
     }
     print_table(&rows);
+    print_tail_checks(&rows);
     let line = json!({
         "bench": "scenarios",
         "mode": if full { "bench" } else { "smoke" },

@@ -25,6 +25,7 @@ use url::Url;
 
 use crate::breaker::{Breaker, CircuitBreakerConfig, CircuitState, Permit};
 use crate::error::Error;
+use crate::hedge::LatencySketch;
 use crate::origin::{self, Origin};
 use crate::pushback::Pause;
 use crate::redact;
@@ -172,6 +173,8 @@ pub(crate) struct Instance {
     breaker: Option<Breaker>,
     /// The server's pushback pause (kept with breakers off too).
     pause: Pause,
+    /// Recent latencies, for a percentile hedging delay.
+    latency: Arc<LatencySketch>,
 }
 
 impl fmt::Debug for Instance {
@@ -193,11 +196,17 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             breaker,
             pause: Pause::new(),
+            latency: Arc::default(),
         }
     }
 
     pub(crate) fn breaker(&self) -> Option<&Breaker> {
         self.breaker.as_ref()
+    }
+
+    /// The endpoint's recent latencies.
+    pub(crate) fn latency(&self) -> &Arc<LatencySketch> {
+        &self.latency
     }
 
     /// The endpoint's server pushback pause.

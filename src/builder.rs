@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::adaptive::AdaptiveConcurrency;
 use crate::auth::{TokenCache, TokenProvider};
 use crate::balance::{Endpoint, LoadBalance, parse_endpoint};
 use crate::breaker::{Breakers, CircuitBreakerConfig};
@@ -13,6 +14,7 @@ use crate::client::{ApiClient, Inner};
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
+use crate::hedge::Hedging;
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::{Limits, RateLimit};
 use crate::origin;
@@ -57,6 +59,7 @@ pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// | `retry` | [`RetryPolicy::exponential()`] |
 /// | `circuit_breaker` | [`CircuitBreakerConfig::default()`] |
 /// | `rate_limit`, `max_concurrency` | off |
+/// | `adaptive_concurrency`, `hedging` | off |
 /// | `max_response_bytes` | 16 MiB |
 /// | `max_error_body_bytes` | 64 KiB |
 /// | `max_redirects` | 10 |
@@ -98,6 +101,8 @@ pub struct ApiClientBuilder {
     breaker: Option<CircuitBreakerConfig>,
     rate_limit: Option<RateLimit>,
     max_concurrency: Option<usize>,
+    adaptive_concurrency: Option<AdaptiveConcurrency>,
+    hedging: Option<Hedging>,
     headers: HeaderMap,
     user_agent: Option<HeaderValue>,
     max_response_bytes: usize,
@@ -140,6 +145,8 @@ impl fmt::Debug for ApiClientBuilder {
             .field("circuit_breaker", &self.breaker)
             .field("rate_limit", &self.rate_limit)
             .field("max_concurrency", &self.max_concurrency)
+            .field("adaptive_concurrency", &self.adaptive_concurrency)
+            .field("hedging", &self.hedging)
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
             .field("tls", &self.tls)
@@ -170,6 +177,8 @@ impl ApiClientBuilder {
             breaker: Some(CircuitBreakerConfig::default()),
             rate_limit: None,
             max_concurrency: None,
+            adaptive_concurrency: None,
+            hedging: None,
             headers: HeaderMap::new(),
             user_agent: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -320,6 +329,54 @@ impl ApiClientBuilder {
     /// replaces it for one call.
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = timeout;
+        self
+    }
+
+    /// A concurrency limit that follows the dependency's capacity (default
+    /// off): see [`AdaptiveConcurrency`]. Instead of
+    /// [`max_concurrency`](Self::max_concurrency) (setting both is a `Config`
+    /// error from [`build`](Self::build)); read the limit now with
+    /// [`ApiClient::concurrency_limit`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{AdaptiveConcurrency, ApiClient};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/")
+    ///     .adaptive_concurrency(AdaptiveConcurrency::default().floor(4).ceiling(256))
+    ///     .build()?;
+    /// assert_eq!(client.concurrency_limit(), Some(20));
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn adaptive_concurrency(mut self, limit: AdaptiveConcurrency) -> Self {
+        self.adaptive_concurrency = Some(limit);
+        self
+    }
+
+    /// Hedged requests for every call that may be repeated (default off): a
+    /// copy of an attempt is sent when it has not answered within a fixed
+    /// delay or a percentile of the endpoint's recent latencies, and the
+    /// first usable answer wins. See [`Hedging`] for the rules (hedges are
+    /// attempts, paid from the retry budget) and
+    /// [`RequestBuilder::hedging`](crate::RequestBuilder::hedging) to set it
+    /// per call. An invalid setting is a `Config` error from
+    /// [`build`](Self::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, Hedging};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/")
+    ///     .hedging(Hedging::percentile(0.95).max_hedges(1))
+    ///     .build()?;
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Some(hedging);
         self
     }
 
@@ -714,6 +771,7 @@ impl ApiClientBuilder {
     /// window, a rate of 0, an invalid PEM certificate or key, a
     /// `tls_server_name` that cannot be honoured, an invalid proxy URL, or a
     /// TLS backend that cannot start.
+    #[allow(clippy::too_many_lines)]
     pub fn build(self) -> Result<ApiClient, Error> {
         if let Some(err) = self.error {
             return Err(err);
@@ -776,6 +834,17 @@ impl ApiClientBuilder {
         if self.max_concurrency == Some(0) {
             return Err(Error::config("max_concurrency must be at least 1"));
         }
+        if let Some(h) = &self.hedging {
+            h.validate()?;
+        }
+        if let Some(a) = &self.adaptive_concurrency {
+            if self.max_concurrency.is_some() {
+                return Err(Error::config(
+                    "set either max_concurrency or adaptive_concurrency, not both",
+                ));
+            }
+            a.validate()?;
+        }
 
         let http = self.transport(server_address)?;
         let balancer = has_endpoints.then(|| {
@@ -789,6 +858,10 @@ impl ApiClientBuilder {
         });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
         let budget = self.retry.budget.start();
+        let limits = limits.with_adaptive(
+            self.adaptive_concurrency
+                .map(|a| a.start(tokio::time::Instant::now())),
+        );
         let mut inner = Inner::new(
             http,
             base,
@@ -808,6 +881,7 @@ impl ApiClientBuilder {
         inner.read_timeout = self.read_timeout;
         inner.max_error_body_bytes = self.max_error_body_bytes;
         inner.signer = self.signer;
+        inner.hedging = self.hedging;
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 

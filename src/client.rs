@@ -18,6 +18,7 @@ use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
 use crate::discovery::Balancer;
 use crate::error::Error;
+use crate::hedge::{Hedging, Latencies, LatencySketch};
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
 use crate::origin;
@@ -91,6 +92,12 @@ pub(crate) struct Inner {
     pub(crate) default_headers: HeaderMap,
     /// Paths may leave the base path (`ApiClientBuilder::allow_path_escape`).
     pub(crate) allow_path_escape: bool,
+    /// Hedged requests for every call (`ApiClientBuilder::hedging`).
+    pub(crate) hedging: Option<Hedging>,
+    /// Recent latencies of the endpoints called by fixed URL, for a
+    /// percentile hedging delay (those of a client's endpoints are kept
+    /// with them).
+    pub(crate) latencies: Latencies,
 }
 
 impl Inner {
@@ -112,6 +119,8 @@ impl Inner {
     ) -> Self {
         Self {
             pauses: Pauses::new(base.as_ref(), |_| Pause::new()),
+            latencies: Latencies::new(base.as_ref(), |_| LatencySketch::default()),
+            hedging: None,
             http,
             base,
             balancer,
@@ -173,6 +182,30 @@ impl ApiClient {
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// The concurrency limit now: the fixed
+    /// [`max_concurrency`](crate::ApiClientBuilder::max_concurrency), the
+    /// current value of the
+    /// [`adaptive_concurrency`](crate::ApiClientBuilder::adaptive_concurrency)
+    /// limit, or `None` when calls are not limited.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url("http://127.0.0.1:8080/")
+    ///     .max_concurrency(64)
+    ///     .build()?;
+    /// assert_eq!(client.concurrency_limit(), Some(64));
+    /// assert_eq!(ApiClient::new("http://127.0.0.1:8080/")?.concurrency_limit(), None);
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    #[must_use]
+    pub fn concurrency_limit(&self) -> Option<usize> {
+        self.inner.limits.concurrency_limit()
     }
 
     /// The base URL paths are joined onto (always ends in `/`).

@@ -61,6 +61,10 @@
 //!    [Tracing](#tracing)) and the signer (if any) signs the request;
 //! 4. one attempt is sent under `min(attempt_timeout, time left)`, and its body
 //!    read and buffered (bounded by `max_response_bytes`) inside the attempt;
+//!    with [`Hedging`], a copy is sent if it has not answered within the
+//!    hedging delay (another attempt: admitted by the breaker and the rate
+//!    limit, paid from the retry budget, under the same concurrency permit),
+//!    and the first usable answer wins;
 //! 5. the outcome is classified and recorded in the breaker;
 //! 6. a retryable outcome is retried if the method may be repeated and the
 //!    policy, the deadline, the breaker and the retry budget allow, after the
@@ -272,6 +276,7 @@
 #[doc(hidden)]
 #[path = "bench.rs"]
 pub mod __bench;
+mod adaptive;
 mod auth;
 mod balance;
 mod breaker;
@@ -283,6 +288,7 @@ mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod headers;
+mod hedge;
 mod hook;
 mod limit;
 mod oauth2;
@@ -306,6 +312,7 @@ mod timeout;
 mod tls;
 mod upload;
 
+pub use adaptive::AdaptiveConcurrency;
 pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState, StateChange};
@@ -316,6 +323,7 @@ pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};
 pub use error::{BoxError, Error, ErrorBuilder, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;
+pub use hedge::Hedging;
 pub use hook::{HookRequest, RequestHook, RequestSigner, SignFuture, SignRequest};
 pub use limit::RateLimit;
 pub use oauth2::OAuth2ClientCredentials;

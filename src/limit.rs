@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::adaptive::{Adaptive, AdaptiveSlot};
 use crate::error::Error;
 use crate::timeout::Deadline;
 
@@ -291,6 +292,18 @@ enum Rate {
 pub(crate) struct Limits {
     rate: Option<(Rate, bool)>,
     concurrency: Option<Arc<Semaphore>>,
+    /// The fixed concurrency limit, if any.
+    max_fixed: Option<usize>,
+    /// The adaptive concurrency limit, instead of `concurrency`.
+    adaptive: Option<Arc<Adaptive>>,
+}
+
+/// A call's concurrency slot, fixed or adaptive, given back on drop. Owned,
+/// so a streamed response can hold it until its body is read.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    Fixed(#[allow(dead_code)] OwnedSemaphorePermit),
+    Adaptive(#[allow(dead_code)] AdaptiveSlot),
 }
 
 impl Limits {
@@ -298,6 +311,8 @@ impl Limits {
         Self {
             rate: rate.map(|(quota, wait)| (Rate::Local(LocalLimiter::new(quota)), wait)),
             concurrency: max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            max_fixed: max_concurrency,
+            adaptive: None,
         }
     }
 
@@ -331,8 +346,31 @@ impl Limits {
         let _ = stats;
     }
 
+    /// The same limits with an adaptive concurrency limit instead of a fixed one.
+    pub(crate) fn with_adaptive(mut self, adaptive: Option<Adaptive>) -> Self {
+        if let Some(a) = adaptive {
+            self.concurrency = None;
+            self.max_fixed = None;
+            self.adaptive = Some(Arc::new(a));
+        }
+        self
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
-        self.rate.is_none() && self.concurrency.is_none()
+        self.rate.is_none() && self.concurrency.is_none() && self.adaptive.is_none()
+    }
+
+    /// The adaptive limiter, if the client has one.
+    pub(crate) fn adaptive(&self) -> Option<&Adaptive> {
+        self.adaptive.as_deref()
+    }
+
+    /// The concurrency limit now: fixed, adaptive, or `None` (unlimited).
+    pub(crate) fn concurrency_limit(&self) -> Option<usize> {
+        match (&self.adaptive, &self.concurrency) {
+            (Some(a), _) => Some(a.limit()),
+            (None, _) => self.max_fixed,
+        }
     }
 
     /// Takes a concurrency permit, waiting at most until the deadline. Returns
@@ -341,16 +379,20 @@ impl Limits {
     pub(crate) async fn concurrency(
         &self,
         deadline: &Deadline,
-    ) -> Result<(Option<OwnedSemaphorePermit>, Duration), Error> {
+    ) -> Result<(Option<Slot>, Duration), Error> {
+        if let Some(adaptive) = &self.adaptive {
+            let (slot, waited) = adaptive.acquire(deadline).await?;
+            return Ok((Some(Slot::Adaptive(slot)), waited));
+        }
         let Some(sem) = &self.concurrency else {
             return Ok((None, Duration::ZERO));
         };
         if let Ok(permit) = Arc::clone(sem).try_acquire_owned() {
-            return Ok((Some(permit), Duration::ZERO));
+            return Ok((Some(Slot::Fixed(permit)), Duration::ZERO));
         }
         let start = Instant::now();
         match tokio::time::timeout_at(deadline.end(), Arc::clone(sem).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok((Some(permit), start.elapsed())),
+            Ok(Ok(permit)) => Ok((Some(Slot::Fixed(permit)), start.elapsed())),
             // Timed out, or the semaphore was closed (never: we do not close it).
             _ => Err(Error::concurrency_limited()),
         }
@@ -367,6 +409,18 @@ impl Limits {
             // and would otherwise grow every call's pipeline future.
             #[cfg(feature = "redis")]
             Some((Rate::Shared(shared), wait)) => Box::pin(shared.acquire(deadline, *wait)).await,
+        }
+    }
+
+    /// Takes a rate-limit permit if one is free now, without waiting (a
+    /// hedge's: no free permit, no hedge). A shared limit cannot say so
+    /// without a round trip to its store: it sends no hedge.
+    pub(crate) fn try_rate(&self) -> bool {
+        match &self.rate {
+            None => true,
+            Some((Rate::Local(local), _)) => local.limiter.check().is_ok(),
+            #[cfg(feature = "redis")]
+            Some((Rate::Shared(_), _)) => false,
         }
     }
 

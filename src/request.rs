@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use crate::client::ApiClient;
 use crate::error::{BoxError, Error};
 use crate::headers::{bearer, header_pair};
-use crate::pipeline::{Buffer, Call, Plan, Routed, Streamed};
+use crate::hedge::Hedging;
+use crate::pipeline::{Buffer, Call, HedgeChoice, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{RetryPolicy, is_idempotent_method};
 use crate::sse::EventStream;
@@ -70,6 +71,7 @@ pub struct RequestBuilder {
     idempotent: Option<bool>,
     has_key: bool,
     retry: Option<Box<RetryPolicy>>,
+    hedging: HedgeChoice,
     allow: Vec<StatusCode>,
     /// The query pairs added, already form-encoded.
     query: Option<String>,
@@ -85,6 +87,7 @@ impl fmt::Debug for RequestBuilder {
             .field("idempotent", &self.idempotent)
             .field("allow_path_escape", &self.allow_path_escape)
             .field("retry", &self.retry)
+            .field("hedging", &self.hedging)
             .field("allow_status", &self.allow)
             .finish_non_exhaustive()
     }
@@ -120,6 +123,7 @@ impl RequestBuilder {
             idempotent: None,
             has_key: false,
             retry: None,
+            hedging: HedgeChoice::Client,
             allow: Vec::new(),
             query: None,
             bad_query: None,
@@ -366,6 +370,47 @@ impl RequestBuilder {
         self
     }
 
+    /// This call's hedging, replacing the client's (see [`Hedging`]): a copy
+    /// of the request is sent when an attempt has not answered within the
+    /// delay, and the first usable answer wins. Only calls that may be
+    /// repeated are hedged; hedges count toward the retry policy's
+    /// `max_attempts` and are paid from the client's retry budget. An
+    /// invalid setting fails `send()` with a
+    /// [`Config`](crate::ErrorKind::Config) error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// use std::time::Duration;
+    /// use resilient_http::{ApiClient, Hedging};
+    ///
+    /// let client = ApiClient::new(server.uri())?;
+    /// let resp = client
+    ///     .get("search")
+    ///     .hedging(Hedging::fixed(Duration::from_millis(200)))
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(resp.attempts(), 1, "answered before the hedge was due");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = HedgeChoice::Call(Box::new(hedging));
+        self
+    }
+
+    /// No hedging for this call, whatever the client's
+    /// [`hedging`](crate::ApiClientBuilder::hedging).
+    pub fn no_hedging(mut self) -> Self {
+        self.hedging = HedgeChoice::Off;
+        self
+    }
+
     /// Makes `status` an answer for this call, not an error: `send()` returns
     /// `Ok(ApiResponse)` with it and its body (bounded by
     /// `max_response_bytes`), as for a 2xx. Call it again to allow more.
@@ -471,6 +516,7 @@ impl RequestBuilder {
             idempotent,
             has_key,
             retry,
+            hedging,
             allow,
             query,
             bad_query,
@@ -481,6 +527,10 @@ impl RequestBuilder {
         };
         let inner = match retry.as_deref().map(RetryPolicy::validate) {
             Some(Err(err)) => inner.and(Err(err)),
+            _ => inner,
+        };
+        let inner = match &hedging {
+            HedgeChoice::Call(h) => inner.and_then(|r| h.validate().map(|()| r)),
             _ => inner,
         };
         let request = inner
@@ -537,6 +587,7 @@ impl RequestBuilder {
                     }),
                     use_token,
                     retry,
+                    hedging,
                     allow: allow.into_boxed_slice(),
                 },
             }),

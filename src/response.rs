@@ -10,11 +10,11 @@ use futures_core::Stream;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Version};
 use serde::de::DeserializeOwned;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use crate::error::Error;
+use crate::limit::Slot;
 use crate::redact;
 use crate::timeout::{Deadline, TimeoutPhase};
 
@@ -53,6 +53,7 @@ pub struct ApiResponse {
     pub(crate) elapsed: std::time::Duration,
     pub(crate) method: Method,
     pub(crate) url: Url,
+    pub(crate) hedged: bool,
 }
 
 impl fmt::Debug for ApiResponse {
@@ -63,6 +64,7 @@ impl fmt::Debug for ApiResponse {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("body_len", &self.body.len())
             .field("attempts", &self.attempts)
+            .field("hedged", &self.hedged)
             .finish_non_exhaustive()
     }
 }
@@ -93,10 +95,34 @@ impl ApiResponse {
         &self.url
     }
 
-    /// Attempts it took, the successful one included.
+    /// Attempts it took, the successful one included; hedges
+    /// ([`Hedging`](crate::Hedging)) count as attempts.
     #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Whether the answer came from a hedge (a copy sent because the attempt
+    /// it raced was slow; see [`Hedging`](crate::Hedging)) rather than that
+    /// attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// let resp = client.get("fast").send().await?;
+    /// assert!(!resp.hedged());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn hedged(&self) -> bool {
+        self.hedged
     }
 
     /// Time the call took, from the start of the call to the buffered body.
@@ -204,7 +230,7 @@ pub struct ApiStream {
     attempts: u32,
     started: Instant,
     /// The call's concurrency permit, held until the body ends or the stream is dropped.
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
     body: ChunkStream,
     deadline: Pin<Box<Sleep>>,
     /// `read_timeout`, and the time the next bytes are due by.
@@ -231,7 +257,7 @@ impl ApiStream {
         attempts: u32,
         deadline: Deadline,
         read_timeout: std::time::Duration,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Self {
         let status = response.status();
         let version = response.version();

@@ -9,6 +9,8 @@
 //! | `http.client.active_requests` (calls in flight) | gauge | `http.request.method` |
 //! | `http.client.attempts` (requests sent, retries included) | counter | `http.request.method` |
 //! | `http.client.retries` | counter | `http.request.method`, `reason` |
+//! | `http.client.hedges` (hedged attempts sent) | counter | `http.request.method` |
+//! | `http.client.hedges.won` (calls a hedge answered) | counter | `http.request.method` |
 //! | `http.client.circuit_breaker.state` (0 closed, 1 half-open, 2 open) | gauge | `endpoint` |
 //! | `http.client.circuit_breaker.transitions` | counter | `endpoint`, `to` |
 //! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`, `pushback`) |
@@ -97,6 +99,11 @@ pub struct ClientStats {
     /// Calls to Redis that failed or took longer than their time budget
     /// (failed connection attempts included).
     pub shared_store_errors: u64,
+    /// Hedges sent (also counted in `attempts`, not in `retries`); see
+    /// [`Hedging`](crate::Hedging).
+    pub hedges: u64,
+    /// Calls whose answer came from a hedge rather than the attempt it raced.
+    pub hedges_won: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -113,6 +120,8 @@ pub(crate) struct Stats {
     rate_limited: AtomicU64,
     concurrency: AtomicU64,
     cancelled: AtomicU64,
+    hedges: AtomicU64,
+    hedges_won: AtomicU64,
 }
 
 impl Stats {
@@ -138,7 +147,34 @@ impl Stats {
             shared_waits: 0,
             shared_fallbacks: 0,
             shared_store_errors: 0,
+            hedges: load(&self.hedges),
+            hedges_won: load(&self.hedges_won),
         }
+    }
+
+    /// A hedge is sent: an attempt, not a retry.
+    pub(crate) fn hedge(&self, method: &Method) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("http.client.attempts", "http.request.method" => method_label(method))
+                .increment(1);
+            metrics::counter!("http.client.hedges", "http.request.method" => method_label(method))
+                .increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = method;
+    }
+
+    /// A hedge answered the call.
+    pub(crate) fn hedge_won(&self, method: &Method) {
+        self.hedges_won.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.hedges.won", "http.request.method" => method_label(method))
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = method;
     }
 
     /// A call starts; the guard counts it as cancelled unless it ends.

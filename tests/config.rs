@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "etcd")]
 use common::base64;
 use common::{RAW_SERVER_MAX_CONNECTIONS, read_request_head, received};
+use resilient_http::config::HedgingSection;
 use resilient_http::{
-    ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig, CircuitBreakerSection,
-    ErrorKind, FailureRateSection, RateLimit, RateLimitSection, RetryBudget, RetryBudgetSection,
-    RetryPolicy, RetrySection, TimeoutPhase,
+    AdaptiveConcurrency, ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig,
+    CircuitBreakerSection, ErrorKind, FailureRateSection, Hedging, RateLimit, RateLimitSection,
+    RetryBudget, RetryBudgetSection, RetryPolicy, RetrySection, TimeoutPhase,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wiremock::matchers::{any, header, path};
@@ -61,6 +62,10 @@ per_minute = 600
 burst = 20
 fail_fast = true
 
+[hedging]
+percentile = 0.95
+max_hedges = 2
+
 [default_headers]
 x-tenant = "acme"
 x-api-key = "k-123"
@@ -93,6 +98,9 @@ fn full_in_code() -> ApiClientConfig {
     limit.per_minute = Some(600);
     limit.burst = Some(20);
     limit.fail_fast = Some(true);
+    let mut hedging = HedgingSection::default();
+    hedging.percentile = Some(0.95);
+    hedging.max_hedges = Some(2);
 
     let mut c = ApiClientConfig::default();
     c.base_url = Some("http://users.internal:8080/api/".into());
@@ -104,6 +112,7 @@ fn full_in_code() -> ApiClientConfig {
     c.circuit_breaker = Some(breaker);
     c.rate_limit = Some(limit);
     c.max_concurrency = Some(8);
+    c.hedging = Some(hedging);
     c.default_headers = BTreeMap::from([
         ("x-tenant".into(), "acme".into()),
         ("x-api-key".into(), "k-123".into()),
@@ -261,6 +270,7 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
         )
         .rate_limit(RateLimit::per_minute(600).burst(20).fail_fast())
         .max_concurrency(8)
+        .hedging(Hedging::percentile(0.95).max_hedges(2))
         .default_header("x-api-key", "k-123")
         .default_header("x-tenant", "acme")
         .bearer_auth("t0ken")
@@ -268,6 +278,51 @@ fn a_config_gives_the_same_builder_as_the_code_it_stands_for() {
         .max_response_bytes(1_048_576)
         .tls_danger_accept_invalid_certs(true);
     assert_eq!(format!("{from_file:?}"), format!("{in_code:?}"));
+}
+
+#[test]
+fn adaptive_concurrency_from_the_config_sets_the_limit() {
+    let config = parse(
+        "base_url = \"http://127.0.0.1:9/\"\nadaptive_concurrency = { initial = 10, floor = 2, ceiling = 50 }",
+    );
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&config)),
+        format!(
+            "{:?}",
+            ApiClient::builder()
+                .base_url("http://127.0.0.1:9/")
+                .adaptive_concurrency(
+                    AdaptiveConcurrency::default()
+                        .initial(10)
+                        .floor(2)
+                        .ceiling(50)
+                )
+        )
+    );
+    let client = ApiClient::from_config(&config).unwrap();
+    assert_eq!(client.concurrency_limit(), Some(10));
+    // The initial limit is kept within floor and ceiling.
+    let config =
+        parse("base_url = \"http://127.0.0.1:9/\"\nadaptive_concurrency = { ceiling = 5 }");
+    assert_eq!(
+        ApiClient::from_config(&config).unwrap().concurrency_limit(),
+        Some(5)
+    );
+    assert_eq!(parse(&toml::to_string(&config).unwrap()), config);
+}
+
+#[test]
+fn a_fixed_hedging_delay_reads_from_the_config() {
+    let config = parse("hedging = { delay = \"20ms\" }");
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&config)),
+        format!(
+            "{:?}",
+            ApiClient::builder().hedging(Hedging::fixed(Duration::from_millis(20)))
+        )
+    );
+    assert_eq!(parse(&toml::to_string(&config).unwrap()), config);
+    assert!(parse_error("hedging = { percentil = 0.9 }").contains("percentil"));
 }
 
 // ---------------------------------------------------------------- errors while reading
@@ -493,6 +548,13 @@ fn invalid_values_are_config_errors_from_build() {
         "circuit_breaker = { failure_rate = { window = 20, time_window = \"30s\" } }",
         "circuit_breaker = { failure_rate = { time_window = \"0s\" } }",
         "max_concurrency = 0",
+        "adaptive_concurrency = { floor = 0 }",
+        "adaptive_concurrency = { floor = 9, ceiling = 8 }",
+        "max_concurrency = 4\nadaptive_concurrency = { floor = 1 }",
+        "hedging = { percentile = 1.5 }",
+        "hedging = { max_hedges = 1 }",
+        "hedging = { percentile = 0.9, delay = \"5ms\" }",
+        "hedging = { delay = \"5ms\", max_hedges = 0 }",
         "connect_timeout = \"0s\"",
         "user_agent = \"bad\\nagent\"",
         "bearer_token = \"bad\\ntoken\"",
@@ -658,6 +720,26 @@ const CHECKED_KEYS: &[(&str, &str)] = &[
     ),
     (
         "max_concurrency",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "adaptive_concurrency.initial",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
+        "adaptive_concurrency.floor",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
+        "adaptive_concurrency.ceiling",
+        "adaptive_concurrency_from_the_config_sets_the_limit",
+    ),
+    (
+        "hedging.percentile",
+        "a_config_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "hedging.max_hedges",
         "a_config_gives_the_same_builder_as_the_code_it_stands_for",
     ),
     (
@@ -845,6 +927,7 @@ shared = { url = "redis://127.0.0.1:6379/", key = "k", timeout = "5ms", connect_
 /// [`FULL`] plus the keys that exclude `base_url` or need a feature.
 #[cfg(feature = "etcd")]
 const FULL_WITH_ENDPOINTS: &str = r#"
+adaptive_concurrency = { initial = 10, floor = 2, ceiling = 50 }
 endpoints = ["http://10.0.0.1:8080/api/"]
 load_balance = "round_robin"
 resolver_refresh = "2s"
@@ -890,6 +973,7 @@ fn every_config_key_is_checked_by_a_test() {
         config.rate_limit.as_mut().unwrap().shared = shared;
     }
     let checked: Vec<&(&str, &str)> = CHECKED_KEYS.iter().chain(SHARED_KEYS).collect();
+    config.adaptive_concurrency = extra.adaptive_concurrency;
     // Written out, every field that is set shows as a key.
     let written = toml::Value::try_from(&config).unwrap();
     let mut keys = Vec::new();

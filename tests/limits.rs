@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Sequence, capture_traces, fast_builder, read_request_head, received};
-use resilient_http::{ApiClient, ErrorKind, RateLimit};
+use resilient_http::{AdaptiveConcurrency, ApiClient, ErrorKind, RateLimit};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use wiremock::matchers::any;
@@ -356,4 +356,147 @@ async fn a_streamed_response_read_to_its_end_gives_its_permit_back() {
 
     assert!(next.is_ok(), "{next:?}");
     drop(stream);
+}
+
+// ---------------------------------------------------------------- the adaptive limit
+//
+// On a paused clock, against a server in the test's runtime: its delays are
+// on the same clock.
+
+/// A keep-alive server on 127.0.0.1: `/busy` gets 503 at once, `/slow` 200
+/// after 1 s, anything else 200 after 10 ms.
+async fn capacity_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        // Bounded: a test opens at most a few hundred connections.
+        for _ in 0..1000 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                while let Some(head) = common::read_head(&mut sock).await {
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let (delay, status) = match path.as_str() {
+                        "/busy" => (0, 503),
+                        "/slow" => (1_000, 200),
+                        _ => (10, 200),
+                    };
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+fn adaptive_client(url: &str, limit: AdaptiveConcurrency) -> ApiClient {
+    ApiClient::builder()
+        .base_url(url)
+        .no_retry()
+        .no_circuit_breaker()
+        .total_timeout(Duration::from_secs(30))
+        .adaptive_concurrency(limit)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_falls_on_503s_and_rises_while_answers_stay_fast() {
+    let (url, server) = capacity_server().await;
+    let client = adaptive_client(
+        &url,
+        AdaptiveConcurrency::default()
+            .initial(20)
+            .floor(4)
+            .ceiling(64),
+    );
+    assert_eq!(client.concurrency_limit(), Some(20));
+
+    // Each 503 cuts the limit by a tenth, down to the floor.
+    client.get("busy").send().await.unwrap_err();
+    assert_eq!(client.concurrency_limit(), Some(18));
+    for _ in 0..30 {
+        client.get("busy").send().await.unwrap_err();
+    }
+    assert_eq!(client.concurrency_limit(), Some(4));
+
+    // Twice the limit at once, answered as fast as ever: the limit grows.
+    for _ in 0..20 {
+        let limit = client.concurrency_limit().unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2 * limit {
+            let client = client.clone();
+            set.spawn(async move { client.get("ok").send().await.is_ok() });
+        }
+        while let Some(ok) = set.join_next().await {
+            assert!(ok.unwrap());
+        }
+    }
+    let grown = client.concurrency_limit().unwrap();
+    assert!(grown >= 8, "{grown}");
+    assert!(grown <= 64);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_above_the_adaptive_limit_wait_within_their_deadline() {
+    let (url, server) = capacity_server().await;
+    let client = adaptive_client(&url, AdaptiveConcurrency::default().initial(1).ceiling(1));
+    let holder = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("slow").send().await.map(|r| r.status()) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let err = client
+        .get("x")
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    assert!(err.is_concurrency_limited());
+    assert_eq!(err.attempts(), 0);
+
+    // A call with time to wait gets the slot when the first call ends.
+    let started = tokio::time::Instant::now();
+    client.get("x").send().await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(600), "{waited:?}");
+    assert!(holder.await.unwrap().is_ok());
+    assert_eq!(client.stats().rejected_concurrency, 1);
+    server.abort();
+}
+
+#[test]
+fn the_adaptive_limit_is_validated_and_exclusive_of_the_fixed_one() {
+    let base = || ApiClient::builder().base_url("http://127.0.0.1:9/");
+    for bad in [
+        base().adaptive_concurrency(AdaptiveConcurrency::default().floor(0)),
+        base().adaptive_concurrency(AdaptiveConcurrency::default().floor(9).ceiling(8)),
+        base()
+            .max_concurrency(8)
+            .adaptive_concurrency(AdaptiveConcurrency::default()),
+    ] {
+        assert_eq!(bad.build().unwrap_err().kind(), ErrorKind::Config);
+    }
+    let initial_clamped = base()
+        .adaptive_concurrency(AdaptiveConcurrency::default().initial(500).ceiling(100))
+        .build()
+        .unwrap();
+    assert_eq!(initial_clamped.concurrency_limit(), Some(100));
+    assert_eq!(base().build().unwrap().concurrency_limit(), None);
+    assert_eq!(
+        base()
+            .max_concurrency(8)
+            .build()
+            .unwrap()
+            .concurrency_limit(),
+        Some(8)
+    );
 }

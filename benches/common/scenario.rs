@@ -49,6 +49,22 @@ pub(crate) enum Behavior {
     /// At most `capacity` requests in service at once, each for `service`;
     /// a request beyond that gets 503 at once.
     Overload { capacity: usize, service: Duration },
+    /// At most `capacity` requests in service at once, each for `service`;
+    /// up to `queue` more wait in line for a slot; a request beyond that
+    /// gets 503 at once.
+    Queue {
+        capacity: usize,
+        queue: usize,
+        service: Duration,
+    },
+    /// 200 to everything after `base`; hit `n` waits `delay` instead iff
+    /// `unit(seed, n) < slow` (a slow tail).
+    Tail {
+        slow: f64,
+        base: Duration,
+        delay: Duration,
+        seed: u64,
+    },
 }
 
 /// What the server saw since the last [`ScenarioServer::set`].
@@ -66,8 +82,10 @@ pub(crate) struct Counts {
 #[derive(Debug)]
 struct Active {
     behavior: Behavior,
-    /// The service slots of `Overload`.
+    /// The service slots of `Overload` and `Queue`.
     slots: Arc<Semaphore>,
+    /// The places (in service or in line) of `Queue`.
+    places: Arc<Semaphore>,
     /// The end of a `Pushback` pause, once the 429 is sent.
     pause_until: Option<Instant>,
 }
@@ -96,6 +114,7 @@ impl ScenarioServer {
             active: Mutex::new(Active {
                 behavior: Behavior::Healthy,
                 slots: Arc::new(Semaphore::new(0)),
+                places: Arc::new(Semaphore::new(0)),
                 pause_until: None,
             }),
             hits: AtomicU64::new(0),
@@ -148,13 +167,17 @@ impl ScenarioServer {
             .active
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let capacity = match behavior {
-            Behavior::Overload { capacity, .. } => capacity,
-            _ => 0,
+        let (capacity, places) = match behavior {
+            Behavior::Overload { capacity, .. } => (capacity, 0),
+            Behavior::Queue {
+                capacity, queue, ..
+            } => (capacity, capacity + queue),
+            _ => (0, 0),
         };
         *active = Active {
             behavior,
             slots: Arc::new(Semaphore::new(capacity)),
+            places: Arc::new(Semaphore::new(places)),
             pause_until: None,
         };
         self.shared.hits.store(0, Ordering::SeqCst);
@@ -225,7 +248,7 @@ fn respond(shared: &Shared, status: StatusCode) -> Response<Full<Bytes>> {
 async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
     let n = shared.hits.fetch_add(1, Ordering::SeqCst);
     let now = Instant::now();
-    let (behavior, slots, pause_until) = {
+    let (behavior, slots, places, pause_until) = {
         let mut active = shared.active.lock().unwrap_or_else(PoisonError::into_inner);
         if let Behavior::Pushback { retry_after } = active.behavior
             && n == 0
@@ -235,6 +258,7 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
         (
             active.behavior,
             Arc::clone(&active.slots),
+            Arc::clone(&active.places),
             active.pause_until,
         )
     };
@@ -273,6 +297,26 @@ async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
             if pause_until.is_some_and(|until| now < until) {
                 shared.during_pause.fetch_add(1, Ordering::Relaxed);
             }
+            respond(shared, StatusCode::OK)
+        }
+        Behavior::Tail {
+            slow,
+            base,
+            delay,
+            seed,
+        } => {
+            let wait = if picked(seed, n, slow) { delay } else { base };
+            tokio::time::sleep(wait).await;
+            respond(shared, StatusCode::OK)
+        }
+        Behavior::Queue { service, .. } => {
+            let Ok(_place) = places.try_acquire_owned() else {
+                return respond(shared, StatusCode::SERVICE_UNAVAILABLE);
+            };
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return respond(shared, StatusCode::SERVICE_UNAVAILABLE);
+            };
+            tokio::time::sleep(service).await;
             respond(shared, StatusCode::OK)
         }
         Behavior::Overload { service, .. } => match slots.try_acquire_owned() {

@@ -30,7 +30,8 @@ mod section;
 #[cfg(feature = "redis")]
 pub use section::SharedRateLimitSection;
 pub use section::{
-    CircuitBreakerSection, FailureRateSection, RateLimitSection, RetryBudgetSection, RetrySection,
+    AdaptiveConcurrencySection, CircuitBreakerSection, FailureRateSection, HedgingSection,
+    RateLimitSection, RetryBudgetSection, RetrySection,
 };
 
 pub use crate::builder::{
@@ -162,6 +163,16 @@ pub struct ApiClientConfig {
     /// At most this many calls in flight (default unlimited; 0 is an error).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// A concurrency limit that follows the dependency's capacity, instead of
+    /// `max_concurrency` (default off): `{ initial = 20, floor = 4, ceiling =
+    /// 256 }`, every key optional. See [`ApiClientBuilder::adaptive_concurrency`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencySection>,
+    /// Hedged requests (default off): `{ percentile = 0.95 }` or
+    /// `{ delay = "20ms" }`, and `max_hedges`. See
+    /// [`ApiClientBuilder::hedging`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedging: Option<HedgingSection>,
     /// Headers sent with every request, name to value (default none). Values
     /// of credential-like headers are never printed; like
     /// [`ApiClientBuilder::default_header`].
@@ -278,6 +289,8 @@ impl fmt::Debug for ApiClientConfig {
             .field("circuit_breaker", &self.circuit_breaker)
             .field("rate_limit", &self.rate_limit)
             .field("max_concurrency", &self.max_concurrency)
+            .field("adaptive_concurrency", &self.adaptive_concurrency)
+            .field("hedging", &self.hedging)
             .field("default_headers", &default_headers)
             .field("user_agent", &self.user_agent)
             .field(
@@ -413,6 +426,15 @@ impl ApiClientConfig {
         }
         if let Some(n) = self.max_concurrency {
             b = b.max_concurrency(n);
+        }
+        if let Some(section) = &self.adaptive_concurrency {
+            b = b.adaptive_concurrency(section.limit());
+        }
+        if let Some(section) = &self.hedging {
+            b = match section.hedging() {
+                Ok(hedging) => b.hedging(hedging),
+                Err(err) => b.fail(err),
+            };
         }
         for (name, value) in &self.default_headers {
             b = b.default_header(name.as_str(), value.as_str());

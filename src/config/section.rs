@@ -10,8 +10,10 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::adaptive::AdaptiveConcurrency;
 use crate::breaker::{CircuitBreakerConfig, DEFAULT_RATE, DEFAULT_RATE_WINDOW, Sustained};
 use crate::error::Error;
+use crate::hedge::Hedging;
 use crate::limit::RateLimit;
 use crate::retry::{RetryBudget, RetryPolicy};
 
@@ -303,6 +305,96 @@ impl SharedRateLimitSection {
             Some(fallback) => limit.on_store_error(fallback),
             None => limit,
         }
+    }
+}
+
+/// The `hedging` section of an [`ApiClientConfig`]: a
+/// [`Hedging`](crate::Hedging) policy as data.
+///
+/// Exactly one of `percentile` and `delay` is required; neither or both is an
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) error when the client is
+/// built.
+///
+/// ```toml
+/// [hedging]
+/// percentile = 0.95     # or: delay = "20ms"
+/// max_hedges = 1
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgingSection {
+    /// Hedge after this quantile (`0.0..1.0`, exclusive) of the endpoint's
+    /// recent latencies; [`Hedging::percentile`](crate::Hedging::percentile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// Hedge after this fixed delay; [`Hedging::fixed`](crate::Hedging::fixed).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delay: Option<Duration>,
+    /// The most hedges an attempt may have (default 1; 1 to 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_hedges: Option<u32>,
+}
+
+/// The `adaptive_concurrency` section of an [`ApiClientConfig`]: an
+/// [`AdaptiveConcurrency`] limit as data; every key optional.
+///
+/// ```toml
+/// [adaptive_concurrency]
+/// initial = 20
+/// floor = 4
+/// ceiling = 256
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdaptiveConcurrencySection {
+    /// The limit to start from (default 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial: Option<usize>,
+    /// The lowest the limit goes (default 1; 0 is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<usize>,
+    /// The highest the limit goes (default 1,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<usize>,
+}
+
+impl AdaptiveConcurrencySection {
+    pub(super) fn limit(&self) -> AdaptiveConcurrency {
+        let mut limit = AdaptiveConcurrency::default();
+        if let Some(n) = self.initial {
+            limit = limit.initial(n);
+        }
+        if let Some(n) = self.floor {
+            limit = limit.floor(n);
+        }
+        if let Some(n) = self.ceiling {
+            limit = limit.ceiling(n);
+        }
+        limit
+    }
+}
+
+impl HedgingSection {
+    pub(super) fn hedging(&self) -> Result<Hedging, Error> {
+        let mut hedging = match (self.percentile, self.delay) {
+            (Some(q), None) => Hedging::percentile(q),
+            (None, Some(d)) => Hedging::fixed(d),
+            (Some(_), Some(_)) => {
+                return Err(Error::config("hedging: set percentile or delay, not both"));
+            }
+            (None, None) => {
+                return Err(Error::config("hedging: percentile or delay is required"));
+            }
+        };
+        if let Some(n) = self.max_hedges {
+            hedging = hedging.max_hedges(n);
+        }
+        Ok(hedging)
     }
 }
 

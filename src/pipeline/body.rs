@@ -45,7 +45,13 @@ impl Replay {
         self.body.as_ref().map_or(Ok(()), Payload::replayable)
     }
 
-    fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
+    /// Whether the body is a stream (read once, from its replay buffer on a
+    /// retry): such a call is never hedged.
+    pub(super) fn streamed(&self) -> bool {
+        matches!(self.body, Some(Payload::Stream(_)))
+    }
+
+    pub(super) fn rebuild(&self, method: &Method, url: &Url) -> reqwest::Request {
         let mut request = reqwest::Request::new(method.clone(), url.clone());
         if let Some(headers) = &self.headers {
             request.headers_mut().clone_from(headers);

@@ -12,23 +12,27 @@ use backon::ExponentialBackoff;
 use bytes::Bytes;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use url::Url;
 
 mod body;
+mod hedge;
 mod route;
 
 use self::body::{Replay, read_body, read_prefix, within_read_timeout};
+use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
+use crate::adaptive::Signal;
 use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
+use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
+use crate::limit::Slot;
 use crate::origin::Origin;
 use crate::pushback::Pause;
 use crate::redact;
@@ -85,7 +89,7 @@ pub(crate) trait Finish: 'static {
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Result<Self::Output, Error>;
 }
 
@@ -100,7 +104,7 @@ impl Finish for Buffer {
         attempts: u32,
         elapsed: Duration,
         ctx: CallContext<'_>,
-        _slot: Option<OwnedSemaphorePermit>,
+        _slot: Option<Slot>,
     ) -> Result<ApiResponse, Error> {
         match got {
             Got::Buffered {
@@ -118,6 +122,7 @@ impl Finish for Buffer {
                 elapsed,
                 method: ctx.method,
                 url: url.unwrap_or(ctx.url),
+                hedged: ctx.hedged,
             }),
             // Not asked for; cannot happen, but is not worth a panic.
             Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
@@ -136,7 +141,7 @@ impl Finish for Streamed {
         attempts: u32,
         _elapsed: Duration,
         ctx: CallContext<'_>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
     ) -> Result<ApiStream, Error> {
         match got {
             Got::Streaming(resp) => Ok(ApiStream::new(
@@ -165,6 +170,8 @@ pub(crate) struct CallContext<'a> {
     placeholder: bool,
     /// The client's `read_timeout`: a stream's idle limit.
     read_timeout: Duration,
+    /// The answer came from a hedge.
+    hedged: bool,
 }
 
 /// How a call is carried out, besides its context and request.
@@ -184,6 +191,20 @@ pub(crate) struct Plan {
     pub(crate) retry: Option<Box<RetryPolicy>>,
     /// Statuses besides 2xx that are answers for this call, not errors.
     pub(crate) allow: Box<[StatusCode]>,
+    /// This call's hedging: the client's, none, or its own.
+    pub(crate) hedging: HedgeChoice,
+}
+
+/// A call's hedging (see [`Hedging`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum HedgeChoice {
+    /// The client's ([`crate::ApiClientBuilder::hedging`]).
+    #[default]
+    Client,
+    /// None for this call.
+    Off,
+    /// This call's own (boxed: most calls have none).
+    Call(Box<Hedging>),
 }
 
 /// A call split into what the pipeline keeps.
@@ -346,13 +367,23 @@ impl ApiClient {
         } = self.prepare(call, span, &inner.stats);
         let Plan {
             idempotent,
-            guard_redirects,
+            guard_redirects: plan_guard,
             routed,
             use_token,
             retry,
             allow,
+            hedging,
         } = plan;
         let policy = retry.as_deref().unwrap_or(&inner.retry);
+        // Hedged only when it may be repeated, buffered, and has attempts to
+        // spare; a percentile delay records the latencies it reads.
+        let hedging = match hedging {
+            HedgeChoice::Client => inner.hedging,
+            HedgeChoice::Off => None,
+            HedgeChoice::Call(h) => Some(*h),
+        }
+        .filter(|_| idempotent && policy.max_attempts > 1 && !F::STREAM && !replay.streamed());
+        let records = hedging.is_some_and(|h| h.quantile().is_some());
         let auth = inner.auth.as_ref().filter(|_| use_token);
         let mut reauthorized = false;
         let deadline = ctx.deadline;
@@ -450,12 +481,8 @@ impl ApiClient {
             }
             let mut request = replay.next(&mut original, &ctx, target.is_some());
             let attempt_no = attempts + 1;
-            let mut guard_redirects = self.decorate(
-                &mut request,
-                credential.as_ref(),
-                attempt_no,
-                guard_redirects,
-            );
+            let mut guard_redirects =
+                self.decorate(&mut request, credential.as_ref(), attempt_no, plan_guard);
             // The trace context: after the hooks, before the signer.
             let attempt_span = crate::otel::AttemptSpan::start(&mut request, attempt_no);
             let mut now = now;
@@ -481,14 +508,98 @@ impl ApiClient {
             attempts = attempt_no;
             inner.stats.attempt(&ctx.method, attempts);
             let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let idle = (inner.read_timeout < limit).then_some(inner.read_timeout);
-            let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow, idle);
-            let timed = tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt));
-            let timed = attempt_span.in_span(timed).await;
-            let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
-            attempt_span.ended(outcome.as_ref().map(Got::status));
-            drop(flight);
+            let sketch = if records {
+                Some(self.sketch(target, &ctx.url))
+            } else {
+                None
+            };
+            let delay = hedging
+                .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
+                .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
+                .filter(|(_, d)| *d < limit);
+            let started = now;
+            let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
+                let first = First {
+                    request,
+                    permit,
+                    target,
+                    load: flight,
+                    url: ctx.url.clone(),
+                    started,
+                    guard: guard_redirects,
+                    limit,
+                    phase,
+                    span: attempt_span,
+                };
+                let race = Race {
+                    route: &route,
+                    ctx: &ctx,
+                    routed: routed.as_ref(),
+                    query: query.as_deref(),
+                    replay: &replay,
+                    auth,
+                    deadline: &deadline,
+                    allow: &allow,
+                    policy,
+                    guard_redirects: plan_guard,
+                    delay,
+                    max_hedges: h.hedges(),
+                    sketch: sketch.as_deref(),
+                    attempts,
+                };
+                let Raced {
+                    outcome,
+                    url,
+                    target: decided_by,
+                    hedge,
+                    sent,
+                    attempts: made,
+                } = self.race(first, race).await;
+                attempts = made;
+                if let (Some(instance), Some(path)) = (decided_by, &routed)
+                    && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
+                {
+                    // A hedge to another endpoint decided: the call's URL is its.
+                    if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
+                        return Err(ctx.fail(err, attempts));
+                    }
+                    tried = Some(Arc::clone(instance));
+                } else if ctx.url != url {
+                    ctx.url = url;
+                }
+                if sent > 0 && !span.is_disabled() {
+                    span.record("hedge.sent", sent);
+                    span.record("hedge.won", hedge);
+                }
+                if outcome.is_ok() && hedge > 0 {
+                    ctx.hedged = true;
+                    inner.stats.hedge_won(&ctx.method);
+                }
+                (outcome, None, true, decided_by)
+            } else {
+                let idle = (inner.read_timeout < limit).then_some(inner.read_timeout);
+                let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow, idle);
+                let timed =
+                    tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt));
+                let timed = attempt_span.in_span(timed).await;
+                let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+                attempt_span.ended(outcome.as_ref().map(Got::status));
+                drop(flight);
+                if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
+                    let end = Instant::now();
+                    sketch.record(end.saturating_duration_since(started), end);
+                }
+                (outcome, permit, false, target)
+            };
             let now = Instant::now();
+            if let Some(adaptive) = inner.limits.adaptive()
+                && let Some(signal) =
+                    capacity_signal(&outcome, now.saturating_duration_since(started))
+                && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
+            {
+                // (A hedge's answer is not timed from its own start: no sample.)
+                adaptive.observe(signal, now);
+            }
             match outcome {
                 Ok(got) => {
                     if let Some(p) = permit {
@@ -505,9 +616,11 @@ impl ApiClient {
                     if let Some(p) = permit {
                         p.record(verdict(&err), now);
                     }
-                    attempt_failed(attempts, &err);
-                    if let Some(pause) = route.pause_of(target) {
-                        self.pushback(pause, &err, &ctx.url, now);
+                    if !raced {
+                        attempt_failed(attempts, &err);
+                        if let Some(pause) = route.pause_of(target) {
+                            self.pushback(pause, &err, &ctx.url, now);
+                        }
                     }
                     // A streamed body past its replay buffer cannot be sent again.
                     let replayable = replay.replayable();
@@ -564,6 +677,15 @@ impl ApiClient {
         }
     }
 
+    /// The latency sketch of an attempt's endpoint: the chosen endpoint's,
+    /// or the fixed URL's origin's.
+    fn sketch(&self, target: Option<&Arc<Instance>>, url: &Url) -> Arc<LatencySketch> {
+        match target {
+            Some(instance) => Arc::clone(instance.latency()),
+            None => self.inner.latencies.get(url, |_| LatencySketch::default()),
+        }
+    }
+
     /// Splits a call into what the pipeline keeps: the context (method, URL,
     /// deadline, span), what a retry needs to rebuild the request, the request
     /// itself, and whether it may be repeated and must not be redirected away.
@@ -582,6 +704,7 @@ impl ApiClient {
             active: stats.start(request.method()),
             placeholder: plan.routed.is_some(),
             read_timeout: self.inner.read_timeout,
+            hedged: false,
         };
         // The first attempt sends the request itself; a retry rebuilds it from
         // the context, these headers and the shared body bytes. A 401 retries
@@ -851,6 +974,8 @@ fn call_span(call: &Call) -> tracing::Span {
         http.request.resend_count = Empty,
         error.type = Empty,
         limit.wait_ms = Empty,
+        hedge.sent = Empty,
+        hedge.won = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
         let url = call.request.url();
@@ -884,6 +1009,25 @@ fn cut_by(refusal: &Error) -> Option<CutBy> {
         Some(CutBy::RateLimit)
     } else {
         None
+    }
+}
+
+/// What an attempt's outcome says about the dependency's capacity, for the
+/// adaptive concurrency limit: its time when answered, a drop on a timeout,
+/// a 503 or a 429, nothing otherwise.
+fn capacity_signal(outcome: &Result<Got, Error>, took: Duration) -> Option<Signal> {
+    match outcome {
+        Ok(_) => Some(Signal::Rtt(took)),
+        Err(err)
+            if err.is_timeout()
+                || matches!(
+                    err.status(),
+                    Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+                ) =>
+        {
+            Some(Signal::Drop)
+        }
+        Err(_) => None,
     }
 }
 

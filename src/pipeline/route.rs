@@ -65,6 +65,19 @@ impl<'b> Route<'b> {
         }
     }
 
+    /// The same route, avoiding `avoid` (a hedge's: not where the attempt it
+    /// races went, when another endpoint can take it).
+    pub(super) fn avoiding(&self, avoid: Option<&'b Arc<Instance>>) -> Self {
+        match *self {
+            Self::Fixed { breaker, pause } => Self::Fixed { breaker, pause },
+            Self::Balanced { set, balancer, .. } => Self::Balanced {
+                set,
+                balancer,
+                avoid,
+            },
+        }
+    }
+
     /// `None` when an attempt could be admitted now, else the time until a
     /// breaker lets one through.
     pub(super) fn open_for(&self, now: Instant) -> Option<Duration> {
