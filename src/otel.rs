@@ -123,13 +123,7 @@ mod imp {
             error.type = Empty,
         );
         if !span.is_disabled() {
-            let url = request.url();
-            span.record("url.full", tracing::field::display(redact::url(url)));
-            span.record("server.address", url.host_str().unwrap_or_default());
-            span.record(
-                "server.port",
-                i64::from(url.port_or_known_default().unwrap_or(0)),
-            );
+            redact::record_target(&span, request.url());
             if attempt > 1 {
                 span.record("http.request.resend_count", i64::from(attempt - 1));
             }

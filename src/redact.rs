@@ -79,6 +79,17 @@ pub(crate) fn raw_url(raw: &str) -> String {
     Url::parse(raw).map_or_else(|_| "(not a valid URL)".to_owned(), |u| url(&u).to_string())
 }
 
+/// Records where a request goes in its span (the call's or an attempt's):
+/// `url.full`, redacted, `server.address` and `server.port`.
+pub(crate) fn record_target(span: &tracing::Span, target: &Url) {
+    span.record("url.full", tracing::field::display(url(target)));
+    span.record("server.address", target.host_str().unwrap_or_default());
+    span.record(
+        "server.port",
+        i64::from(target.port_or_known_default().unwrap_or(0)),
+    );
+}
+
 pub(crate) fn url(url: &Url) -> Cow<'_, Url> {
     let secret_query = url.query_pairs().any(|(name, _)| is_sensitive_name(&name));
     if url.password().is_none() && !secret_query {

@@ -279,13 +279,7 @@ impl CallContext<'_> {
         self.placeholder = false;
         let span = self.span;
         if !span.is_disabled() {
-            let base = &instance.base;
-            span.record("url.full", tracing::field::display(redact::url(&self.url)));
-            span.record("server.address", base.host_str().unwrap_or_default());
-            span.record(
-                "server.port",
-                i64::from(base.port_or_known_default().unwrap_or(0)),
-            );
+            redact::record_target(span, &self.url);
         }
         Ok(())
     }
@@ -978,13 +972,7 @@ fn call_span(call: &Call) -> tracing::Span {
         hedge.won = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
-        let url = call.request.url();
-        span.record("url.full", tracing::field::display(redact::url(url)));
-        span.record("server.address", url.host_str().unwrap_or_default());
-        span.record(
-            "server.port",
-            i64::from(url.port_or_known_default().unwrap_or(0)),
-        );
+        redact::record_target(&span, call.request.url());
     }
     span
 }
