@@ -3,9 +3,11 @@
 //! the others are cancelled (their futures dropped: connections closed,
 //! breaker permits released unrecorded, in-flight counts given back).
 //!
-//! Only the hedged path comes here: a call without hedging runs the plain
-//! attempt in `mod.rs`, with no allocation and no extra timer.
+//! Only the hedged path races here: a call without hedging runs its attempt
+//! through the same [`ApiClient::flight`], with no allocation and no extra
+//! timer.
 
+use std::borrow::Borrow;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,12 +104,14 @@ enum Event<T> {
 }
 
 impl ApiClient {
-    /// One attempt (buffered), bounded by `limit`, in its span.
+    /// One attempt, bounded by `limit` and, where it binds, by `read_timeout`,
+    /// in its span: the first attempt of any call, and each hedge.
     #[allow(clippy::too_many_arguments)]
-    async fn flight(
+    pub(super) async fn flight(
         &self,
         request: reqwest::Request,
-        sent_to: Url,
+        sent_to: impl Borrow<Url> + Send,
+        stream: bool,
         guard: bool,
         limit: Duration,
         phase: TimeoutPhase,
@@ -116,7 +120,7 @@ impl ApiClient {
     ) -> Result<Got, Error> {
         let read_timeout = self.inner.read_timeout;
         let idle = (read_timeout < limit).then_some(read_timeout);
-        let attempt = self.attempt(request, &sent_to, false, allow, idle);
+        let attempt = self.attempt(request, sent_to.borrow(), stream, allow, idle);
         let timed = span
             .in_span(tokio::time::timeout(
                 limit,
@@ -136,6 +140,7 @@ impl ApiClient {
             fut: Box::pin(self.flight(
                 f.request,
                 f.url.clone(),
+                false,
                 f.guard,
                 f.limit,
                 f.phase,

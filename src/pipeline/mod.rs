@@ -571,13 +571,18 @@ impl ApiClient {
                 }
                 (outcome, None, true, decided_by)
             } else {
-                let idle = (inner.read_timeout < limit).then_some(inner.read_timeout);
-                let attempt = self.attempt(request, &ctx.url, F::STREAM, &allow, idle);
-                let timed =
-                    tokio::time::timeout(limit, redirect::guarded(guard_redirects, attempt));
-                let timed = attempt_span.in_span(timed).await;
-                let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
-                attempt_span.ended(outcome.as_ref().map(Got::status));
+                let outcome = self
+                    .flight(
+                        request,
+                        &ctx.url,
+                        F::STREAM,
+                        guard_redirects,
+                        limit,
+                        phase,
+                        &allow,
+                        attempt_span,
+                    )
+                    .await;
                 drop(flight);
                 if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
                     let end = Instant::now();
