@@ -11,6 +11,7 @@
 //!   the policy then stops at the 3xx.
 //! - No `Referer` is sent: the original URL's query may hold credentials.
 
+use futures_util::future::Either;
 use std::future::Future;
 
 use reqwest::header::{
@@ -62,11 +63,14 @@ pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
 
 /// Runs one attempt so that the policy refuses redirects to another origin
 /// when `guard` is set.
-pub(crate) async fn guarded<F: Future>(guard: bool, attempt: F) -> F::Output {
+///
+/// A plain function, not an `async fn`: an `async fn` would keep `attempt`
+/// twice in its state (the argument and the future it awaits).
+pub(crate) fn guarded<F: Future>(guard: bool, attempt: F) -> impl Future<Output = F::Output> {
     if guard {
-        GUARD.scope(true, attempt).await
+        Either::Left(GUARD.scope(true, attempt))
     } else {
-        attempt.await
+        Either::Right(attempt)
     }
 }
 

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use reqwest::Method;
 use url::Url;
 
@@ -62,20 +64,23 @@ impl Replay {
     }
 }
 
-/// Reads the whole body, failing with `Decode` past `limit` bytes.
 /// Waits for `read` (the headers, or the next piece of a body) at most
 /// `idle`: past it, a `Timeout(Read)` error. `None` when the attempt's own
 /// limit is no longer than `read_timeout`, so that it bounds every read
 /// already (the defaults): no timer of its own then.
-pub(super) async fn within_read_timeout<F: Future>(
+///
+/// A plain function returning a future (as `redirect::guarded`), so that
+/// `read` is held once.
+pub(super) fn within_read_timeout<F: Future>(
     idle: Option<Duration>,
     read: F,
-) -> Result<F::Output, Error> {
+) -> impl Future<Output = Result<F::Output, Error>> {
     match idle {
-        Some(limit) => tokio::time::timeout(limit, read)
-            .await
-            .map_err(|_| Error::timeout(TimeoutPhase::Read)),
-        None => Ok(read.await),
+        Some(limit) => Either::Left(
+            tokio::time::timeout(limit, read)
+                .map(|timed| timed.map_err(|_| Error::timeout(TimeoutPhase::Read))),
+        ),
+        None => Either::Right(read.map(Ok)),
     }
 }
 
@@ -89,6 +94,7 @@ async fn next_chunk(
         .map_err(Error::transport_mid_body)
 }
 
+/// Reads the whole body, failing with `Decode` past `limit` bytes.
 pub(super) async fn read_body(
     mut resp: reqwest::Response,
     limit: usize,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use reqwest::StatusCode;
 use tokio::time::{Instant, Sleep};
 use url::Url;
@@ -106,30 +107,33 @@ enum Event<T> {
 impl ApiClient {
     /// One attempt, bounded by `limit` and, where it binds, by `read_timeout`,
     /// in its span: the first attempt of any call, and each hedge.
+    ///
+    /// Builds the attempt's future at once (a plain function, not an `async
+    /// fn`), so the request is not kept beside it in the call's state.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn flight(
-        &self,
+    pub(super) fn flight<'a>(
+        &'a self,
         request: reqwest::Request,
-        sent_to: impl Borrow<Url> + Send,
+        sent_to: impl Borrow<Url> + Send + 'a,
         stream: bool,
         guard: bool,
         limit: Duration,
         phase: TimeoutPhase,
-        allow: &[StatusCode],
+        allow: &'a [StatusCode],
         span: crate::otel::AttemptSpan,
-    ) -> Result<Got, Error> {
+    ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
         let read_timeout = self.inner.read_timeout;
         let idle = (read_timeout < limit).then_some(read_timeout);
-        let attempt = self.attempt(request, sent_to.borrow(), stream, allow, idle);
-        let timed = span
-            .in_span(tokio::time::timeout(
-                limit,
-                redirect::guarded(guard, attempt),
-            ))
-            .await;
-        let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
-        span.ended(outcome.as_ref().map(Got::status));
-        outcome
+        let attempt = self.attempt(request, sent_to, stream, allow, idle);
+        span.in_span(tokio::time::timeout(
+            limit,
+            redirect::guarded(guard, attempt),
+        ))
+        .map(move |timed| {
+            let outcome = timed.unwrap_or_else(|_| Err(Error::timeout(phase)));
+            span.ended(outcome.as_ref().map(Got::status));
+            outcome
+        })
     }
 
     /// Runs `first` against its hedges; see the module docs.

@@ -5,6 +5,7 @@
 //! The breaker is asked before the rate limit so that an open circuit costs
 //! callers nothing, not even a rate-limit wait.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -548,7 +549,7 @@ impl ApiClient {
                     hedge,
                     sent,
                     attempts: made,
-                } = self.race(first, race).await;
+                } = Box::pin(self.race(first, race)).await;
                 attempts = made;
                 if let (Some(instance), Some(path)) = (decided_by, &routed)
                     && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
@@ -913,49 +914,53 @@ impl ApiClient {
 
     /// One attempt: send, then buffer the body (or hand the stream over).
     /// A 2xx, or a status in `allow`, is an answer; any other an error.
-    async fn attempt(
-        &self,
+    ///
+    /// Hands the request to reqwest at once (a plain function returning a
+    /// future): only reqwest's small pending future is kept, not the request.
+    fn attempt<'a>(
+        &'a self,
         request: reqwest::Request,
-        sent_to: &Url,
+        sent_to: impl Borrow<Url> + Send + 'a,
         stream: bool,
-        allow: &[StatusCode],
+        allow: &'a [StatusCode],
         idle: Option<Duration>,
-    ) -> Result<Got, Error> {
-        let mut resp = within_read_timeout(idle, self.inner.http.execute(request))
-            .await?
-            .map_err(Error::transport)?;
-        redact::mark_response_secrets(resp.headers_mut());
-        let status = resp.status();
-        if status.is_success() || allow.contains(&status) {
-            if stream {
-                return Ok(Got::Streaming(resp));
+    ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
+        let sent = within_read_timeout(idle, self.inner.http.execute(request));
+        async move {
+            let mut resp = sent.await?.map_err(Error::transport)?;
+            redact::mark_response_secrets(resp.headers_mut());
+            let status = resp.status();
+            if status.is_success() || allow.contains(&status) {
+                if stream {
+                    return Ok(Got::Streaming(resp));
+                }
+                let headers = std::mem::take(resp.headers_mut());
+                let version = resp.version();
+                // Keep the call's URL (no copy) unless a redirect changed it.
+                let url = (resp.url() != sent_to.borrow()).then(|| resp.url().clone());
+                let body = read_body(resp, self.inner.max_response_bytes, idle).await?;
+                return Ok(Got::Buffered {
+                    status,
+                    version,
+                    headers,
+                    body,
+                    url,
+                });
             }
             let headers = std::mem::take(resp.headers_mut());
-            let version = resp.version();
-            // Keep the call's URL (no copy) unless a redirect changed it.
-            let url = (resp.url() != sent_to).then(|| resp.url().clone());
-            let body = read_body(resp, self.inner.max_response_bytes, idle).await?;
-            return Ok(Got::Buffered {
+            let retry_after = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            // Keep a bounded prefix for `body_text` and `body_json`; a broken
+            // body does not hide the status.
+            let body = read_prefix(resp, self.inner.max_error_body_bytes, idle).await;
+            Err(Error::from_response(
                 status,
-                version,
                 headers,
-                body,
-                url,
-            });
+                Bytes::from(body),
+                retry_after,
+            ))
         }
-        let headers = std::mem::take(resp.headers_mut());
-        let retry_after = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Keep a bounded prefix for `body_text` and `body_json`; a broken
-        // body does not hide the status.
-        let body = read_prefix(resp, self.inner.max_error_body_bytes, idle).await;
-        Err(Error::from_response(
-            status,
-            headers,
-            Bytes::from(body),
-            retry_after,
-        ))
     }
 }
 
