@@ -95,60 +95,69 @@ async fn next_chunk(
 }
 
 /// Reads the whole body, failing with `Decode` past `limit` bytes.
-pub(super) async fn read_body(
+///
+/// A plain function returning an `async` block, which reads `resp` in place
+/// (an `async fn` would keep its argument beside its own copy).
+#[allow(clippy::manual_async_fn)]
+pub(super) fn read_body(
     mut resp: reqwest::Response,
     limit: usize,
     idle: Option<Duration>,
-) -> Result<Bytes, Error> {
-    // Read before the first chunk: afterwards the transport's hint is what is
-    // left to come, not the whole body.
-    let length = resp.content_length();
-    if length.is_some_and(|len| len > limit as u64) {
-        return Err(Error::too_large(limit));
-    }
-    let Some(first) = next_chunk(&mut resp, idle).await? else {
-        return Ok(Bytes::new());
-    };
-    if first.len() > limit {
-        return Err(Error::too_large(limit));
-    }
-    let Some(second) = next_chunk(&mut resp, idle).await? else {
-        return Ok(first);
-    };
-    let both = first.len().saturating_add(second.len());
-    if both > limit {
-        return Err(Error::too_large(limit));
-    }
-    let hint = length.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-    // `both <= limit`, so the bounds are ordered.
-    let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
-    buf.extend_from_slice(&first);
-    let mut next = Some(second);
-    while let Some(chunk) = next {
-        if buf.len() + chunk.len() > limit {
+) -> impl Future<Output = Result<Bytes, Error>> + Send {
+    async move {
+        // Read before the first chunk: afterwards the transport's hint is what is
+        // left to come, not the whole body.
+        let length = resp.content_length();
+        if length.is_some_and(|len| len > limit as u64) {
             return Err(Error::too_large(limit));
         }
-        buf.extend_from_slice(&chunk);
-        next = next_chunk(&mut resp, idle).await?;
+        let Some(first) = next_chunk(&mut resp, idle).await? else {
+            return Ok(Bytes::new());
+        };
+        if first.len() > limit {
+            return Err(Error::too_large(limit));
+        }
+        let Some(second) = next_chunk(&mut resp, idle).await? else {
+            return Ok(first);
+        };
+        let both = first.len().saturating_add(second.len());
+        if both > limit {
+            return Err(Error::too_large(limit));
+        }
+        let hint = length.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+        // `both <= limit`, so the bounds are ordered.
+        let mut buf = BytesMut::with_capacity(hint.clamp(both, limit));
+        buf.extend_from_slice(&first);
+        let mut next = Some(second);
+        while let Some(chunk) = next {
+            if buf.len() + chunk.len() > limit {
+                return Err(Error::too_large(limit));
+            }
+            buf.extend_from_slice(&chunk);
+            next = next_chunk(&mut resp, idle).await?;
+        }
+        Ok(buf.freeze())
     }
-    Ok(buf.freeze())
 }
 
 /// Reads up to `cap` bytes of an error body, ignoring read failures.
-pub(super) async fn read_prefix(
+#[allow(clippy::manual_async_fn)] // as `read_body`
+pub(super) fn read_prefix(
     mut resp: reqwest::Response,
     cap: usize,
     idle: Option<Duration>,
-) -> Vec<u8> {
-    let mut buf = Vec::new();
-    while buf.len() < cap {
-        match next_chunk(&mut resp, idle).await {
-            Ok(Some(chunk)) => {
-                let take = chunk.len().min(cap - buf.len());
-                buf.extend_from_slice(&chunk[..take]);
+) -> impl Future<Output = Vec<u8>> + Send {
+    async move {
+        let mut buf = Vec::new();
+        while buf.len() < cap {
+            match next_chunk(&mut resp, idle).await {
+                Ok(Some(chunk)) => {
+                    let take = chunk.len().min(cap - buf.len());
+                    buf.extend_from_slice(&chunk[..take]);
+                }
+                Ok(None) | Err(_) => break,
             }
-            Ok(None) | Err(_) => break,
         }
+        buf
     }
-    buf
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
 use bytes::Bytes;
+use futures_util::future::Either;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
@@ -208,14 +209,6 @@ pub(crate) enum HedgeChoice {
     Call(Box<Hedging>),
 }
 
-/// A call split into what the pipeline keeps.
-struct Prepared<'s> {
-    ctx: CallContext<'s>,
-    replay: Replay,
-    request: reqwest::Request,
-    plan: Plan,
-}
-
 impl CallContext<'_> {
     /// Enriches the final error with the call's context and reports it.
     fn fail(&self, err: Error, attempts: u32) -> Error {
@@ -334,32 +327,35 @@ impl ApiClient {
         self,
         call: Result<Call, Error>,
     ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
-        let span = match &call {
-            Ok(call) => call_span(call),
-            Err(_) => tracing::Span::none(),
+        let call = match call {
+            Ok(call) => call,
+            Err(err) => return Either::Right(std::future::ready(Err(err))),
         };
+        let span = call_span(&call);
         let inner_span = span.clone();
         // Boxed: the pipeline's state is kilobytes (every layer's wait lives
         // in it), and a caller moves the returned future a few times before
         // polling it; a pointer moves for free, the state once per call.
-        Box::pin(self.pipeline::<F>(call, inner_span)).instrument(span)
+        Either::Left(Box::pin(self.pipeline::<F>(call, inner_span)).instrument(span))
     }
 
+    /// The call loop. A plain function returning one `async` block, not an
+    /// `async fn`: what the block captures it uses in place, where an
+    /// `async fn` would keep its arguments beside the values made from them.
     // One loop in one future, on purpose: splitting it into nested async
     // functions moved the whole state more often (see BENCHMARKS.md).
     #[allow(clippy::too_many_lines)]
-    async fn pipeline<F: Finish>(
+    fn pipeline<F: Finish>(
         self,
-        call: Result<Call, Error>,
+        call: Call,
         span: tracing::Span,
-    ) -> Result<F::Output, Error> {
-        let (call, span, inner) = (call?, &span, &*self.inner);
-        let Prepared {
-            mut ctx,
-            replay,
+    ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
+        let Call {
             request,
+            body,
+            timeout,
             plan,
-        } = self.prepare(call, span, &inner.stats);
+        } = call;
         let Plan {
             idempotent,
             guard_redirects: plan_guard,
@@ -369,309 +365,332 @@ impl ApiClient {
             allow,
             hedging,
         } = plan;
-        let policy = retry.as_deref().unwrap_or(&inner.retry);
-        // Hedged only when it may be repeated, buffered, and has attempts to
-        // spare; a percentile delay records the latencies it reads.
-        let hedging = match hedging {
-            HedgeChoice::Client => inner.hedging,
-            HedgeChoice::Off => None,
-            HedgeChoice::Call(h) => Some(*h),
-        }
-        .filter(|_| idempotent && policy.max_attempts > 1 && !F::STREAM && !replay.streamed());
-        let records = hedging.is_some_and(|h| h.quantile().is_some());
-        let auth = inner.auth.as_ref().filter(|_| use_token);
-        let mut reauthorized = false;
-        let deadline = ctx.deadline;
-        // For a routed call: the balancer, the path and the query to put on
-        // each endpoint's URL.
-        let balancer = routed.as_ref().and(inner.balancer.as_ref());
-        let query: Option<Box<str>> = routed.as_ref().and(ctx.url.query().map(Into::into));
-        let mut tried: Option<Arc<Instance>> = None;
+        let replay = self.replay_of(&request, body, retry.as_deref(), use_token);
+        let (method, url) = (request.method().clone(), request.url().clone());
         let mut original = Some(request);
-        let mut attempts = 0u32;
+        async move {
+            let (span, inner) = (&span, &*self.inner);
+            let mut ctx = CallContext {
+                deadline: Deadline::after(timeout.unwrap_or(inner.total_timeout)),
+                span,
+                active: inner.stats.start(&method),
+                method,
+                url,
+                placeholder: routed.is_some(),
+                read_timeout: inner.read_timeout,
+                hedged: false,
+            };
+            let policy = retry.as_deref().unwrap_or(&inner.retry);
+            // Hedged only when it may be repeated, buffered, and has attempts to
+            // spare; a percentile delay records the latencies it reads.
+            let hedging = match hedging {
+                HedgeChoice::Client => inner.hedging,
+                HedgeChoice::Off => None,
+                HedgeChoice::Call(h) => Some(*h),
+            }
+            .filter(|_| idempotent && policy.max_attempts > 1 && !F::STREAM && !replay.streamed());
+            let records = hedging.is_some_and(|h| h.quantile().is_some());
+            let auth = inner.auth.as_ref().filter(|_| use_token);
+            let mut reauthorized = false;
+            let deadline = ctx.deadline;
+            // For a routed call: the balancer, the path and the query to put on
+            // each endpoint's URL.
+            let balancer = routed.as_ref().and(inner.balancer.as_ref());
+            let query: Option<Box<str>> = routed.as_ref().and(ctx.url.query().map(Into::into));
+            let mut tried: Option<Arc<Instance>> = None;
+            let mut attempts = 0u32;
 
-        let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
-            Ok((permit, wait)) => {
-                ctx.waited("concurrency", wait, wait);
-                (permit, wait)
-            }
-            Err(err) => return Err(ctx.fail(err, 0)),
-        };
-        // A call to an absolute URL on one of the endpoints' origins shares
-        // that endpoint's breaker; any other fixed URL has its own.
-        let pinned = match (&inner.balancer, &routed) {
-            (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
-            _ => None,
-        };
-        let registered = match (&inner.breakers, balancer, &pinned) {
-            (Some(b), None, None) => Some(b.for_url(&ctx.url)),
-            _ => None,
-        };
-        let breaker = pinned
-            .as_deref()
-            .and_then(Instance::breaker)
-            .or(registered.as_deref());
-        // The same for the server pushback pause, kept with breakers off too.
-        let paused_by = match (balancer, &pinned) {
-            (None, None) => Some(inner.pauses.for_url(&ctx.url)),
-            _ => None,
-        };
-        let pause = pinned
-            .as_deref()
-            .map(Instance::pause)
-            .or(paused_by.as_deref());
-        let mut schedule = None;
-        let mut last: Option<Error> = None;
-        // A retry taken from the budget, spent once the retry is admitted;
-        // refunded (on drop) if the breaker or the rate limit refuses it.
-        let mut pending = None;
-        loop {
-            // A routed call takes the current endpoint set for each attempt.
-            let set = match balancer {
-                Some(b) => Some(b.current(&deadline).await),
-                None => None,
-            }
-            .transpose()
-            .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
-            let avoid = tried.take();
-            let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker, pause);
-            let Admitted {
-                permit,
-                now,
-                target,
-                ..
-            } = match self.admit(&route, &deadline).await {
-                Ok(admitted) => {
-                    waited += admitted.waited;
-                    ctx.waited("rate", admitted.waited, waited);
-                    if let Some(w) = pending.take() {
-                        Withdrawal::spend(w);
+            let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
+                Ok((permit, wait)) => {
+                    ctx.waited("concurrency", wait, wait);
+                    (permit, wait)
+                }
+                Err(err) => return Err(ctx.fail(err, 0)),
+            };
+            // A call to an absolute URL on one of the endpoints' origins shares
+            // that endpoint's breaker; any other fixed URL has its own.
+            let pinned = match (&inner.balancer, &routed) {
+                (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
+                _ => None,
+            };
+            let registered = match (&inner.breakers, balancer, &pinned) {
+                (Some(b), None, None) => Some(b.for_url(&ctx.url)),
+                _ => None,
+            };
+            let breaker = pinned
+                .as_deref()
+                .and_then(Instance::breaker)
+                .or(registered.as_deref());
+            // The same for the server pushback pause, kept with breakers off too.
+            let paused_by = match (balancer, &pinned) {
+                (None, None) => Some(inner.pauses.for_url(&ctx.url)),
+                _ => None,
+            };
+            let pause = pinned
+                .as_deref()
+                .map(Instance::pause)
+                .or(paused_by.as_deref());
+            let mut schedule = None;
+            let mut last: Option<Error> = None;
+            // A retry taken from the budget, spent once the retry is admitted;
+            // refunded (on drop) if the breaker or the rate limit refuses it.
+            let mut pending = None;
+            loop {
+                // A routed call takes the current endpoint set for each attempt.
+                let set = match balancer {
+                    Some(b) => Some(b.current(&deadline).await),
+                    None => None,
+                }
+                .transpose()
+                .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
+                let avoid = tried.take();
+                let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker, pause);
+                let Admitted {
+                    permit,
+                    now,
+                    target,
+                    ..
+                } = match self.admit(&route, &deadline).await {
+                    Ok(admitted) => {
+                        waited += admitted.waited;
+                        ctx.waited("rate", admitted.waited, waited);
+                        if let Some(w) = pending.take() {
+                            Withdrawal::spend(w);
+                        }
+                        admitted
                     }
-                    admitted
-                }
-                Err(err) => {
-                    // A retry the admission refused: the last real error, and why.
-                    let err = match (last.take(), cut_by(&err)) {
-                        (Some(last), Some(by)) => last.with_cut(policy.max_attempts, by),
-                        (Some(last), None) => last,
-                        (None, _) => err,
-                    };
-                    return Err(ctx.fail(err, attempts));
-                }
-            };
-            // After admission: an open circuit costs no token fetch.
-            let credential = match auth {
-                Some(auth) => Some(
-                    auth.credential(&deadline)
-                        .await
-                        .map_err(|err| ctx.fail(err, attempts))?,
-                ),
-                None => None,
-            };
-            if let (Some(instance), Some(path)) = (target, &routed) {
-                if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
-                    return Err(ctx.fail(err, attempts));
-                }
-                tried = Some(Arc::clone(instance));
-            }
-            let mut request = replay.next(&mut original, &ctx, target.is_some());
-            let attempt_no = attempts + 1;
-            let mut guard_redirects =
-                self.decorate(&mut request, credential.as_ref(), attempt_no, plan_guard);
-            // The trace context: after the hooks, before the signer.
-            let attempt_span = crate::otel::AttemptSpan::start(&mut request, attempt_no);
-            let mut now = now;
-            if let Some(signer) = &inner.signer {
-                // Last before sending: the signer sees every header and the body.
-                let mut signed = SignRequest::new(&mut request, attempt_no);
-                let outcome =
-                    tokio::time::timeout(deadline.remaining(), signer.sign(&mut signed)).await;
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(why)) => {
-                        let err = Error::signer("the signer failed").with_source(why);
+                    Err(err) => {
+                        // A retry the admission refused: the last real error, and why.
+                        let err = match (last.take(), cut_by(&err)) {
+                            (Some(last), Some(by)) => last.with_cut(policy.max_attempts, by),
+                            (Some(last), None) => last,
+                            (None, _) => err,
+                        };
                         return Err(ctx.fail(err, attempts));
                     }
-                    Err(_) => {
-                        return Err(ctx.fail(Error::timeout(TimeoutPhase::Total), attempts));
-                    }
-                }
-                guard_redirects = guard_redirects || redirect::would_leak(request.headers());
-                now = Instant::now();
-            }
-            let flight = target.map(|i| i.start());
-            attempts = attempt_no;
-            inner.stats.attempt(&ctx.method, attempts);
-            let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-            let sketch = if records {
-                Some(self.sketch(target, &ctx.url))
-            } else {
-                None
-            };
-            let delay = hedging
-                .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
-                .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
-                .filter(|(_, d)| *d < limit);
-            let started = now;
-            let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
-                let first = First {
-                    request,
-                    permit,
-                    target,
-                    load: flight,
-                    url: ctx.url.clone(),
-                    started,
-                    guard: guard_redirects,
-                    limit,
-                    phase,
-                    span: attempt_span,
                 };
-                let race = Race {
-                    route: &route,
-                    ctx: &ctx,
-                    routed: routed.as_ref(),
-                    query: query.as_deref(),
-                    replay: &replay,
-                    auth,
-                    deadline: &deadline,
-                    allow: &allow,
-                    policy,
-                    guard_redirects: plan_guard,
-                    delay,
-                    max_hedges: h.hedges(),
-                    sketch: sketch.as_deref(),
-                    attempts,
+                // After admission: an open circuit costs no token fetch.
+                let credential = match auth {
+                    Some(auth) => Some(
+                        auth.credential(&deadline)
+                            .await
+                            .map_err(|err| ctx.fail(err, attempts))?,
+                    ),
+                    None => None,
                 };
-                let Raced {
-                    outcome,
-                    url,
-                    target: decided_by,
-                    hedge,
-                    sent,
-                    attempts: made,
-                } = Box::pin(self.race(first, race)).await;
-                attempts = made;
-                if let (Some(instance), Some(path)) = (decided_by, &routed)
-                    && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
-                {
-                    // A hedge to another endpoint decided: the call's URL is its.
+                if let (Some(instance), Some(path)) = (target, &routed) {
                     if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
                         return Err(ctx.fail(err, attempts));
                     }
                     tried = Some(Arc::clone(instance));
-                } else if ctx.url != url {
-                    ctx.url = url;
                 }
-                if sent > 0 && !span.is_disabled() {
-                    span.record("hedge.sent", sent);
-                    span.record("hedge.won", hedge);
-                }
-                if outcome.is_ok() && hedge > 0 {
-                    ctx.hedged = true;
-                    inner.stats.hedge_won(&ctx.method);
-                }
-                (outcome, None, true, decided_by)
-            } else {
-                let outcome = self
-                    .flight(
+                let attempt_no = attempts + 1;
+                // In a block of its own: the request is lent to the hooks and
+                // the signer, and a lent local would keep its place in the
+                // call's state while the attempt runs.
+                let (request, guard_redirects, attempt_span, now) = {
+                    let mut request = replay.next(&mut original, &ctx, target.is_some());
+                    let mut guard_redirects =
+                        self.decorate(&mut request, credential.as_ref(), attempt_no, plan_guard);
+                    // The trace context: after the hooks, before the signer.
+                    let attempt_span = crate::otel::AttemptSpan::start(&mut request, attempt_no);
+                    let mut now = now;
+                    if let Some(signer) = &inner.signer {
+                        // Last before sending: the signer sees every header and the body.
+                        let mut signed = SignRequest::new(&mut request, attempt_no);
+                        let outcome =
+                            tokio::time::timeout(deadline.remaining(), signer.sign(&mut signed))
+                                .await;
+                        match outcome {
+                            Ok(Ok(())) => {}
+                            Ok(Err(why)) => {
+                                let err = Error::signer("the signer failed").with_source(why);
+                                return Err(ctx.fail(err, attempts));
+                            }
+                            Err(_) => {
+                                return Err(ctx.fail(Error::timeout(TimeoutPhase::Total), attempts));
+                            }
+                        }
+                        guard_redirects =
+                            guard_redirects || redirect::would_leak(request.headers());
+                        now = Instant::now();
+                    }
+                    (request, guard_redirects, attempt_span, now)
+                };
+                let flight = target.map(|i| i.start());
+                attempts = attempt_no;
+                inner.stats.attempt(&ctx.method, attempts);
+                let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
+                let sketch = if records {
+                    Some(self.sketch(target, &ctx.url))
+                } else {
+                    None
+                };
+                let delay = hedging
+                    .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
+                    .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
+                    .filter(|(_, d)| *d < limit);
+                let started = now;
+                let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
+                    let first = First {
                         request,
-                        &ctx.url,
-                        F::STREAM,
-                        guard_redirects,
+                        permit,
+                        target,
+                        load: flight,
+                        url: ctx.url.clone(),
+                        started,
+                        guard: guard_redirects,
                         limit,
                         phase,
-                        &allow,
-                        attempt_span,
-                    )
-                    .await;
-                drop(flight);
-                if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
-                    let end = Instant::now();
-                    sketch.record(end.saturating_duration_since(started), end);
-                }
-                (outcome, permit, false, target)
-            };
-            let now = Instant::now();
-            if let Some(adaptive) = inner.limits.adaptive()
-                && let Some(signal) =
-                    capacity_signal(&outcome, now.saturating_duration_since(started))
-                && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
-            {
-                // (A hedge's answer is not timed from its own start: no sample.)
-                adaptive.observe(signal, now);
-            }
-            match outcome {
-                Ok(got) => {
-                    if let Some(p) = permit {
-                        p.record(Verdict::Success, now);
-                    }
-                    if let Some(budget) = &inner.budget {
-                        budget.deposit(now);
-                    }
-                    ctx.succeeded(got.status(), attempts, now);
-                    let elapsed = ctx.deadline.elapsed_at(now);
-                    return F::finish(got, attempts, elapsed, ctx, slot.take());
-                }
-                Err(err) => {
-                    if let Some(p) = permit {
-                        p.record(verdict(&err), now);
-                    }
-                    if !raced {
-                        attempt_failed(attempts, &err);
-                        if let Some(pause) = route.pause_of(target) {
-                            self.pushback(pause, &err, &ctx.url, now);
-                        }
-                    }
-                    // A streamed body past its replay buffer cannot be sent again.
-                    let replayable = replay.replayable();
-                    if let (Some(auth), Some((_, generation))) = (auth, &credential)
-                        && replayable.is_ok()
-                        && err.status() == Some(StatusCode::UNAUTHORIZED)
-                        && !std::mem::replace(&mut reauthorized, true)
-                    {
-                        // The token was refused: drop it, and try once more
-                        // with a new one, at once.
-                        auth.reject(*generation);
-                        Stats::retry(&ctx.method, "401");
-                        last = Some(err);
-                        continue;
-                    }
-                    let (delay, withdrawal) = match self.retry_delay(
+                        span: attempt_span,
+                    };
+                    let race = Race {
+                        route: &route,
+                        ctx: &ctx,
+                        routed: routed.as_ref(),
+                        query: query.as_deref(),
+                        replay: &replay,
+                        auth,
+                        deadline: &deadline,
+                        allow: &allow,
                         policy,
-                        &err,
+                        guard_redirects: plan_guard,
+                        delay,
+                        max_hedges: h.hedges(),
+                        sketch: sketch.as_deref(),
                         attempts,
-                        idempotent,
-                        &mut schedule,
-                        &deadline,
-                        |now| route.open_for(now),
-                        route.elsewhere(target, now),
-                        now,
-                    ) {
-                        Ok(next) => next,
-                        Err(None) => return Err(ctx.fail(err, attempts)),
-                        Err(Some(by)) => {
-                            let err = err.with_cut(policy.max_attempts, by);
+                    };
+                    let Raced {
+                        outcome,
+                        url,
+                        target: decided_by,
+                        hedge,
+                        sent,
+                        attempts: made,
+                    } = Box::pin(self.race(first, race)).await;
+                    attempts = made;
+                    if let (Some(instance), Some(path)) = (decided_by, &routed)
+                        && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
+                    {
+                        // A hedge to another endpoint decided: the call's URL is its.
+                        if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
                             return Err(ctx.fail(err, attempts));
                         }
-                    };
-                    if let Err(why) = replayable {
-                        drop(withdrawal); // given back: no retry is made
-                        let by = match why {
-                            NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
-                            NoReplay::SourceFailed => CutBy::BodySource,
-                        };
-                        tracing::debug!(
-                            target: "resilient_http::retry",
-                            attempt = attempts,
-                            "not retrying: {by}"
-                        );
-                        return Err(ctx.fail(err.with_cut(policy.max_attempts, by), attempts));
+                        tried = Some(Arc::clone(instance));
+                    } else if ctx.url != url {
+                        ctx.url = url;
                     }
-                    Stats::retry(&ctx.method, &err.type_name());
-                    // Dropped with the call if it is cancelled during the sleep.
-                    pending = withdrawal;
-                    tokio::time::sleep(delay).await;
-                    last = Some(err);
+                    if sent > 0 && !span.is_disabled() {
+                        span.record("hedge.sent", sent);
+                        span.record("hedge.won", hedge);
+                    }
+                    if outcome.is_ok() && hedge > 0 {
+                        ctx.hedged = true;
+                        inner.stats.hedge_won(&ctx.method);
+                    }
+                    (outcome, None, true, decided_by)
+                } else {
+                    let outcome = self
+                        .flight(
+                            request,
+                            &ctx.url,
+                            F::STREAM,
+                            guard_redirects,
+                            limit,
+                            phase,
+                            &allow,
+                            attempt_span,
+                        )
+                        .await;
+                    drop(flight);
+                    if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
+                        let end = Instant::now();
+                        sketch.record(end.saturating_duration_since(started), end);
+                    }
+                    (outcome, permit, false, target)
+                };
+                let now = Instant::now();
+                if let Some(adaptive) = inner.limits.adaptive()
+                    && let Some(signal) =
+                        capacity_signal(&outcome, now.saturating_duration_since(started))
+                    && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
+                {
+                    // (A hedge's answer is not timed from its own start: no sample.)
+                    adaptive.observe(signal, now);
+                }
+                match outcome {
+                    Ok(got) => {
+                        if let Some(p) = permit {
+                            p.record(Verdict::Success, now);
+                        }
+                        if let Some(budget) = &inner.budget {
+                            budget.deposit(now);
+                        }
+                        ctx.succeeded(got.status(), attempts, now);
+                        let elapsed = ctx.deadline.elapsed_at(now);
+                        return F::finish(got, attempts, elapsed, ctx, slot.take());
+                    }
+                    Err(err) => {
+                        if let Some(p) = permit {
+                            p.record(verdict(&err), now);
+                        }
+                        if !raced {
+                            attempt_failed(attempts, &err);
+                            if let Some(pause) = route.pause_of(target) {
+                                self.pushback(pause, &err, &ctx.url, now);
+                            }
+                        }
+                        // A streamed body past its replay buffer cannot be sent again.
+                        let replayable = replay.replayable();
+                        if let (Some(auth), Some((_, generation))) = (auth, &credential)
+                            && replayable.is_ok()
+                            && err.status() == Some(StatusCode::UNAUTHORIZED)
+                            && !std::mem::replace(&mut reauthorized, true)
+                        {
+                            // The token was refused: drop it, and try once more
+                            // with a new one, at once.
+                            auth.reject(*generation);
+                            Stats::retry(&ctx.method, "401");
+                            last = Some(err);
+                            continue;
+                        }
+                        let (delay, withdrawal) = match self.retry_delay(
+                            policy,
+                            &err,
+                            attempts,
+                            idempotent,
+                            &mut schedule,
+                            &deadline,
+                            |now| route.open_for(now),
+                            route.elsewhere(target, now),
+                            now,
+                        ) {
+                            Ok(next) => next,
+                            Err(None) => return Err(ctx.fail(err, attempts)),
+                            Err(Some(by)) => {
+                                let err = err.with_cut(policy.max_attempts, by);
+                                return Err(ctx.fail(err, attempts));
+                            }
+                        };
+                        if let Err(why) = replayable {
+                            drop(withdrawal); // given back: no retry is made
+                            let by = match why {
+                                NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
+                                NoReplay::SourceFailed => CutBy::BodySource,
+                            };
+                            tracing::debug!(
+                                target: "resilient_http::retry",
+                                attempt = attempts,
+                                "not retrying: {by}"
+                            );
+                            return Err(ctx.fail(err.with_cut(policy.max_attempts, by), attempts));
+                        }
+                        Stats::retry(&ctx.method, &err.type_name());
+                        // Dropped with the call if it is cancelled during the sleep.
+                        pending = withdrawal;
+                        tokio::time::sleep(delay).await;
+                        last = Some(err);
+                    }
                 }
             }
         }
@@ -686,42 +705,24 @@ impl ApiClient {
         }
     }
 
-    /// Splits a call into what the pipeline keeps: the context (method, URL,
-    /// deadline, span), what a retry needs to rebuild the request, the request
-    /// itself, and whether it may be repeated and must not be redirected away.
-    fn prepare<'s>(&self, call: Call, span: &'s tracing::Span, stats: &'s Stats) -> Prepared<'s> {
-        let Call {
-            request,
-            body,
-            timeout,
-            plan,
-        } = call;
-        let ctx = CallContext {
-            method: request.method().clone(),
-            url: request.url().clone(),
-            deadline: Deadline::after(timeout.unwrap_or(self.inner.total_timeout)),
-            span,
-            active: stats.start(request.method()),
-            placeholder: plan.routed.is_some(),
-            read_timeout: self.inner.read_timeout,
-            hedged: false,
-        };
-        // The first attempt sends the request itself; a retry rebuilds it from
-        // the context, these headers and the shared body bytes. A 401 retries
-        // once even without a retry policy.
-        let policy = plan.retry.as_deref().unwrap_or(&self.inner.retry);
-        let may_repeat = policy.max_attempts > 1 || plan.use_token;
-        let replay = Replay {
+    /// What a retry needs to rebuild the request: the first attempt sends
+    /// the request itself, a retry rebuilds it from the call's method and
+    /// URL, these headers and the shared body bytes. A 401 retries once even
+    /// without a retry policy.
+    fn replay_of(
+        &self,
+        request: &reqwest::Request,
+        body: Option<Payload>,
+        retry: Option<&RetryPolicy>,
+        use_token: bool,
+    ) -> Replay {
+        let policy = retry.unwrap_or(&self.inner.retry);
+        let may_repeat = policy.max_attempts > 1 || use_token;
+        Replay {
             headers: (may_repeat && !request.headers().is_empty())
                 .then(|| request.headers().clone()),
             body,
             version: request.version(),
-        };
-        Prepared {
-            ctx,
-            replay,
-            request,
-            plan,
         }
     }
 
