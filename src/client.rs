@@ -280,15 +280,12 @@ impl ApiClient {
 
     /// Adds the default headers the request does not set itself. A request to
     /// another origin than the base URL's gets no credential-like ones.
-    /// `routed`: the request goes to one of the client's endpoints. Returns
+    /// `own`: the request goes to one of the client's endpoints, or is known
+    /// to be on the base URL's origin. Returns
     /// whether the request goes to another origin than the client's own.
-    pub(crate) fn apply_default_headers(
-        &self,
-        request: &mut reqwest::Request,
-        routed: bool,
-    ) -> bool {
+    pub(crate) fn apply_default_headers(&self, request: &mut reqwest::Request, own: bool) -> bool {
         let inner = &*self.inner;
-        let foreign = !routed
+        let foreign = !own
             && match (&inner.base, &inner.balancer) {
                 (Some(base), _) => !origin::same_origin(base, request.url()),
                 (None, Some(b)) => b.snapshot().find_origin(request.url()).is_none(),

@@ -63,6 +63,9 @@ pub struct RequestBuilder {
     /// Why the path breaks the rules that keep it under the base path, if it
     /// does; the request fails with it unless `allow_path_escape`.
     escape: Option<Error>,
+    /// The URL was joined onto the base URL under the path rules, so it is
+    /// on the base's origin (until a per-request escape is allowed).
+    on_base: bool,
     allow_path_escape: bool,
     body: Option<Payload>,
     /// The `Content-Type` the body setter implies, unless the request sets one.
@@ -106,6 +109,12 @@ impl RequestBuilder {
                 Err(err) => (Err(if allow_path_escape { err } else { strict }), None),
             },
         };
+        // Under the path rules, a path joined onto the base URL stays on its
+        // origin: the base's breaker and pause need no lookup then.
+        let on_base = escape.is_none()
+            && client.inner.base.is_some()
+            && matches!(&joined, Ok((_, None)))
+            && !crate::path::is_absolute(path);
         let (inner, routed) = match joined {
             Ok((url, routed)) => (Ok(client.http().request(method.clone(), url)), routed),
             Err(err) => (Err(err), None),
@@ -116,6 +125,7 @@ impl RequestBuilder {
             inner,
             routed,
             escape,
+            on_base,
             allow_path_escape,
             body: None,
             content_type: None,
@@ -509,6 +519,7 @@ impl RequestBuilder {
             inner,
             routed,
             escape,
+            on_base,
             allow_path_escape,
             body,
             content_type,
@@ -566,7 +577,7 @@ impl RequestBuilder {
         let own_auth = request
             .headers()
             .contains_key(reqwest::header::AUTHORIZATION);
-        let foreign = client.apply_default_headers(&mut request, routed.is_some());
+        let foreign = client.apply_default_headers(&mut request, routed.is_some() || on_base);
         // The token goes only to the client's own endpoints, and not over a
         // request's own Authorization header.
         let use_token = client.inner.auth.is_some() && !own_auth && !foreign;
@@ -586,6 +597,7 @@ impl RequestBuilder {
                         allow_escape: allow_path_escape,
                     }),
                     use_token,
+                    on_base,
                     retry,
                     hedging,
                     allow: allow.into_boxed_slice(),

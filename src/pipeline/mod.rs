@@ -188,6 +188,9 @@ pub(crate) struct Plan {
     pub(crate) routed: Option<Routed>,
     /// Send the client's token (see [`crate::auth`]) with each attempt.
     pub(crate) use_token: bool,
+    /// The URL is on the base URL's origin (joined onto it under the path
+    /// rules): the base's breaker and pause serve without a lookup.
+    pub(crate) on_base: bool,
     /// This call's retry policy, replacing the client's (boxed: most calls
     /// have none, and pay one pointer for it).
     pub(crate) retry: Option<Box<RetryPolicy>>,
@@ -361,6 +364,7 @@ impl ApiClient {
             guard_redirects: plan_guard,
             routed,
             use_token,
+            on_base,
             retry,
             allow,
             hedging,
@@ -413,23 +417,27 @@ impl ApiClient {
                 (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
                 _ => None,
             };
-            let registered = match (&inner.breakers, balancer, &pinned) {
-                (Some(b), None, None) => Some(b.for_url(&ctx.url)),
+            // (The base URL's own, on its origin, is found without a lookup.)
+            let fixed = balancer.is_none() && pinned.is_none();
+            let registered = match &inner.breakers {
+                Some(b) if fixed && !on_base => Some(b.for_url(&ctx.url)),
                 _ => None,
             };
             let breaker = pinned
                 .as_deref()
                 .and_then(Instance::breaker)
-                .or(registered.as_deref());
+                .or(registered.as_deref())
+                .or_else(|| {
+                    let base = inner.breakers.as_ref().and_then(|b| b.base());
+                    base.filter(|_| fixed && on_base)
+                });
             // The same for the server pushback pause, kept with breakers off too.
-            let paused_by = match (balancer, &pinned) {
-                (None, None) => Some(inner.pauses.for_url(&ctx.url)),
-                _ => None,
-            };
+            let paused_by = (fixed && !on_base).then(|| inner.pauses.for_url(&ctx.url));
             let pause = pinned
                 .as_deref()
                 .map(Instance::pause)
-                .or(paused_by.as_deref());
+                .or(paused_by.as_deref())
+                .or_else(|| inner.pauses.base().filter(|_| fixed && on_base));
             let mut schedule = None;
             let mut last: Option<Error> = None;
             // A retry taken from the budget, spent once the retry is admitted;
