@@ -177,6 +177,8 @@ pub(crate) struct CallContext<'a> {
 }
 
 /// How a call is carried out, besides its context and request.
+// Four independent facts about one call, not a state in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// The call may be sent more than once.
