@@ -20,9 +20,9 @@ use crate::limit::{Limits, RateLimit};
 use crate::origin;
 use crate::proxy::ProxySettings;
 use crate::redact;
-use crate::redirect;
 use crate::retry::RetryPolicy;
 use crate::tls::{Identity, TlsSettings, TlsVersion};
+use crate::transport::Transport;
 
 /// Default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -806,7 +806,7 @@ impl ApiClientBuilder {
             Some(name) => {
                 let mut urls: Vec<&mut url::Url> = base
                     .iter_mut()
-                    .chain(endpoints.iter_mut().map(|(url, _)| url))
+                    .chain(endpoints.iter_mut().map(|ep| &mut ep.url))
                     .collect();
                 Some((
                     name.clone(),
@@ -846,7 +846,11 @@ impl ApiClientBuilder {
             a.validate()?;
         }
 
-        let http = self.transport(server_address)?;
+        let transport = self.transport();
+        let pin = server_address
+            .as_ref()
+            .map(|(name, at)| (name.as_str(), *at));
+        let http = transport.client(pin)?;
         let balancer = has_endpoints.then(|| {
             Balancer::new(
                 endpoints,
@@ -854,6 +858,7 @@ impl ApiClientBuilder {
                 self.breaker.clone(),
                 self.resolver.clone(),
                 self.resolver_refresh,
+                transport,
             )
         });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
@@ -885,43 +890,19 @@ impl ApiClientBuilder {
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 
-    fn transport(
-        &self,
-        server_address: Option<(String, std::net::SocketAddr)>,
-    ) -> Result<reqwest::Client, Error> {
-        let user_agent = self.user_agent.clone().unwrap_or_else(|| {
-            HeaderValue::from_static(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
-        });
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .user_agent(user_agent)
-            // The original URL's query may hold credentials.
-            .referer(false)
-            .redirect(redirect::policy(self.max_redirects))
-            // Attempts are ours to count and decide; reqwest must not add its
-            // own. With no retry allowed it also keeps no copy of each request
-            // for one (its default policy clones every request's headers).
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .tcp_nodelay(true);
-        if let Some(n) = self.pool_max_idle_per_host {
-            b = b.pool_max_idle_per_host(n);
+    /// The settings of the client's transport (and of its endpoints' own).
+    fn transport(&self) -> Transport {
+        Transport {
+            connect_timeout: self.connect_timeout,
+            user_agent: self.user_agent.clone(),
+            max_redirects: self.max_redirects,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+            pool_idle_timeout: self.pool_idle_timeout,
+            tcp_keepalive: self.tcp_keepalive,
+            http2_prior_knowledge: self.http2_prior_knowledge,
+            resolve: self.resolve.clone(),
+            tls: self.tls.clone(),
+            proxy: self.proxy.clone(),
         }
-        b = b.pool_idle_timeout(self.pool_idle_timeout);
-        if let Some(t) = self.tcp_keepalive {
-            b = b.tcp_keepalive(t);
-        }
-        if self.http2_prior_knowledge {
-            b = b.http2_prior_knowledge();
-        }
-        for (host, addresses) in &self.resolve {
-            b = b.resolve_to_addrs(host, addresses);
-        }
-        if let Some((name, address)) = server_address {
-            b = b.resolve(&name, address);
-        }
-        b = self.tls.apply(b, self.http2_prior_knowledge)?;
-        b = self.proxy.apply(b)?;
-        b.build()
-            .map_err(|e| Error::config_from("could not build the HTTP transport", e))
     }
 }

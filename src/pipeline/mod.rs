@@ -603,6 +603,7 @@ impl ApiClient {
                     let outcome = self
                         .flight(
                             request,
+                            target.map(|t| &**t),
                             &ctx.url,
                             F::STREAM,
                             guard_redirects,
@@ -931,12 +932,13 @@ impl ApiClient {
     fn attempt<'a>(
         &'a self,
         request: reqwest::Request,
+        http: &'a reqwest::Client,
         sent_to: impl Borrow<Url> + Send + 'a,
         stream: bool,
         allow: &'a [StatusCode],
         idle: Option<Duration>,
     ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
-        let sent = within_read_timeout(idle, self.inner.http.execute(request));
+        let sent = within_read_timeout(idle, http.execute(request));
         async move {
             let mut resp = sent.await?.map_err(Error::transport)?;
             redact::mark_response_secrets(resp.headers_mut());
