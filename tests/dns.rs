@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::dns::{DnsServer, Srv};
 use hickory_proto::op::ResponseCode;
 use resilient_http::{
-    ApiClient, ApiClientBuilder, CircuitBreakerConfig, CircuitState, DnsResolver, ErrorKind,
-    LoadBalance,
+    ApiClient, ApiClientBuilder, ApiClientConfig, CircuitBreakerConfig, CircuitState, DnsResolver,
+    ErrorKind, LoadBalance,
 };
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -330,4 +330,67 @@ async fn a_name_without_addresses_fails_the_first_call_as_rejected() {
     assert_eq!(err.kind(), ErrorKind::Rejected);
     assert_eq!(err.attempts(), 0);
     assert!(client.endpoints().is_empty());
+}
+
+// ------------------------------------------------------------ configuration
+
+#[tokio::test]
+async fn a_dns_section_in_the_config_drives_a_dns_resolver() {
+    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
+    let dns = DnsServer::start(60).await;
+    dns.set_a(NAME, &[ip(2), ip(3)]);
+    let config: ApiClientConfig = toml::from_str(&format!(
+        r#"
+        load_balance = "round_robin"
+        [dns]
+        name = "{NAME}"
+        port = {port}
+        nameserver = "{}"
+        base_path = "/api/"
+        "#,
+        dns.addr
+    ))
+    .unwrap();
+    let client = ApiClient::from_config(&config).unwrap();
+
+    call_many(&client, 4).await;
+
+    assert_eq!(counts(&servers).await, [2, 2]);
+    for server in &servers {
+        for request in server.received_requests().await.unwrap() {
+            assert_eq!(request.url.path(), "/api/orders");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_srv_dns_section_in_the_config_drives_a_dns_resolver() {
+    let server = server_at(at(2, 0), 200).await;
+    let port = server.address().port();
+    let dns = DnsServer::start(60).await;
+    dns.set_a("a.orders.test", &[ip(2)]);
+    dns.set_srv(
+        "_http._tcp.orders.test",
+        &[Srv {
+            priority: 0,
+            weight: 7,
+            port,
+            target: "a.orders.test",
+        }],
+    );
+    let config: ApiClientConfig = toml::from_str(&format!(
+        "[dns]\nsrv = \"_http._tcp.orders.test\"\nnameserver = \"{}\"\n",
+        dns.addr
+    ))
+    .unwrap();
+    let client = ApiClient::from_config(&config).unwrap();
+
+    client.get("orders").send().await.unwrap();
+
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    let endpoints = client.endpoints();
+    assert_eq!(
+        (endpoints[0].url.as_str(), endpoints[0].weight),
+        (format!("http://{NAME}:{port}/").as_str(), 7)
+    );
 }

@@ -355,6 +355,36 @@ async fn the_server_name_override_fixes_a_name_mismatch_and_is_sent_as_sni() {
     );
 }
 
+#[cfg(feature = "dns")]
+#[tokio::test]
+async fn dns_endpoints_keep_the_service_name_for_sni_and_the_certificate() {
+    let ca = Ca::new("orders CA");
+    let server = TlsServer::start(&ca.server(&["orders.test"]), ServerOptions::default()).await;
+    let port = server.addr.port();
+    let dns = common::dns::DnsServer::start(60).await;
+    dns.set_a("orders.test", &[std::net::Ipv4Addr::LOCALHOST]);
+    let config: ApiClientConfig = toml::from_str(&format!(
+        "[dns]\nname = \"orders.test\"\nport = {port}\nnameserver = \"{}\"\nhttps = true\n",
+        dns.addr
+    ))
+    .unwrap();
+    let client = resilient_http::ApiClientBuilder::from_config(&config)
+        .tls_root_certificate_pem(ca.pem())
+        .no_proxy()
+        .build()
+        .unwrap();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "orders.test", "the SNI sent");
+    let endpoints = client.endpoints();
+    assert_eq!(
+        endpoints[0].url.as_str(),
+        format!("https://orders.test:{port}/")
+    );
+    assert_eq!(endpoints[0].address, Some(server.addr));
+}
+
 #[tokio::test]
 async fn a_server_name_override_that_cannot_be_honoured_is_refused_at_build() {
     let named = ApiClient::builder()
