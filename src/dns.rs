@@ -19,8 +19,9 @@ use crate::discovery::{ResolveError, ResolveFuture, Resolver};
 /// Finds the instances of a service in DNS: one [`Endpoint`] per address
 /// (a headless service, a round-robin name), re-read every
 /// [`resolver_refresh`](crate::ApiClientBuilder::resolver_refresh), or when
-/// the records' TTL runs out if that is sooner (at most once a second).
-/// Needs the cargo feature `dns`.
+/// the records' TTL runs out if that is sooner (at most once a second; see
+/// [`Resolver::valid_for`]). Each resolution asks the DNS server: no answer
+/// is cached between two. Needs the cargo feature `dns`.
 ///
 /// - [`new(name, port)`](Self::new) reads the A and AAAA records of `name`:
 ///   every address is an endpoint on `port`, weight 1.
@@ -222,6 +223,9 @@ impl DnsResolver {
 
     async fn lookup(&self) -> Result<Vec<Endpoint>, ResolveError> {
         let resolver = self.resolver()?;
+        // Every resolution asks the server: the TTL decides when the next
+        // one comes, not whether it is answered from a cache.
+        resolver.clear_cache();
         let (endpoints, valid_until) = match &self.records {
             Records::Address { name, port } => {
                 let ips = resolver.lookup_ip(name.as_str()).await?;

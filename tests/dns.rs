@@ -134,23 +134,23 @@ async fn calls_spread_over_every_address_while_the_host_stays_the_name() {
 #[tokio::test]
 async fn records_changing_between_refreshes_change_the_endpoints() {
     let (port, servers) = servers_on_one_port(&[ip(2), ip(3), ip(4)]).await;
-    // TTL 0: every lookup reaches the server.
-    let dns = DnsServer::start(0).await;
+    // With an hour's TTL and refresh, only `refresh_endpoints` asks again.
+    let dns = DnsServer::start(3600).await;
     dns.set_a(NAME, &[ip(2), ip(3)]);
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(1))
         .resolver_refresh(Duration::from_secs(3600))
         .build()
         .unwrap();
-    assert_eq!(client.refresh_endpoints().await.unwrap(), 2);
-    assert_eq!(addresses(&client), [at(2, port), at(3, port)]);
-    // .3 fails once: its breaker opens.
+    // .3 fails once (the first call waits for the first lookup; round
+    // robin sends the second to .3): its breaker opens.
     servers[1].reset().await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(503))
         .mount(&servers[1])
         .await;
     call_many_allowing_failures(&client, 2).await;
+    assert_eq!(addresses(&client), [at(2, port), at(3, port)]);
     let state_of = |client: &ApiClient, address: SocketAddr| {
         client
             .endpoints()
@@ -192,7 +192,7 @@ async fn call_many_allowing_failures(client: &ApiClient, n: usize) {
 #[tokio::test]
 async fn a_failing_or_empty_dns_answer_keeps_the_last_good_list() {
     let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
-    let dns = DnsServer::start(0).await;
+    let dns = DnsServer::start(3600).await;
     dns.set_a(NAME, &[ip(2), ip(3)]);
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .resolver_refresh(Duration::from_secs(3600))
@@ -255,6 +255,28 @@ async fn a_ttl_shorter_than_the_refresh_interval_brings_the_next_lookup_forward(
     assert_eq!(counts(&servers).await, [1, 2]);
 }
 
+#[tokio::test]
+async fn an_absolute_url_on_the_service_goes_through_one_of_its_endpoints() {
+    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
+    let dns = DnsServer::start(60).await;
+    dns.set_a(NAME, &[ip(2), ip(3)]);
+    let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
+        .build()
+        .unwrap();
+    client.refresh_endpoints().await.unwrap();
+
+    // `orders.test` is in no DNS the system knows: the call can only reach
+    // an address the resolver found.
+    let resp = client
+        .get(format!("http://{NAME}:{port}/next?page=2"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), 200);
+    assert_eq!(counts(&servers).await.iter().sum::<usize>(), 1);
+}
+
 // ------------------------------------------------------------ SRV records
 
 #[tokio::test]
@@ -291,7 +313,10 @@ async fn srv_records_give_each_endpoint_its_port_and_weight() {
         .build()
         .unwrap();
 
-    assert_eq!(client.refresh_endpoints().await.unwrap(), 2);
+    // The first call waits for the first lookup; the next comes after
+    // `resolver_refresh` (10 s), so one list serves every call.
+    call_many(&client, 40).await;
+
     let mut seen: Vec<(String, u32, SocketAddr)> = client
         .endpoints()
         .iter()
@@ -305,7 +330,6 @@ async fn srv_records_give_each_endpoint_its_port_and_weight() {
             (format!("http://{NAME}:{pb}/"), 1, at(3, pb)),
         ]
     );
-    call_many(&client, 40).await;
     let servers = [a, b, backup];
     assert_eq!(counts(&servers).await, [30, 10, 0]);
     let request = &servers[0].received_requests().await.unwrap()[0];
