@@ -681,13 +681,15 @@ impl ApiClientBuilder {
     ///
     /// How: the host of `base_url` and of the endpoints is replaced by `name`
     /// (so [`ApiClient::base_url`], errors and spans show `name` with the
-    /// URL's port), and the transport resolves `name` to that address. The
-    /// endpoints must share one address (their ports may differ); several
-    /// addresses, a [`resolver`](Self::resolver), a host that is not an IP
-    /// address or a `name` that is not a DNS name are `Config` errors from
-    /// `build()`. A request to an absolute URL is sent as written. Through a
-    /// [`proxy`](Self::proxy), the proxy is asked for `name` and resolves it
-    /// itself.
+    /// URL's port), and the transport resolves `name` to that address. Each
+    /// endpoint keeps its own address (they may differ: each reaches its own,
+    /// as with [`Endpoint::address`]); so do the endpoints a
+    /// [`resolver`](Self::resolver) returns by IP address (those it returns
+    /// by name keep their name). A `base_url` or endpoint whose host is not
+    /// an IP address, or a `name` that is not a DNS name, are `Config` errors
+    /// from `build()`. A request to an absolute URL is sent as written.
+    /// Through a [`proxy`](Self::proxy), the proxy is asked for `name` and
+    /// resolves it itself.
     ///
     /// # Examples
     ///
@@ -797,23 +799,26 @@ impl ApiClientBuilder {
             .iter()
             .map(parse_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
-        let server_address = match &self.tls.server_name {
-            Some(_) if self.resolver.is_some() => {
-                return Err(Error::config(
-                    "tls_server_name with a resolver is not supported yet",
-                ));
+        let server_address = match (&self.tls.server_name, base.as_mut()) {
+            (Some(name), Some(base)) => {
+                Some((name.clone(), crate::tls::server_name_override(name, base)?))
             }
-            Some(name) => {
-                let mut urls: Vec<&mut url::Url> = base
-                    .iter_mut()
-                    .chain(endpoints.iter_mut().map(|ep| &mut ep.url))
-                    .collect();
-                Some((
-                    name.clone(),
-                    crate::tls::server_name_override(name, &mut urls)?,
-                ))
+            (Some(name), None) => {
+                if !has_endpoints {
+                    return Err(Error::config(
+                        "tls_server_name needs a base_url or endpoints whose host is an IP address",
+                    ));
+                }
+                for ep in &mut endpoints {
+                    if !crate::tls::server_name_for_endpoint(name, ep)? {
+                        return Err(Error::config(
+                            "tls_server_name needs the host of base_url and endpoints to be an IP address",
+                        ));
+                    }
+                }
+                None
             }
-            None => None,
+            (None, _) => None,
         };
         for (name, value) in [
             ("resolver_refresh", self.resolver_refresh),
@@ -859,6 +864,7 @@ impl ApiClientBuilder {
                 self.resolver.clone(),
                 self.resolver_refresh,
                 transport,
+                self.tls.server_name.clone(),
             )
         });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));

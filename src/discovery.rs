@@ -176,6 +176,9 @@ struct Shared {
     refresh: Duration,
     /// What the endpoints' own transports are built with.
     transport: Transport,
+    /// `tls_server_name`: resolved endpoints called by IP address are
+    /// called by this name instead, each reaching its address.
+    server_name: Option<String>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -209,6 +212,7 @@ impl Balancer {
         resolver: Option<Arc<dyn Resolver>>,
         refresh: Duration,
         transport: Transport,
+        server_name: Option<String>,
     ) -> Self {
         // A constant, valid URL: parsing it cannot fail.
         #[allow(clippy::expect_used)]
@@ -231,6 +235,7 @@ impl Balancer {
                 resolver,
                 refresh,
                 transport,
+                server_name,
                 task: Mutex::new(None),
             }),
         }
@@ -341,7 +346,13 @@ impl Shared {
     fn apply(&self, list: &[Endpoint]) -> Result<usize, Error> {
         let mut valid = Vec::with_capacity(list.len());
         for ep in list {
-            match parse_endpoint(ep) {
+            let named = |mut parsed: Parsed| match &self.server_name {
+                Some(name) => {
+                    crate::tls::server_name_for_endpoint(name, &mut parsed).map(|_| parsed)
+                }
+                None => Ok(parsed),
+            };
+            match parse_endpoint(ep).and_then(named) {
                 Ok(v) => valid.push(v),
                 Err(err) => tracing::warn!(
                     target: "resilient_http::discovery",
