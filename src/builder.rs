@@ -269,7 +269,9 @@ impl ApiClientBuilder {
     }
 
     /// Time between two resolutions of the endpoint list (default 10 s). A
-    /// failed resolution is retried sooner (from 250 ms, doubling).
+    /// failed resolution is retried sooner (from 250 ms, doubling), and an
+    /// answer that expires sooner brings the next one forward (see
+    /// [`Resolver::valid_for`]).
     pub fn resolver_refresh(mut self, every: Duration) -> Self {
         self.resolver_refresh = every;
         self

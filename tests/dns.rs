@@ -67,6 +67,17 @@ async fn servers_on_one_port(addresses: &[Ipv4Addr]) -> (u16, Vec<MockServer>) {
     panic!("no port free on every address");
 }
 
+/// A headless service: HTTP servers on one port at 127.0.0.x for each x of
+/// `lasts`, and a DNS server (records living `ttl` seconds) giving [`NAME`]
+/// all their addresses.
+async fn headless(lasts: &[u8], ttl: u32) -> (u16, Vec<MockServer>, DnsServer) {
+    let addresses: Vec<Ipv4Addr> = lasts.iter().map(|&x| ip(x)).collect();
+    let (port, servers) = servers_on_one_port(&addresses).await;
+    let dns = DnsServer::start(ttl).await;
+    dns.set_a(NAME, &addresses);
+    (port, servers, dns)
+}
+
 fn builder(resolver: DnsResolver) -> ApiClientBuilder {
     ApiClient::builder()
         .resolver(resolver)
@@ -108,9 +119,7 @@ async fn call_many(client: &ApiClient, n: usize) {
 
 #[tokio::test]
 async fn calls_spread_over_every_address_while_the_host_stays_the_name() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3), ip(4)]).await;
-    let dns = DnsServer::start(60).await;
-    dns.set_a(NAME, &[ip(2), ip(3), ip(4)]);
+    let (port, servers, dns) = headless(&[2, 3, 4], 60).await;
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .build()
         .unwrap();
@@ -133,9 +142,8 @@ async fn calls_spread_over_every_address_while_the_host_stays_the_name() {
 
 #[tokio::test]
 async fn records_changing_between_refreshes_change_the_endpoints() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3), ip(4)]).await;
     // With an hour's TTL and refresh, only `refresh_endpoints` asks again.
-    let dns = DnsServer::start(3600).await;
+    let (port, servers, dns) = headless(&[2, 3, 4], 3600).await;
     dns.set_a(NAME, &[ip(2), ip(3)]);
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(1))
@@ -191,9 +199,7 @@ async fn call_many_allowing_failures(client: &ApiClient, n: usize) {
 
 #[tokio::test]
 async fn a_failing_or_empty_dns_answer_keeps_the_last_good_list() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
-    let dns = DnsServer::start(3600).await;
-    dns.set_a(NAME, &[ip(2), ip(3)]);
+    let (port, servers, dns) = headless(&[2, 3], 3600).await;
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .resolver_refresh(Duration::from_secs(3600))
         .build()
@@ -224,8 +230,7 @@ async fn a_failing_or_empty_dns_answer_keeps_the_last_good_list() {
 
 #[tokio::test]
 async fn a_ttl_shorter_than_the_refresh_interval_brings_the_next_lookup_forward() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
-    let dns = DnsServer::start(1).await;
+    let (port, servers, dns) = headless(&[2, 3], 1).await;
     dns.set_a(NAME, &[ip(2)]);
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .resolver_refresh(Duration::from_secs(3600))
@@ -257,9 +262,7 @@ async fn a_ttl_shorter_than_the_refresh_interval_brings_the_next_lookup_forward(
 
 #[tokio::test]
 async fn an_absolute_url_on_the_service_goes_through_one_of_its_endpoints() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
-    let dns = DnsServer::start(60).await;
-    dns.set_a(NAME, &[ip(2), ip(3)]);
+    let (port, servers, dns) = headless(&[2, 3], 60).await;
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
         .build()
         .unwrap();
@@ -360,9 +363,7 @@ async fn a_name_without_addresses_fails_the_first_call_as_rejected() {
 
 #[tokio::test]
 async fn a_dns_section_in_the_config_drives_a_dns_resolver() {
-    let (port, servers) = servers_on_one_port(&[ip(2), ip(3)]).await;
-    let dns = DnsServer::start(60).await;
-    dns.set_a(NAME, &[ip(2), ip(3)]);
+    let (port, servers, dns) = headless(&[2, 3], 60).await;
     let config: ApiClientConfig = toml::from_str(&format!(
         r#"
         load_balance = "round_robin"

@@ -70,8 +70,10 @@ impl DnsServer {
                 };
                 let zone = shared.lock().unwrap().clone();
                 let reply = answer(&query, &zone).to_vec().unwrap();
-                let _ = socket.send_to(&reply, from).await;
+                // Counted before it is sent: once a lookup returns, its
+                // questions are counted.
                 tx.send_modify(|n| *n += 1);
+                let _ = socket.send_to(&reply, from).await;
             }
         });
         Self {
