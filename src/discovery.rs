@@ -179,6 +179,8 @@ struct Shared {
     /// `tls_server_name`: resolved endpoints called by IP address are
     /// called by this name instead, each reaching its address.
     server_name: Option<String>,
+    /// Held while a new set is built and applied.
+    applying: Mutex<()>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -236,6 +238,7 @@ impl Balancer {
                 refresh,
                 transport,
                 server_name,
+                applying: Mutex::new(()),
                 task: Mutex::new(None),
             }),
         }
@@ -367,13 +370,14 @@ impl Shared {
                 "the resolver returned no usable endpoint".to_owned(),
             ));
         }
-        let mut changed = (0, 0, 0);
-        self.set.send_modify(|set| {
-            let next = EndpointSet::build(valid, set, self.breaker.as_ref(), &self.transport);
-            changed = (set.len(), next.len(), next.kept_from(set));
-            *set = Arc::new(next);
-        });
-        let (before, after, kept) = changed;
+        // One set is built at a time, from the one it replaces; calls keep
+        // reading the current set meanwhile (building an endpoint's own
+        // transport takes a while).
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = Arc::clone(&self.set.borrow());
+        let next = EndpointSet::build(valid, &previous, self.breaker.as_ref(), &self.transport);
+        let (before, after, kept) = (previous.len(), next.len(), next.kept_from(&previous));
+        self.set.send_replace(Arc::new(next));
         if kept != before || kept != after {
             tracing::info!(
                 target: "resilient_http::discovery",
