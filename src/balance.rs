@@ -98,9 +98,10 @@ impl Endpoint {
 
     /// Reach this endpoint's host at `address` instead of asking DNS for it,
     /// while the URL keeps the name: the `Host` header, TLS SNI and the
-    /// certificate check use the URL's host. The port of the URL wins over
-    /// the address's (port 0 keeps the URL's). A URL whose host is an IP
-    /// address is reached at that IP address.
+    /// certificate check use the URL's host. The connection goes to the
+    /// URL's port when the URL names one, else to the address's (port 0:
+    /// the scheme's default). A URL whose host is an IP address is reached
+    /// at that IP address.
     ///
     /// Several endpoints may share one URL and differ by their address (the
     /// instances behind one name, as [`DnsResolver`](crate::DnsResolver)
