@@ -16,6 +16,7 @@
 //! - among the rest, the [`LoadBalance`] strategy chooses.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::hedge::LatencySketch;
 use crate::origin::{self, Origin};
 use crate::pushback::Pause;
 use crate::redact;
+use crate::transport::Transport;
 
 /// How a client spreads attempts over its endpoints.
 ///
@@ -69,7 +71,8 @@ pub enum LoadBalance {
 }
 
 /// One instance of the service: a base URL that request paths are joined onto,
-/// and a weight (default 1).
+/// a weight (default 1), and optionally the [`address`](Self::address) its
+/// host is reached at.
 ///
 /// Converts from `&str`, `String` and [`Url`], so
 /// [`endpoints`](crate::ApiClientBuilder::endpoints) takes plain URLs too.
@@ -80,6 +83,7 @@ pub enum LoadBalance {
 pub struct Endpoint {
     url: String,
     weight: u32,
+    address: Option<SocketAddr>,
 }
 
 impl Endpoint {
@@ -88,7 +92,42 @@ impl Endpoint {
         Self {
             url: url.into(),
             weight: 1,
+            address: None,
         }
+    }
+
+    /// Reach this endpoint's host at `address` instead of asking DNS for it,
+    /// while the URL keeps the name: the `Host` header, TLS SNI and the
+    /// certificate check use the URL's host. The connection goes to the
+    /// URL's port when the URL names one, else to the address's (port 0:
+    /// the scheme's default). A URL whose host is an IP address is reached
+    /// at that IP address.
+    ///
+    /// Several endpoints may share one URL and differ by their address (the
+    /// instances behind one name, as [`DnsResolver`](crate::DnsResolver)
+    /// finds them): each is an endpoint of its own, with its own breaker,
+    /// load and connection pool. Default: none, the host is resolved as
+    /// usual and the endpoint shares the client's connection pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiClient, Endpoint};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .endpoints([
+    ///         Endpoint::new("https://orders.internal:8443/").address("10.0.0.1:8443".parse()?),
+    ///         Endpoint::new("https://orders.internal:8443/").address("10.0.0.2:8443".parse()?),
+    ///     ])
+    ///     .build()?;
+    /// let addresses: Vec<_> = client.endpoints().iter().map(|e| e.address).collect();
+    /// assert_eq!(addresses, [Some("10.0.0.1:8443".parse()?), Some("10.0.0.2:8443".parse()?)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn address(mut self, address: SocketAddr) -> Self {
+        self.address = Some(address);
+        self
     }
 
     /// Its share of the traffic relative to the others (at least 1; a weight
@@ -111,6 +150,12 @@ impl Endpoint {
     pub fn get_weight(&self) -> u32 {
         self.weight
     }
+
+    /// The address as given, if any.
+    #[must_use]
+    pub fn get_address(&self) -> Option<SocketAddr> {
+        self.address
+    }
 }
 
 impl fmt::Debug for Endpoint {
@@ -118,6 +163,7 @@ impl fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("url", &redact::raw_url(&self.url))
             .field("weight", &self.weight)
+            .field("address", &self.address)
             .finish()
     }
 }
@@ -155,6 +201,9 @@ pub struct EndpointStatus {
     pub url: Url,
     /// Its weight.
     pub weight: u32,
+    /// The address its host is reached at, when the endpoint names one
+    /// (see [`Endpoint::address`]).
+    pub address: Option<SocketAddr>,
     /// The state of its circuit breaker (`Closed` when breakers are off).
     pub state: CircuitState,
     /// Attempts in flight to it now (for a streamed response, until the
@@ -169,6 +218,11 @@ pub struct EndpointStatus {
 pub(crate) struct Instance {
     pub(crate) base: Url,
     weight: u32,
+    /// Where the host of `base` is reached, when the endpoint says.
+    address: Option<SocketAddr>,
+    /// The endpoint's own transport, reaching `address` (none without an
+    /// address: the client's shared one serves).
+    http: Option<reqwest::Client>,
     in_flight: AtomicUsize,
     breaker: Option<Breaker>,
     /// The server's pushback pause (kept with breakers off too).
@@ -182,22 +236,52 @@ impl fmt::Debug for Instance {
         f.debug_struct("Instance")
             .field("base", &redact::url(&self.base))
             .field("weight", &self.weight)
+            .field("address", &self.address)
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Instance {
-    fn new(base: Url, weight: u32, breaker: Option<&CircuitBreakerConfig>) -> Self {
-        let breaker = breaker.map(|cfg| Breaker::new(Origin::of(&base).to_string(), cfg.clone()));
-        Self {
+    /// A fresh instance of `ep`; for an endpoint with an address, with its
+    /// own transport.
+    fn new(
+        ep: Parsed,
+        breaker: Option<&CircuitBreakerConfig>,
+        transport: &Transport,
+    ) -> Result<Self, Error> {
+        let Parsed {
+            url: base,
+            weight,
+            address,
+        } = ep;
+        let http = match (address, base.host_str()) {
+            (Some(at), Some(host)) => Some(transport.client(Some((host, at)))?),
+            _ => None,
+        };
+        let breaker = breaker.map(|cfg| {
+            let origin = Origin::of(&base);
+            let name = match address {
+                Some(at) => format!("{origin} at {at}"),
+                None => origin.to_string(),
+            };
+            Breaker::new(name, cfg.clone())
+        });
+        Ok(Self {
             base,
             weight,
+            address,
+            http,
             in_flight: AtomicUsize::new(0),
             breaker,
             pause: Pause::new(),
             latency: Arc::default(),
-        }
+        })
+    }
+
+    /// The endpoint's own transport, if it has one.
+    pub(crate) fn http(&self) -> Option<&reqwest::Client> {
+        self.http.as_ref()
     }
 
     pub(crate) fn breaker(&self) -> Option<&Breaker> {
@@ -248,6 +332,7 @@ impl Instance {
         EndpointStatus {
             url: redact::url(&self.base).into_owned(),
             weight: self.weight,
+            address: self.address,
             state: self
                 .breaker
                 .as_ref()
@@ -280,13 +365,33 @@ pub(crate) struct EndpointSet {
     pub(crate) pending: bool,
 }
 
+/// An endpoint as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    pub(crate) url: Url,
+    pub(crate) weight: u32,
+    pub(crate) address: Option<SocketAddr>,
+}
+
+impl Parsed {
+    /// Whether `instance` is this endpoint: same URL and address (endpoints
+    /// found by DNS share their URL).
+    fn is(&self, instance: &Instance) -> bool {
+        instance.base == self.url && instance.address == self.address
+    }
+}
+
 /// Validates one endpoint's URL and weight.
-pub(crate) fn parse_endpoint(ep: &Endpoint) -> Result<(Url, u32), Error> {
+pub(crate) fn parse_endpoint(ep: &Endpoint) -> Result<Parsed, Error> {
     let url = origin::parse_base(&ep.url, "endpoint")?;
     if ep.weight == 0 {
         return Err(Error::config("endpoint weight must be at least 1").with_url(&url));
     }
-    Ok((url, ep.weight))
+    Ok(Parsed {
+        url,
+        weight: ep.weight,
+        address: ep.address,
+    })
 }
 
 impl EndpointSet {
@@ -301,26 +406,38 @@ impl EndpointSet {
     }
 
     /// A set of the endpoints `list` (validated, duplicates merged), keeping
-    /// the state of those already in `previous`.
+    /// the state (and transport) of those already in `previous`. An endpoint
+    /// whose transport cannot be built is left out, with a WARN.
     pub(crate) fn build(
-        list: Vec<(Url, u32)>,
+        list: Vec<Parsed>,
         previous: &Self,
         breaker: Option<&CircuitBreakerConfig>,
+        transport: &Transport,
     ) -> Self {
         let mut instances: Vec<Arc<Instance>> = Vec::with_capacity(list.len());
-        for (url, weight) in list {
-            if instances.iter().any(|i| i.base == url) {
+        for ep in list {
+            if instances.iter().any(|i| ep.is(i)) {
                 continue;
             }
             let kept = previous
                 .instances
                 .iter()
-                .find(|i| i.base == url && i.weight == weight);
+                .find(|i| ep.is(i) && i.weight == ep.weight);
             // An endpoint whose weight changed starts afresh (weights rarely change).
-            instances.push(match kept {
-                Some(i) => Arc::clone(i),
-                None => Arc::new(Instance::new(url, weight, breaker)),
-            });
+            if let Some(i) = kept {
+                instances.push(Arc::clone(i));
+                continue;
+            }
+            let url = redact::url(&ep.url).into_owned();
+            match Instance::new(ep, breaker, transport) {
+                Ok(i) => instances.push(Arc::new(i)),
+                Err(err) => tracing::warn!(
+                    target: "resilient_http::discovery",
+                    endpoint = %url,
+                    error = %err,
+                    "skipping an endpoint whose transport cannot be built"
+                ),
+            }
         }
         let n = instances.len();
         Self {
@@ -556,9 +673,22 @@ mod tests {
         let list = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| (Url::parse(&format!("http://h{i}.test/")).unwrap(), w))
+            .map(|(i, &w)| parsed(&format!("http://h{i}.test/"), w, None))
             .collect();
-        EndpointSet::build(list, &EndpointSet::empty(false, None), None)
+        EndpointSet::build(
+            list,
+            &EndpointSet::empty(false, None),
+            None,
+            &Transport::default(),
+        )
+    }
+
+    fn parsed(url: &str, weight: u32, address: Option<&str>) -> Parsed {
+        Parsed {
+            url: Url::parse(url).unwrap(),
+            weight,
+            address: address.map(|a| a.parse().unwrap()),
+        }
     }
 
     fn picks(s: &EndpointSet, strategy: LoadBalance, n: usize) -> Vec<usize> {
@@ -679,12 +809,49 @@ mod tests {
         let s = set(&[1, 1]);
         let kept = Arc::clone(&s.instances[1]);
         let list = vec![
-            (kept.base.clone(), 1),
-            (Url::parse("http://new.test/").unwrap(), 1),
-            (kept.base.clone(), 1),
+            parsed(kept.base.as_str(), 1, None),
+            parsed("http://new.test/", 1, None),
+            parsed(kept.base.as_str(), 1, None),
         ];
-        let next = EndpointSet::build(list, &s, None);
+        let next = EndpointSet::build(list, &s, None, &Transport::default());
         assert_eq!(next.len(), 2, "duplicates are merged");
         assert!(Arc::ptr_eq(&next.instances[0], &kept));
+    }
+
+    #[test]
+    fn endpoints_sharing_a_url_are_told_apart_by_their_address() {
+        let url = "http://orders.test:8080/";
+        let at = |a: &str| parsed(url, 1, Some(a));
+        let empty = EndpointSet::empty(false, None);
+        let transport = Transport::default();
+        let s = EndpointSet::build(
+            vec![
+                at("10.0.0.1:8080"),
+                at("10.0.0.2:8080"),
+                parsed(url, 1, None),
+            ],
+            &empty,
+            None,
+            &transport,
+        );
+        assert_eq!(s.len(), 3);
+        assert!(s.instances[0].http().is_some() && s.instances[2].http().is_none());
+        let next = EndpointSet::build(
+            vec![at("10.0.0.2:8080"), at("10.0.0.3:8080")],
+            &s,
+            None,
+            &transport,
+        );
+        assert_eq!(next.kept_from(&s), 1);
+        assert!(Arc::ptr_eq(&next.instances[0], &s.instances[1]));
+        let addresses: Vec<_> = next
+            .statuses(Instant::now())
+            .into_iter()
+            .map(|st| st.address.map(|a| a.to_string()))
+            .collect();
+        assert_eq!(
+            addresses,
+            [Some("10.0.0.2:8080".into()), Some("10.0.0.3:8080".into())]
+        );
     }
 }

@@ -20,9 +20,9 @@ use crate::limit::{Limits, RateLimit};
 use crate::origin;
 use crate::proxy::ProxySettings;
 use crate::redact;
-use crate::redirect;
 use crate::retry::RetryPolicy;
 use crate::tls::{Identity, TlsSettings, TlsVersion};
+use crate::transport::Transport;
 
 /// Default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -269,7 +269,9 @@ impl ApiClientBuilder {
     }
 
     /// Time between two resolutions of the endpoint list (default 10 s). A
-    /// failed resolution is retried sooner (from 250 ms, doubling).
+    /// failed resolution is retried sooner (from 250 ms, doubling), and an
+    /// answer that expires sooner brings the next one forward (see
+    /// [`Resolver::valid_for`]).
     pub fn resolver_refresh(mut self, every: Duration) -> Self {
         self.resolver_refresh = every;
         self
@@ -681,13 +683,15 @@ impl ApiClientBuilder {
     ///
     /// How: the host of `base_url` and of the endpoints is replaced by `name`
     /// (so [`ApiClient::base_url`], errors and spans show `name` with the
-    /// URL's port), and the transport resolves `name` to that address. The
-    /// endpoints must share one address (their ports may differ); several
-    /// addresses, a [`resolver`](Self::resolver), a host that is not an IP
-    /// address or a `name` that is not a DNS name are `Config` errors from
-    /// `build()`. A request to an absolute URL is sent as written. Through a
-    /// [`proxy`](Self::proxy), the proxy is asked for `name` and resolves it
-    /// itself.
+    /// URL's port), and the transport resolves `name` to that address. Each
+    /// endpoint keeps its own address (they may differ: each reaches its own,
+    /// as with [`Endpoint::address`]); so do the endpoints a
+    /// [`resolver`](Self::resolver) returns by IP address (those it returns
+    /// by name keep their name). A `base_url` or endpoint whose host is not
+    /// an IP address, or a `name` that is not a DNS name, are `Config` errors
+    /// from `build()`. A request to an absolute URL is sent as written.
+    /// Through a [`proxy`](Self::proxy), the proxy is asked for `name` and
+    /// resolves it itself.
     ///
     /// # Examples
     ///
@@ -797,23 +801,26 @@ impl ApiClientBuilder {
             .iter()
             .map(parse_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
-        let server_address = match &self.tls.server_name {
-            Some(_) if self.resolver.is_some() => {
-                return Err(Error::config(
-                    "tls_server_name with a resolver is not supported yet",
-                ));
+        let server_address = match (&self.tls.server_name, base.as_mut()) {
+            (Some(name), Some(base)) => {
+                Some((name.clone(), crate::tls::server_name_override(name, base)?))
             }
-            Some(name) => {
-                let mut urls: Vec<&mut url::Url> = base
-                    .iter_mut()
-                    .chain(endpoints.iter_mut().map(|(url, _)| url))
-                    .collect();
-                Some((
-                    name.clone(),
-                    crate::tls::server_name_override(name, &mut urls)?,
-                ))
+            (Some(name), None) => {
+                if !has_endpoints {
+                    return Err(Error::config(
+                        "tls_server_name needs a base_url or endpoints whose host is an IP address",
+                    ));
+                }
+                for ep in &mut endpoints {
+                    if !crate::tls::server_name_for_endpoint(name, ep)? {
+                        return Err(Error::config(
+                            "tls_server_name needs the host of base_url and endpoints to be an IP address",
+                        ));
+                    }
+                }
+                None
             }
-            None => None,
+            (None, _) => None,
         };
         for (name, value) in [
             ("resolver_refresh", self.resolver_refresh),
@@ -846,7 +853,11 @@ impl ApiClientBuilder {
             a.validate()?;
         }
 
-        let http = self.transport(server_address)?;
+        let transport = self.transport();
+        let pin = server_address
+            .as_ref()
+            .map(|(name, at)| (name.as_str(), *at));
+        let http = transport.client(pin)?;
         let balancer = has_endpoints.then(|| {
             Balancer::new(
                 endpoints,
@@ -854,6 +865,8 @@ impl ApiClientBuilder {
                 self.breaker.clone(),
                 self.resolver.clone(),
                 self.resolver_refresh,
+                transport,
+                self.tls.server_name.clone(),
             )
         });
         let breakers = self.breaker.map(|cfg| Breakers::new(cfg, base.as_ref()));
@@ -885,43 +898,19 @@ impl ApiClientBuilder {
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 
-    fn transport(
-        &self,
-        server_address: Option<(String, std::net::SocketAddr)>,
-    ) -> Result<reqwest::Client, Error> {
-        let user_agent = self.user_agent.clone().unwrap_or_else(|| {
-            HeaderValue::from_static(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
-        });
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .user_agent(user_agent)
-            // The original URL's query may hold credentials.
-            .referer(false)
-            .redirect(redirect::policy(self.max_redirects))
-            // Attempts are ours to count and decide; reqwest must not add its
-            // own. With no retry allowed it also keeps no copy of each request
-            // for one (its default policy clones every request's headers).
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .tcp_nodelay(true);
-        if let Some(n) = self.pool_max_idle_per_host {
-            b = b.pool_max_idle_per_host(n);
+    /// The settings of the client's transport (and of its endpoints' own).
+    fn transport(&self) -> Transport {
+        Transport {
+            connect_timeout: self.connect_timeout,
+            user_agent: self.user_agent.clone(),
+            max_redirects: self.max_redirects,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+            pool_idle_timeout: self.pool_idle_timeout,
+            tcp_keepalive: self.tcp_keepalive,
+            http2_prior_knowledge: self.http2_prior_knowledge,
+            resolve: self.resolve.clone(),
+            tls: self.tls.clone(),
+            proxy: self.proxy.clone(),
         }
-        b = b.pool_idle_timeout(self.pool_idle_timeout);
-        if let Some(t) = self.tcp_keepalive {
-            b = b.tcp_keepalive(t);
-        }
-        if self.http2_prior_knowledge {
-            b = b.http2_prior_knowledge();
-        }
-        for (host, addresses) in &self.resolve {
-            b = b.resolve_to_addrs(host, addresses);
-        }
-        if let Some((name, address)) = server_address {
-            b = b.resolve(&name, address);
-        }
-        b = self.tls.apply(b, self.http2_prior_knowledge)?;
-        b = self.proxy.apply(b)?;
-        b.build()
-            .map_err(|e| Error::config_from("could not build the HTTP transport", e))
     }
 }

@@ -341,6 +341,7 @@ impl ApiClient {
     /// The endpoints of a client built with
     /// [`endpoints`](ApiClientBuilder::endpoints) or a
     /// [`resolver`](ApiClientBuilder::resolver): each one's URL, weight,
+    /// address (see [`Endpoint::address`](crate::Endpoint::address)),
     /// circuit state and attempts in flight. Empty for a client with a
     /// `base_url` (see [`circuit_state`](Self::circuit_state)).
     ///

@@ -4,7 +4,9 @@
 //! A [`Resolver`] returns the current list of [`Endpoint`]s. The client asks it
 //! once in the background when the first call starts (calls wait for that first
 //! answer, within their deadline), then every
-//! [`resolver_refresh`](crate::ApiClientBuilder::resolver_refresh). A refresh
+//! [`resolver_refresh`](crate::ApiClientBuilder::resolver_refresh), or sooner
+//! when the resolver says its answer expires sooner
+//! ([`Resolver::valid_for`], a DNS record's TTL), but at most once a second. A refresh
 //! that fails, times out or returns no usable endpoint keeps the last good
 //! list and is retried sooner. A new list applies to the next attempt; calls
 //! in flight finish where they are. Endpoints that stay keep their breaker and
@@ -20,10 +22,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::balance::{Endpoint, EndpointSet, EndpointStatus, LoadBalance, parse_endpoint};
+use crate::balance::{Endpoint, EndpointSet, EndpointStatus, LoadBalance, Parsed, parse_endpoint};
 use crate::breaker::CircuitBreakerConfig;
 use crate::error::{BoxError, Error};
 use crate::timeout::Deadline;
+use crate::transport::Transport;
 
 /// The error a resolver may fail with: the crate's one boxed error type,
 /// [`BoxError`], under the name it had before (kept for compatibility).
@@ -39,6 +42,10 @@ pub const DEFAULT_RESOLVER_REFRESH: Duration = Duration::from_secs(10);
 /// The first retry of a failed resolution comes after this; later ones back
 /// off up to the refresh interval.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// The shortest time between two resolutions that an answer's
+/// [`Resolver::valid_for`] may ask for.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// A source of the current endpoint list: a registry, DNS, a file.
 ///
@@ -67,6 +74,36 @@ pub trait Resolver: Send + Sync + 'static {
     /// The current endpoint list. An error, or a list without one usable
     /// endpoint, keeps the list the client has.
     fn resolve(&self) -> ResolveFuture<'_>;
+
+    /// How long the list the last [`resolve`](Self::resolve) returned stays
+    /// valid, when the source says (a DNS answer's TTL): the client asks
+    /// again after that time when it is shorter than
+    /// [`resolver_refresh`](crate::ApiClientBuilder::resolver_refresh), but
+    /// never more than once a second. Asked right after each successful
+    /// `resolve`. Default: `None`, the refresh interval alone decides.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilient_http::{Endpoint, ResolveFuture, Resolver};
+    ///
+    /// struct Leased;
+    ///
+    /// impl Resolver for Leased {
+    ///     fn resolve(&self) -> ResolveFuture<'_> {
+    ///         Box::pin(async { Ok(vec![Endpoint::new("http://10.0.0.1:8080/")]) })
+    ///     }
+    ///     // The registry's lease: ask again within 5 s.
+    ///     fn valid_for(&self) -> Option<Duration> {
+    ///         Some(Duration::from_secs(5))
+    ///     }
+    /// }
+    /// assert_eq!(Leased.valid_for(), Some(Duration::from_secs(5)));
+    /// ```
+    fn valid_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<F, Fut> Resolver for F
@@ -137,6 +174,13 @@ struct Shared {
     set: watch::Sender<Arc<EndpointSet>>,
     resolver: Option<Arc<dyn Resolver>>,
     refresh: Duration,
+    /// What the endpoints' own transports are built with.
+    transport: Transport,
+    /// `tls_server_name`: resolved endpoints called by IP address are
+    /// called by this name instead, each reaching its address.
+    server_name: Option<String>,
+    /// Held while a new set is built and applied.
+    applying: Mutex<()>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -164,11 +208,13 @@ impl Balancer {
     /// A balancer over `endpoints` (already validated), refreshed from
     /// `resolver` when there is one.
     pub(crate) fn new(
-        endpoints: Vec<(url::Url, u32)>,
+        endpoints: Vec<Parsed>,
         strategy: LoadBalance,
         breaker: Option<CircuitBreakerConfig>,
         resolver: Option<Arc<dyn Resolver>>,
         refresh: Duration,
+        transport: Transport,
+        server_name: Option<String>,
     ) -> Self {
         // A constant, valid URL: parsing it cannot fail.
         #[allow(clippy::expect_used)]
@@ -179,7 +225,7 @@ impl Balancer {
         let set = if endpoints.is_empty() {
             empty
         } else {
-            EndpointSet::build(endpoints, &empty, breaker.as_ref())
+            EndpointSet::build(endpoints, &empty, breaker.as_ref(), &transport)
         };
         Self {
             shared: Arc::new(Shared {
@@ -190,6 +236,9 @@ impl Balancer {
                 set: watch::Sender::new(Arc::new(set)),
                 resolver,
                 refresh,
+                transport,
+                server_name,
+                applying: Mutex::new(()),
                 task: Mutex::new(None),
             }),
         }
@@ -262,20 +311,22 @@ impl Balancer {
 
     /// Asks the resolver now and applies its answer; the number of endpoints.
     pub(crate) async fn refresh(&self) -> Result<usize, Error> {
-        self.shared.refresh_once().await
+        self.shared.refresh_once().await.map(|(n, _)| n)
     }
 }
 
 impl Shared {
-    async fn refresh_once(&self) -> Result<usize, Error> {
+    /// Asks the resolver and applies its answer: the number of endpoints and
+    /// how long the answer stays valid, if the resolver says.
+    async fn refresh_once(&self) -> Result<(usize, Option<Duration>), Error> {
         let Some(resolver) = &self.resolver else {
-            return Ok(self.set.borrow().len());
+            return Ok((self.set.borrow().len(), None));
         };
         let limit = self
             .refresh
             .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let result = match tokio::time::timeout(limit, resolver.resolve()).await {
-            Ok(Ok(list)) => self.apply(&list),
+            Ok(Ok(list)) => self.apply(&list).map(|n| (n, resolver.valid_for())),
             Ok(Err(e)) => Err(Error::no_endpoints(format!("the resolver failed: {e}"))),
             Err(_) => Err(Error::no_endpoints(format!(
                 "the resolver did not answer within {limit:?}"
@@ -298,7 +349,13 @@ impl Shared {
     fn apply(&self, list: &[Endpoint]) -> Result<usize, Error> {
         let mut valid = Vec::with_capacity(list.len());
         for ep in list {
-            match parse_endpoint(ep) {
+            let named = |mut parsed: Parsed| match &self.server_name {
+                Some(name) => {
+                    crate::tls::server_name_for_endpoint(name, &mut parsed).map(|_| parsed)
+                }
+                None => Ok(parsed),
+            };
+            match parse_endpoint(ep).and_then(named) {
                 Ok(v) => valid.push(v),
                 Err(err) => tracing::warn!(
                     target: "resilient_http::discovery",
@@ -313,13 +370,14 @@ impl Shared {
                 "the resolver returned no usable endpoint".to_owned(),
             ));
         }
-        let mut changed = (0, 0, 0);
-        self.set.send_modify(|set| {
-            let next = EndpointSet::build(valid, set, self.breaker.as_ref());
-            changed = (set.len(), next.len(), next.kept_from(set));
-            *set = Arc::new(next);
-        });
-        let (before, after, kept) = changed;
+        // One set is built at a time, from the one it replaces; calls keep
+        // reading the current set meanwhile (building an endpoint's own
+        // transport takes a while).
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = Arc::clone(&self.set.borrow());
+        let next = EndpointSet::build(valid, &previous, self.breaker.as_ref(), &self.transport);
+        let (before, after, kept) = (previous.len(), next.len(), next.kept_from(&previous));
+        self.set.send_replace(Arc::new(next));
         if kept != before || kept != after {
             tracing::info!(
                 target: "resilient_http::discovery",
@@ -334,17 +392,27 @@ impl Shared {
     }
 }
 
-/// Resolves now, then every `refresh` (sooner after a failure), until the
-/// client is dropped.
+/// The time until the next resolution after a successful one: `refresh`, or
+/// the answer's validity when shorter, but at least [`MIN_REFRESH`] (unless
+/// `refresh` itself is shorter).
+fn next_refresh(refresh: Duration, valid_for: Option<Duration>) -> Duration {
+    match valid_for {
+        Some(valid) if valid < refresh => valid.max(MIN_REFRESH).min(refresh),
+        _ => refresh,
+    }
+}
+
+/// Resolves now, then every `refresh` (sooner when the answer expires
+/// sooner, or after a failure), until the client is dropped.
 async fn refresh_loop(shared: Weak<Shared>) {
     let mut retry_in = FIRST_RETRY;
     loop {
         let Some(this) = shared.upgrade() else { return };
         let refresh = this.refresh;
         let delay = match this.refresh_once().await {
-            Ok(_) => {
+            Ok((_, valid_for)) => {
                 retry_in = FIRST_RETRY;
-                refresh
+                next_refresh(refresh, valid_for)
             }
             Err(err) => {
                 tracing::warn!(
@@ -360,5 +428,24 @@ async fn refresh_loop(shared: Weak<Shared>) {
         };
         drop(this);
         tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_expires_sooner_brings_the_next_refresh_forward() {
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(next_refresh(secs(10), None), secs(10));
+        assert_eq!(next_refresh(secs(10), Some(secs(30))), secs(10));
+        assert_eq!(next_refresh(secs(10), Some(secs(3))), secs(3));
+        // At most once a second...
+        assert_eq!(next_refresh(secs(10), Some(Duration::ZERO)), secs(1));
+        assert_eq!(next_refresh(secs(10), Some(ms(300))), secs(1));
+        // ...unless the refresh interval itself is shorter.
+        assert_eq!(next_refresh(ms(500), Some(ms(100))), ms(500));
     }
 }

@@ -107,11 +107,7 @@ impl EtcdResolver {
     /// used as they are.
     #[must_use]
     pub fn base_path(mut self, path: impl Into<String>) -> Self {
-        let mut path = path.into();
-        if !path.starts_with('/') {
-            path.insert(0, '/');
-        }
-        self.base_path = path;
+        self.base_path = crate::path::rooted(path);
         self
     }
 

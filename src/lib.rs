@@ -151,7 +151,8 @@
 //! service with several instances; [`LoadBalance`] spreads attempts, open
 //! circuit breakers eject an instance, and a retry goes to another one. A
 //! [`Resolver`] (or [`EtcdResolver`](crate::ApiClientBuilder::resolver), feature
-//! `etcd`) keeps the list current; [`ApiClient::endpoints`] reports each one.
+//! `etcd`; `DnsResolver`, feature `dns`, one endpoint per address of a name)
+//! keeps the list current; [`ApiClient::endpoints`] reports each one.
 //!
 //! # Embedding in a service
 //!
@@ -261,6 +262,8 @@
 //! ## Other features
 //!
 //! - `etcd`: `EtcdResolver`, endpoints registered in etcd (no extra dependency).
+//! - `dns`: `DnsResolver`, one endpoint per address a name has in DNS (A/AAAA
+//!   or SRV records); adds `hickory-resolver`.
 //! - `redis`: `RateLimit::shared` with a `RedisLimiter`: one rate limit for
 //!   every replica of a service, kept in Redis (the `redis` crate).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
@@ -284,6 +287,8 @@ mod builder;
 mod client;
 pub mod config;
 mod discovery;
+#[cfg(feature = "dns")]
+mod dns;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -310,6 +315,7 @@ mod stats;
 mod stream;
 mod timeout;
 mod tls;
+mod transport;
 mod upload;
 
 pub use adaptive::AdaptiveConcurrency;
@@ -320,6 +326,8 @@ pub use builder::ApiClientBuilder;
 pub use client::ApiClient;
 pub use config::ApiClientConfig;
 pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};
+#[cfg(feature = "dns")]
+pub use dns::DnsResolver;
 pub use error::{BoxError, Error, ErrorBuilder, ErrorKind, ErrorReason, Result};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolver;

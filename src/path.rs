@@ -308,6 +308,17 @@ pub(crate) fn absolute(path: &str) -> Result<Url, Error> {
     Url::parse(path).map_err(|e| Refusal::Invalid(e).into())
 }
 
+/// `path` with a leading `/`: the base path a resolver puts after the
+/// addresses it finds.
+#[cfg(any(feature = "etcd", feature = "dns"))]
+pub(crate) fn rooted(path: impl Into<String>) -> String {
+    let mut path = path.into();
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    path
+}
+
 /// Whether `path` is a full URL (`scheme://...`), which goes where it says.
 pub(crate) fn is_absolute(path: &str) -> bool {
     scheme_len(path).is_some_and(|n| path[n + 1..].starts_with("//"))

@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use url::{Host, Url};
 
+use crate::balance::Parsed;
 use crate::error::Error;
 
 /// The lowest TLS version a client accepts (see
@@ -452,44 +453,55 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Rewrites the host of `urls` (an IP address) to `name` and returns the
+/// `name`, checked to be a DNS name for `tls_server_name`.
+fn dns_name(name: &str) -> Result<&str, Error> {
+    match Host::parse(name) {
+        Ok(Host::Domain(_)) => Ok(name),
+        _ => Err(Error::config("tls_server_name must be a DNS name")),
+    }
+}
+
+/// The host of `url` when it is an IP address.
+fn ip_host(url: &Url) -> Option<IpAddr> {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    }
+}
+
+/// Rewrites the host of `base` (an IP address) to `name` and returns the
 /// address to connect to, so that Host and SNI carry the name and the
 /// certificate is checked against it, while the connection goes to the
-/// address. All the URLs must share one address (the port may differ).
-pub(crate) fn server_name_override(name: &str, urls: &mut [&mut Url]) -> Result<SocketAddr, Error> {
-    let Ok(Host::Domain(name)) = Host::parse(name) else {
-        return Err(Error::config("tls_server_name must be a DNS name"));
-    };
-    if urls.is_empty() {
+/// address (port 0: the transport keeps the URL's port).
+pub(crate) fn server_name_override(name: &str, base: &mut Url) -> Result<SocketAddr, Error> {
+    let name = dns_name(name)?;
+    let Some(ip) = ip_host(base) else {
         return Err(Error::config(
-            "tls_server_name needs a base_url or endpoints whose host is an IP address",
+            "tls_server_name needs the host of base_url and endpoints to be an IP address",
         ));
-    }
-    let mut address: Option<IpAddr> = None;
-    for url in urls.iter_mut() {
-        let ip = match url.host() {
-            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
-            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
-            _ => {
-                return Err(Error::config(
-                    "tls_server_name needs the host of base_url and endpoints to be an IP address",
-                ));
-            }
-        };
-        if address.is_some_and(|a| a != ip) {
-            return Err(Error::config(
-                "tls_server_name with endpoints at different addresses is not supported yet",
-            ));
-        }
-        address = Some(ip);
-        url.set_host(Some(&name))
-            .map_err(|e| Error::config_from("tls_server_name is not a valid host", e))?;
-    }
-    // Port 0: the transport keeps each URL's own port.
-    Ok(SocketAddr::new(
-        address.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-        0,
-    ))
+    };
+    base.set_host(Some(name))
+        .map_err(|e| Error::config_from("tls_server_name is not a valid host", e))?;
+    Ok(SocketAddr::new(ip, 0))
+}
+
+/// The same for an endpoint called by IP address: its host becomes `name`
+/// and it reaches the address it named through its own transport (see
+/// [`Endpoint::address`](crate::Endpoint::address)), so endpoints may be at
+/// different addresses. `Ok(false)` leaves an endpoint whose host is not an
+/// IP address, or that already names its address, as it is.
+pub(crate) fn server_name_for_endpoint(name: &str, ep: &mut Parsed) -> Result<bool, Error> {
+    let name = dns_name(name)?;
+    let (Some(ip), None) = (ip_host(&ep.url), ep.address) else {
+        return Ok(false);
+    };
+    let port = ep.url.port_or_known_default().unwrap_or(0);
+    ep.url
+        .set_host(Some(name))
+        .map_err(|e| Error::config_from("tls_server_name is not a valid host", e))?;
+    ep.address = Some(SocketAddr::new(ip, port));
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -499,23 +511,46 @@ mod tests {
     #[test]
     fn the_server_name_replaces_an_ip_host_and_keeps_the_port() {
         let mut a = Url::parse("https://10.0.0.7:8443/api/").unwrap();
-        let mut b = Url::parse("https://10.0.0.7:9443/api/").unwrap();
-        let addr = server_name_override("orders.internal", &mut [&mut a, &mut b]).unwrap();
+        let addr = server_name_override("orders.internal", &mut a).unwrap();
         assert_eq!(addr, "10.0.0.7:0".parse().unwrap());
         assert_eq!(a.as_str(), "https://orders.internal:8443/api/");
-        assert_eq!(b.as_str(), "https://orders.internal:9443/api/");
+    }
+
+    #[test]
+    fn each_endpoint_called_by_ip_keeps_its_own_address_under_the_name() {
+        let ep = |url: &str| Parsed {
+            url: Url::parse(url).unwrap(),
+            weight: 1,
+            address: None,
+        };
+        let (mut a, mut b) = (ep("https://10.0.0.7:8443/"), ep("https://10.0.0.8/"));
+        assert!(server_name_for_endpoint("orders.internal", &mut a).unwrap());
+        assert!(server_name_for_endpoint("orders.internal", &mut b).unwrap());
+        assert_eq!(
+            (a.url.as_str(), a.address),
+            (
+                "https://orders.internal:8443/",
+                Some("10.0.0.7:8443".parse().unwrap())
+            )
+        );
+        assert_eq!(b.address, Some("10.0.0.8:443".parse().unwrap()));
+        let mut named = ep("https://orders.internal/");
+        assert!(!server_name_for_endpoint("x.internal", &mut named).unwrap());
+        assert_eq!(named.url.as_str(), "https://orders.internal/");
     }
 
     #[test]
     fn the_server_name_override_refuses_what_it_cannot_honour() {
         let mut name = Url::parse("https://orders.internal/").unwrap();
-        assert!(server_name_override("x.internal", &mut [&mut name]).is_err());
-        let mut a = Url::parse("https://10.0.0.7/").unwrap();
-        let mut b = Url::parse("https://10.0.0.8/").unwrap();
-        assert!(server_name_override("x.internal", &mut [&mut a, &mut b]).is_err());
+        assert!(server_name_override("x.internal", &mut name).is_err());
         let mut ip = Url::parse("https://10.0.0.7/").unwrap();
-        assert!(server_name_override("10.0.0.9", &mut [&mut ip]).is_err());
-        assert!(server_name_override("x.internal", &mut []).is_err());
+        assert!(server_name_override("10.0.0.9", &mut ip).is_err());
+        let mut ep = Parsed {
+            url: ip,
+            weight: 1,
+            address: None,
+        };
+        assert!(server_name_for_endpoint("not a name!", &mut ep).is_err());
     }
 
     #[cfg(not(feature = "_tls"))]

@@ -687,6 +687,51 @@ fn an_etcd_section_names_the_registry() {
     );
 }
 
+#[cfg(feature = "dns")]
+#[test]
+fn a_dns_section_names_either_a_name_and_port_or_srv_records() {
+    let cfg = parse(
+        r#"
+        [dns]
+        name = "orders.internal"
+        port = 8080
+        "#,
+    );
+    let client = ApiClient::from_config(&cfg).unwrap();
+    assert!(
+        client.endpoints().is_empty(),
+        "nothing resolved before the first call"
+    );
+    ApiClient::from_config(&parse("[dns]\nsrv = \"_http._tcp.orders.internal\"")).unwrap();
+    for wrong in [
+        "[dns]\nname = \"orders.internal\"",
+        "[dns]\nport = 8080",
+        "[dns]\nname = \"o.internal\"\nport = 1\nsrv = \"_http._tcp.o.internal\"",
+        "[dns]\nhttps = true",
+    ] {
+        let err = ApiClient::from_config(&parse(wrong)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{wrong}");
+    }
+    assert!(parse_error("[dns]\nsrv = \"_x._tcp.o\"\nttl = 3").contains("ttl"));
+    assert!(parse_error("[dns]\nsrv = \"_x._tcp.o\"\nnameserver = \"dns\"").contains("nameserver"));
+}
+
+#[cfg(all(feature = "dns", feature = "etcd"))]
+#[test]
+fn a_dns_and_an_etcd_section_together_are_a_config_error() {
+    let cfg = parse(
+        r#"
+        [dns]
+        srv = "_http._tcp.orders.internal"
+        [etcd]
+        url = "http://127.0.0.1:2379"
+        prefix = "/services/orders/"
+        "#,
+    );
+    let err = ApiClient::from_config(&cfg).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
 // ---------------------------------------------------------------- every key reaches the client
 //
 // `Debug` of a builder leaves some options out (header values, redirects,
@@ -916,6 +961,50 @@ const SHARED_KEYS: &[(&str, &str)] = &[
 #[cfg(all(feature = "etcd", not(feature = "redis")))]
 const SHARED_KEYS: &[(&str, &str)] = &[];
 
+/// The `dns` keys (feature `dns`), watched by tests of tests/dns.rs.
+#[cfg(all(feature = "etcd", feature = "dns"))]
+const DNS_KEYS: &[(&str, &str)] = &[
+    (
+        "dns.name",
+        "dns.rs: a_dns_section_in_the_config_drives_a_dns_resolver",
+    ),
+    (
+        "dns.port",
+        "dns.rs: a_dns_section_in_the_config_drives_a_dns_resolver",
+    ),
+    (
+        "dns.nameserver",
+        "dns.rs: a_dns_section_in_the_config_drives_a_dns_resolver",
+    ),
+    (
+        "dns.base_path",
+        "dns.rs: a_dns_section_in_the_config_drives_a_dns_resolver",
+    ),
+    (
+        "dns.srv",
+        "dns.rs: an_srv_dns_section_in_the_config_drives_a_dns_resolver",
+    ),
+    (
+        "dns.https",
+        "tls.rs: dns_endpoints_keep_the_service_name_for_sni_and_the_certificate",
+    ),
+];
+#[cfg(all(feature = "etcd", not(feature = "dns")))]
+const DNS_KEYS: &[(&str, &str)] = &[];
+
+/// Every key of `dns` (one resolver section is allowed at a time: these are
+/// only written out, never built).
+#[cfg(all(feature = "etcd", feature = "dns"))]
+const FULL_DNS: &str = r#"
+[dns]
+name = "orders.internal"
+port = 8080
+srv = "_http._tcp.orders.internal"
+nameserver = "127.0.0.1:5353"
+https = true
+base_path = "/api/"
+"#;
+
 /// Every key of `rate_limit.shared`.
 #[cfg(all(feature = "etcd", feature = "redis"))]
 const FULL_SHARED: &str = r#"
@@ -972,7 +1061,15 @@ fn every_config_key_is_checked_by_a_test() {
         let shared = parse(FULL_SHARED).rate_limit.unwrap().shared;
         config.rate_limit.as_mut().unwrap().shared = shared;
     }
-    let checked: Vec<&(&str, &str)> = CHECKED_KEYS.iter().chain(SHARED_KEYS).collect();
+    #[cfg(feature = "dns")]
+    {
+        config.dns = parse(FULL_DNS).dns;
+    }
+    let checked: Vec<&(&str, &str)> = CHECKED_KEYS
+        .iter()
+        .chain(SHARED_KEYS)
+        .chain(DNS_KEYS)
+        .collect();
     config.adaptive_concurrency = extra.adaptive_concurrency;
     // Written out, every field that is set shows as a key.
     let written = toml::Value::try_from(&config).unwrap();

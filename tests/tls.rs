@@ -112,6 +112,11 @@ struct TlsServer {
 
 impl TlsServer {
     async fn start(leaf: &Leaf, options: ServerOptions<'_>) -> Self {
+        Self::start_at([127, 0, 0, 1], leaf, options).await
+    }
+
+    /// A server on `ip` (any of 127/8 on Linux).
+    async fn start_at(ip: [u8; 4], leaf: &Leaf, options: ServerOptions<'_>) -> Self {
         let certs = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -139,7 +144,9 @@ impl TlsServer {
         };
         let config = builder.with_single_cert(certs, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
@@ -355,6 +362,36 @@ async fn the_server_name_override_fixes_a_name_mismatch_and_is_sent_as_sni() {
     );
 }
 
+#[cfg(feature = "dns")]
+#[tokio::test]
+async fn dns_endpoints_keep_the_service_name_for_sni_and_the_certificate() {
+    let ca = Ca::new("orders CA");
+    let server = TlsServer::start(&ca.server(&["orders.test"]), ServerOptions::default()).await;
+    let port = server.addr.port();
+    let dns = common::dns::DnsServer::start(60).await;
+    dns.set_a("orders.test", &[std::net::Ipv4Addr::LOCALHOST]);
+    let config: ApiClientConfig = toml::from_str(&format!(
+        "[dns]\nname = \"orders.test\"\nport = {port}\nnameserver = \"{}\"\nhttps = true\n",
+        dns.addr
+    ))
+    .unwrap();
+    let client = resilient_http::ApiClientBuilder::from_config(&config)
+        .tls_root_certificate_pem(ca.pem())
+        .no_proxy()
+        .build()
+        .unwrap();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "orders.test", "the SNI sent");
+    let endpoints = client.endpoints();
+    assert_eq!(
+        endpoints[0].url.as_str(),
+        format!("https://orders.test:{port}/")
+    );
+    assert_eq!(endpoints[0].address, Some(server.addr));
+}
+
 #[tokio::test]
 async fn a_server_name_override_that_cannot_be_honoured_is_refused_at_build() {
     let named = ApiClient::builder()
@@ -362,14 +399,62 @@ async fn a_server_name_override_that_cannot_be_honoured_is_refused_at_build() {
         .tls_server_name("orders.internal")
         .build()
         .unwrap_err();
-    let two = ApiClient::builder()
-        .endpoints(["https://10.0.0.1/", "https://10.0.0.2/"])
+    let mixed = ApiClient::builder()
+        .endpoints(["https://10.0.0.1/", "https://orders.internal/"])
+        .tls_server_name("orders.internal")
+        .build()
+        .unwrap_err();
+    let nothing = ApiClient::builder()
         .tls_server_name("orders.internal")
         .build()
         .unwrap_err();
 
     assert_eq!(named.kind(), ErrorKind::Config);
-    assert_eq!(two.kind(), ErrorKind::Config);
+    assert_eq!(mixed.kind(), ErrorKind::Config);
+    assert_eq!(nothing.kind(), ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn endpoints_at_different_addresses_share_the_server_name() {
+    let ca = Ca::new("orders CA");
+    let leaf = ca.server(&["orders.test"]);
+    let a = TlsServer::start(&leaf, ServerOptions::default()).await;
+    let b = TlsServer::start_at([127, 0, 0, 2], &leaf, ServerOptions::default()).await;
+    let urls = [a.url(), b.url()];
+    let resolved = urls.clone();
+    let given = ApiClient::builder().endpoints(urls);
+    let from_a_resolver = ApiClient::builder().resolver(move || {
+        let list: Vec<resilient_http::Endpoint> = resolved.iter().map(Into::into).collect();
+        async move { Ok::<_, resilient_http::ResolveError>(list) }
+    });
+
+    for builder in [given, from_a_resolver] {
+        let client = builder
+            .load_balance(resilient_http::LoadBalance::RoundRobin)
+            .tls_root_certificate_pem(ca.pem())
+            .tls_server_name("orders.test")
+            .no_proxy()
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let resp = client.get("x").send().await.unwrap();
+            assert_eq!(resp.text().unwrap(), "orders.test", "the SNI sent");
+        }
+        let mut seen: Vec<_> = client
+            .endpoints()
+            .iter()
+            .map(|e| (e.url.host_str().unwrap().to_owned(), e.address))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("orders.test".to_owned(), Some(a.addr)),
+                ("orders.test".to_owned(), Some(b.addr)),
+            ]
+        );
+    }
+    assert_eq!((a.connections(), b.connections()), (2, 2));
 }
 
 // ---------------------------------------------------------------------------

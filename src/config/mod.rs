@@ -137,6 +137,13 @@ pub struct ApiClientConfig {
     #[cfg(feature = "etcd")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdSection>,
+    /// Endpoints from DNS (feature `dns`): `{ name = "orders.internal", port
+    /// = 8080 }` or `{ srv = "_http._tcp.orders.internal" }`, optionally
+    /// `nameserver`, `https` and `base_path`. See
+    /// [`DnsResolver`](crate::DnsResolver).
+    #[cfg(feature = "dns")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSection>,
     /// TCP connect and TLS handshake limit (default `"2s"`).
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
@@ -319,6 +326,8 @@ impl fmt::Debug for ApiClientConfig {
             .field("allow_path_escape", &self.allow_path_escape);
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
+        #[cfg(feature = "dns")]
+        d.field("dns", &self.dns);
         d.finish()
     }
 }
@@ -375,17 +384,12 @@ impl ApiClientConfig {
         }
     }
 
-    /// Sets every option this configuration names on `builder`.
-    fn apply(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
-        if let Some(url) = &self.base_url {
-            b = b.base_url(url);
-        }
-        if !self.endpoints.is_empty() {
-            b = b.endpoints(self.endpoints.iter().map(EndpointEntry::endpoint));
-        }
-        if let Some(strategy) = self.load_balance {
-            b = b.load_balance(strategy);
-        }
+    /// Sets the resolver options (`resolver_refresh`, `etcd`, `dns`) on `b`.
+    #[cfg_attr(
+        not(any(feature = "etcd", feature = "dns")),
+        allow(clippy::unused_self)
+    )]
+    fn apply_resolver(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
         if let Some(t) = self.resolver_refresh {
             b = b.resolver_refresh(t);
         }
@@ -397,6 +401,32 @@ impl ApiClientConfig {
             }
             b = b.resolver(resolver);
         }
+        #[cfg(feature = "dns")]
+        if let Some(dns) = &self.dns {
+            #[cfg(feature = "etcd")]
+            if self.etcd.is_some() {
+                b = b.fail(Error::config("set either etcd or dns, not both"));
+            }
+            b = match dns.resolver() {
+                Ok(resolver) => b.resolver(resolver),
+                Err(err) => b.fail(err),
+            };
+        }
+        b
+    }
+
+    /// Sets every option this configuration names on `builder`.
+    fn apply(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
+        if let Some(url) = &self.base_url {
+            b = b.base_url(url);
+        }
+        if !self.endpoints.is_empty() {
+            b = b.endpoints(self.endpoints.iter().map(EndpointEntry::endpoint));
+        }
+        if let Some(strategy) = self.load_balance {
+            b = b.load_balance(strategy);
+        }
+        b = self.apply_resolver(b);
         if let Some(t) = self.connect_timeout {
             b = b.connect_timeout(t);
         }
@@ -824,4 +854,58 @@ pub struct EtcdSection {
     /// The path put after `host:port` values (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_path: Option<String>,
+}
+
+/// [`ApiClientConfig::dns`]: the DNS records that name the instances, either
+/// `name` and `port` (A/AAAA records) or `srv`.
+#[cfg(feature = "dns")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// The name whose addresses are the instances, with `port`. See
+    /// [`DnsResolver::new`](crate::DnsResolver::new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port of every address of `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The name whose SRV records are the instances, instead of `name` and
+    /// `port`. See [`DnsResolver::srv`](crate::DnsResolver::srv).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    /// The DNS server to ask (`"127.0.0.1:5353"`); default: the system's. See
+    /// [`DnsResolver::nameserver`](crate::DnsResolver::nameserver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<std::net::SocketAddr>,
+    /// `https://` endpoints (default `false`). See
+    /// [`DnsResolver::https`](crate::DnsResolver::https).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
+    /// The path of every endpoint's base URL (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_path: Option<String>,
+}
+
+#[cfg(feature = "dns")]
+impl DnsSection {
+    /// The resolver this section describes.
+    fn resolver(&self) -> Result<crate::DnsResolver, Error> {
+        let mut resolver = match (&self.name, self.port, &self.srv) {
+            (Some(name), Some(port), None) => crate::DnsResolver::new(name.clone(), port),
+            (None, None, Some(srv)) => crate::DnsResolver::srv(srv.clone()),
+            _ => {
+                return Err(Error::config("dns needs either name and port, or srv"));
+            }
+        };
+        if let Some(at) = self.nameserver {
+            resolver = resolver.nameserver(at);
+        }
+        if self.https {
+            resolver = resolver.https();
+        }
+        if let Some(path) = &self.base_path {
+            resolver = resolver.base_path(path.clone());
+        }
+        Ok(resolver)
+    }
 }

@@ -106,7 +106,8 @@ enum Event<T> {
 
 impl ApiClient {
     /// One attempt, bounded by `limit` and, where it binds, by `read_timeout`,
-    /// in its span: the first attempt of any call, and each hedge.
+    /// in its span: the first attempt of any call, and each hedge. Sent
+    /// through `target`'s own transport when it has one.
     ///
     /// Builds the attempt's future at once (a plain function, not an `async
     /// fn`), so the request is not kept beside it in the call's state.
@@ -114,6 +115,7 @@ impl ApiClient {
     pub(super) fn flight<'a>(
         &'a self,
         request: reqwest::Request,
+        target: Option<&'a Instance>,
         sent_to: impl Borrow<Url> + Send + 'a,
         stream: bool,
         guard: bool,
@@ -124,7 +126,8 @@ impl ApiClient {
     ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
         let read_timeout = self.inner.read_timeout;
         let idle = (read_timeout < limit).then_some(read_timeout);
-        let attempt = self.attempt(request, sent_to, stream, allow, idle);
+        let http = target.and_then(Instance::http).unwrap_or(&self.inner.http);
+        let attempt = self.attempt(request, http, sent_to, stream, allow, idle);
         span.in_span(tokio::time::timeout(
             limit,
             redirect::guarded(guard, attempt),
@@ -143,6 +146,7 @@ impl ApiClient {
         let start = |f: First<'b>, number: u32, hedge: u32| Flight {
             fut: Box::pin(self.flight(
                 f.request,
+                f.target.map(|t| &**t),
                 f.url.clone(),
                 false,
                 f.guard,

@@ -414,7 +414,8 @@ impl ApiClient {
                 Err(err) => return Err(ctx.fail(err, 0)),
             };
             // A call to an absolute URL on one of the endpoints' origins shares
-            // that endpoint's breaker; any other fixed URL has its own.
+            // that endpoint's breaker (and transport); any other fixed URL has
+            // its own.
             let pinned = match (&inner.balancer, &routed) {
                 (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
                 _ => None,
@@ -454,7 +455,14 @@ impl ApiClient {
                 .transpose()
                 .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
                 let avoid = tried.take();
-                let route = Route::new(set.as_deref(), balancer, avoid.as_ref(), breaker, pause);
+                let route = Route::new(
+                    set.as_deref(),
+                    balancer,
+                    avoid.as_ref(),
+                    breaker,
+                    pause,
+                    pinned.as_ref(),
+                );
                 let Admitted {
                     permit,
                     now,
@@ -603,6 +611,7 @@ impl ApiClient {
                     let outcome = self
                         .flight(
                             request,
+                            target.map(|t| &**t),
                             &ctx.url,
                             F::STREAM,
                             guard_redirects,
@@ -931,12 +940,13 @@ impl ApiClient {
     fn attempt<'a>(
         &'a self,
         request: reqwest::Request,
+        http: &'a reqwest::Client,
         sent_to: impl Borrow<Url> + Send + 'a,
         stream: bool,
         allow: &'a [StatusCode],
         idle: Option<Duration>,
     ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
-        let sent = within_read_timeout(idle, self.inner.http.execute(request));
+        let sent = within_read_timeout(idle, http.execute(request));
         async move {
             let mut resp = sent.await?.map_err(Error::transport)?;
             redact::mark_response_secrets(resp.headers_mut());

@@ -33,10 +33,13 @@ pub(super) struct Choice<'b> {
 
 /// Where an attempt goes.
 pub(super) enum Route<'b> {
-    /// To the request's own URL, under this breaker and pushback pause.
+    /// To the request's own URL, under this breaker and pushback pause;
+    /// through `via`'s transport when the URL is on one of the endpoints'
+    /// origins (whose breaker and pause these are).
     Fixed {
         breaker: Option<&'b Breaker>,
         pause: Option<&'b Pause>,
+        via: Option<&'b Arc<Instance>>,
     },
     /// To an endpoint of `set`, chosen by the balancer, avoiding the one the
     /// previous attempt went to when another is available.
@@ -54,6 +57,7 @@ impl<'b> Route<'b> {
         avoid: Option<&'b Arc<Instance>>,
         breaker: Option<&'b Breaker>,
         pause: Option<&'b Pause>,
+        via: Option<&'b Arc<Instance>>,
     ) -> Self {
         match (set, balancer) {
             (Some(set), Some(balancer)) => Self::Balanced {
@@ -61,7 +65,11 @@ impl<'b> Route<'b> {
                 balancer,
                 avoid,
             },
-            _ => Self::Fixed { breaker, pause },
+            _ => Self::Fixed {
+                breaker,
+                pause,
+                via,
+            },
         }
     }
 
@@ -69,7 +77,15 @@ impl<'b> Route<'b> {
     /// races went, when another endpoint can take it).
     pub(super) fn avoiding(&self, avoid: Option<&'b Arc<Instance>>) -> Self {
         match *self {
-            Self::Fixed { breaker, pause } => Self::Fixed { breaker, pause },
+            Self::Fixed {
+                breaker,
+                pause,
+                via,
+            } => Self::Fixed {
+                breaker,
+                pause,
+                via,
+            },
             Self::Balanced { set, balancer, .. } => Self::Balanced {
                 set,
                 balancer,
@@ -111,12 +127,16 @@ impl<'b> Route<'b> {
     /// not asked, so no half-open probe slot is taken).
     pub(super) fn choose(&self, now: Instant) -> Result<Choice<'b>, Error> {
         match *self {
-            Self::Fixed { breaker, pause } => {
+            Self::Fixed {
+                breaker,
+                pause,
+                via,
+            } => {
                 if let Some(left) = pause.and_then(|p| p.remaining(now)) {
                     return Err(Error::pushback(left));
                 }
                 ask_breaker(breaker, now).map(|permit| Choice {
-                    target: None,
+                    target: via,
                     permit,
                 })
             }

@@ -3,6 +3,8 @@
 // Test support: a failed setup step should panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod faults;
 pub mod scenario;
 
