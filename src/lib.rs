@@ -282,11 +282,13 @@ mod balance;
 mod breaker;
 mod builder;
 mod client;
+mod coalesce;
 pub mod config;
 mod discovery;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod fallback;
 mod headers;
 mod hedge;
 mod hook;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
 use bytes::Bytes;
+use futures_util::future::Either;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use tokio::time::Instant;
@@ -18,10 +19,12 @@ use tracing::field::Empty;
 use url::Url;
 
 mod body;
+mod degrade;
 mod hedge;
 mod route;
 
 use self::body::{Replay, read_body, read_prefix, within_read_timeout};
+use self::degrade::Degrade;
 use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
 use crate::adaptive::Signal;
@@ -29,7 +32,9 @@ use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
+use crate::coalesce::Key;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
+use crate::fallback::FallbackChoice;
 use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
 use crate::limit::Slot;
@@ -123,6 +128,7 @@ impl Finish for Buffer {
                 method: ctx.method,
                 url: url.unwrap_or(ctx.url),
                 hedged: ctx.hedged,
+                synthetic: false,
             }),
             // Not asked for; cannot happen, but is not worth a panic.
             Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
@@ -333,10 +339,124 @@ impl ApiClient {
         self,
         call: Result<Call, Error>,
     ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
-        let span = match &call {
-            Ok(call) => call_span(call),
-            Err(_) => tracing::Span::none(),
+        let span = call_span(&call);
+        self.run::<F>(call, span)
+    }
+
+    /// `send()`: before the loop, an identical call in flight is joined
+    /// when coalescing is on (`coalesce`: the call allows it); after it, a
+    /// failure may be answered by the fallback (see [`Degrade`]). With
+    /// neither, this is [`execute`](Self::execute).
+    pub(crate) fn send(
+        self,
+        call: Result<Call, Error>,
+        coalesce: bool,
+        fallback: FallbackChoice,
+    ) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
+        let span = call_span(&call);
+        let key = match (&self.inner.coalescer, &call) {
+            (Some(coalescer), Ok(call)) if coalesce => coalescer.key(call),
+            _ => None,
         };
+        let degrade = fallback
+            .resolve(self.inner.fallback.as_ref())
+            .map(|fallback| Degrade {
+                fallback,
+                client: self.clone(),
+                span: span.clone(),
+            });
+        let run = match (key, call) {
+            (Some(key), Ok(call)) => Either::Right(Box::pin(self.coalesced(key, call, span))),
+            (_, call) => Either::Left(self.run::<Buffer>(call, span)),
+        };
+        async move {
+            match (run.await, degrade) {
+                (Err(err), Some(degrade)) => degrade.recover(err),
+                (result, _) => result,
+            }
+        }
+    }
+
+    /// A call that may share its request: it joins the flight of an
+    /// identical call in flight, or starts one (see [`crate::coalesce`]),
+    /// and waits for its answer within its own deadline.
+    ///
+    /// A flight runs the pipeline under the longer of its first caller's
+    /// deadline and the client's `total_timeout`, so that no caller's
+    /// shorter deadline fails the others; a caller whose deadline is
+    /// shorter than the flight's stops waiting at its own, with a `Total`
+    /// timeout (0 attempts: its request went on for the others).
+    async fn coalesced(
+        self,
+        key: Key,
+        mut call: Call,
+        span: tracing::Span,
+    ) -> Result<ApiResponse, Error> {
+        let started = Instant::now();
+        let total = self.inner.total_timeout;
+        let own = call.timeout.unwrap_or(total);
+        let method = call.request.method().clone();
+        let url = call
+            .plan
+            .routed
+            .is_none()
+            .then(|| call.request.url().clone());
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.run::<Buffer>(Ok(call), span).await;
+        };
+        let flight_span = span.clone();
+        let (flight, joined) = coalescer.join(key, |leave| {
+            call.timeout = Some(own.max(total));
+            let run = self.clone().run::<Buffer>(Ok(call), flight_span);
+            Box::pin(async move {
+                let _leave = leave;
+                run.await.map_err(Arc::new)
+            })
+        });
+        if joined {
+            self.inner.stats.coalesced(&method);
+            if !span.is_disabled() {
+                span.record("coalesced", true);
+            }
+            tracing::debug!(target: "resilient_http", parent: &span, "joined an identical call in flight");
+        }
+        let answer = if joined || own < total {
+            let end = started.checked_add(own);
+            match end {
+                Some(end) => match tokio::time::timeout_at(end, flight).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(Arc::new(Error::timeout(TimeoutPhase::Total).with_call(
+                        &method,
+                        url.as_ref(),
+                        0,
+                        started.elapsed(),
+                    ))),
+                },
+                None => flight.await,
+            }
+        } else {
+            flight.await
+        };
+        let answer = answer.map_err(|err| err.share());
+        if joined && !span.is_disabled() {
+            // The flight's span (its first caller's) tells the rest.
+            match &answer {
+                Ok(resp) => {
+                    span.record("http.response.status_code", i64::from(resp.status.as_u16()))
+                }
+                Err(err) => span.record("error.type", &*err.type_name()),
+            };
+        }
+        answer
+    }
+
+    /// Runs a prepared call through the pipeline inside `span`, its
+    /// `http.client.request` span.
+    fn run<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+        span: tracing::Span,
+    ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
         let inner_span = span.clone();
         // Boxed: the pipeline's state is kilobytes (every layer's wait lives
         // in it), and a caller moves the returned future a few times before
@@ -959,8 +1079,12 @@ impl ApiClient {
     }
 }
 
-/// The call's `http.client.request` span, with the request's fields.
-fn call_span(call: &Call) -> tracing::Span {
+/// The call's `http.client.request` span, with the request's fields (none
+/// for a call that could not be built).
+fn call_span(call: &Result<Call, Error>) -> tracing::Span {
+    let Ok(call) = call else {
+        return tracing::Span::none();
+    };
     let span = tracing::info_span!(
         target: "resilient_http",
         "http.client.request",
@@ -975,6 +1099,8 @@ fn call_span(call: &Call) -> tracing::Span {
         limit.wait_ms = Empty,
         hedge.sent = Empty,
         hedge.won = Empty,
+        coalesced = Empty,
+        served_by = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
         redact::record_target(&span, call.request.url());
