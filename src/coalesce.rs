@@ -1,11 +1,11 @@
 //! Request coalescing: identical GET and HEAD calls in flight share one run
-//! of the pipeline, a *flight* (see
+//! of the pipeline, a *shared call* (see
 //! [`ApiClientBuilder::coalesce_requests`](crate::ApiClientBuilder::coalesce_requests)).
 //!
-//! A flight is a [`Shared`] future: every caller waiting for it holds a
-//! clone and any of them drives it, so the caller that started it may give
-//! up without failing the others; it ends (and its request is cancelled)
-//! when the last one gives up. Calls are told apart by a keyed hash of
+//! A shared call is a [`Shared`] future: every caller waiting for it holds
+//! a clone and any of them drives it, so the caller that started it may
+//! give up without failing the others; it ends (and its request is
+//! cancelled) when the last one gives up. Calls are told apart by a keyed hash of
 //! everything that shapes their answer, credentials included: no secret is
 //! kept, and no one guessing the hash keys can make two calls collide.
 
@@ -23,27 +23,28 @@ use crate::error::Error;
 use crate::pipeline::{Call, HedgeChoice};
 use crate::response::ApiResponse;
 
-/// What a flight answers each caller (an error is shared: see [`Error::share`]).
+/// What a shared call answers each caller (an error is copied for each:
+/// see [`Error::share`]).
 pub(crate) type Answer = Result<ApiResponse, Arc<Error>>;
 
-/// The run of the pipeline a flight drives.
+/// The run of the pipeline a shared call drives.
 pub(crate) type Run = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
-/// A flight, as each of its callers holds it.
-pub(crate) type Flight = Shared<Run>;
+/// A shared call, as each of its callers holds it.
+pub(crate) type SharedCall = Shared<Run>;
 
-/// The flights in the air, by key: each with its number, to tell it from a
-/// later flight of the same key.
-type Flights = HashMap<Key, (u64, WeakShared<Run>)>;
+/// The shared calls in flight, by key: each with its number, to tell it
+/// from a later one of the same key.
+type Pending = HashMap<Key, (u64, WeakShared<Run>)>;
 
-/// Which calls may share a flight: a 128-bit keyed hash of their identity.
+/// Which calls may share one: a 128-bit keyed hash of their identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Key(u64, u64);
 
-/// The flights of one client.
+/// The shared calls of one client.
 pub(crate) struct Coalescer {
-    flights: Arc<Mutex<Flights>>,
-    /// The number of the next flight.
+    in_flight: Arc<Mutex<Pending>>,
+    /// The number of the next shared call.
     next: AtomicU64,
     /// Two independent random keys: 128 bits of hash.
     keys: (RandomState, RandomState),
@@ -58,13 +59,13 @@ impl fmt::Debug for Coalescer {
 impl Coalescer {
     pub(crate) fn new() -> Self {
         Self {
-            flights: Arc::default(),
+            in_flight: Arc::default(),
             next: AtomicU64::new(0),
             keys: (RandomState::new(), RandomState::new()),
         }
     }
 
-    /// The key of a call that may share a flight, or `None`: only a GET or
+    /// The key of a call that may be shared, or `None`: only a GET or
     /// HEAD without a body, with the client's retry policy and no hedging
     /// of its own, may.
     pub(crate) fn key(&self, call: &Call) -> Option<Key> {
@@ -83,43 +84,52 @@ impl Coalescer {
         Some(Key(a.finish(), b.finish()))
     }
 
-    /// The flight of `key`: the one in the air, joined (`true`), or one
-    /// `start` makes (`false`), given what removes it from the air when it
-    /// ends.
-    pub(crate) fn join(&self, key: Key, start: impl FnOnce(Leave) -> Run) -> (Flight, bool) {
-        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        // (No flight is dropped under the lock: dropping the last one
-        // removes it, which takes the lock.)
-        if let Some(flight) = flights.get(&key).and_then(|(_, weak)| weak.upgrade()) {
-            return (flight, true);
+    /// The shared call of `key`: the one in flight, joined (`true`), or
+    /// one `start` makes (`false`), given what removes it from the calls in
+    /// flight when it ends.
+    pub(crate) fn join(&self, key: Key, start: impl FnOnce(Leave) -> Run) -> (SharedCall, bool) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // (No shared call is dropped under the lock: dropping the last
+        // clone removes it, which takes the lock.)
+        if let Some(call) = in_flight.get(&key).and_then(|(_, weak)| weak.upgrade()) {
+            return (call, true);
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let leave = Leave {
-            flights: Arc::clone(&self.flights),
+            in_flight: Arc::clone(&self.in_flight),
             key,
             id,
         };
-        let flight = start(leave).shared();
-        if let Some(weak) = flight.downgrade() {
-            flights.insert(key, (id, weak));
+        let call = start(leave).shared();
+        if let Some(weak) = call.downgrade() {
+            in_flight.insert(key, (id, weak));
         }
-        (flight, false)
+        (call, false)
     }
 }
 
-/// Removes a flight from the air when its run ends, answered or dropped,
-/// so that a later call starts a flight of its own.
+/// Removes a shared call from the calls in flight when its run ends,
+/// answered or dropped, so that a later call starts one of its own.
 pub(crate) struct Leave {
-    flights: Arc<Mutex<Flights>>,
+    in_flight: Arc<Mutex<Pending>>,
     key: Key,
     id: u64,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            flights.remove(&self.key);
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            in_flight.remove(&self.key);
         }
     }
 }

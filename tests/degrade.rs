@@ -4,8 +4,9 @@
 //! unavailable).
 //!
 //! Calls that must overlap are all polled before the stub's delay ends (the
-//! first poll of each joins the flight), so the overlap does not depend on
-//! timing; the delays only keep the flight in the air, with wide margins.
+//! first poll of each joins the shared call), so the overlap does not depend
+//! on timing; the delays only keep the shared call in flight, with wide
+//! margins.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -23,7 +24,7 @@ use resilient_http::{
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// Long enough for every caller of a test to join the flight.
+/// Long enough for every caller of a test to join the shared call.
 const IN_FLIGHT: Duration = Duration::from_millis(300);
 
 /// A stub answering `GET /{route}` with `body` after `delay`.
@@ -157,7 +158,7 @@ async fn other_queries_methods_and_allowed_statuses_do_not_share() {
 }
 
 #[tokio::test]
-async fn a_call_after_the_flight_landed_sends_its_own_request() {
+async fn a_call_after_the_shared_one_ended_sends_its_own_request() {
     let server = MockServer::start().await;
     slow_stub(&server, "items", "the items", Duration::ZERO).await;
     let client = coalescing(&server);
@@ -190,7 +191,7 @@ async fn a_dropped_first_caller_does_not_fail_the_others() {
 }
 
 #[tokio::test]
-async fn a_flight_no_caller_waits_for_is_cancelled() {
+async fn a_shared_call_no_caller_waits_for_is_cancelled() {
     let server = MockServer::start().await;
     slow_stub(&server, "items", "the items", IN_FLIGHT).await;
     let client = coalescing(&server);
@@ -203,7 +204,7 @@ async fn a_flight_no_caller_waits_for_is_cancelled() {
 
     let stats = client.stats();
     assert_eq!((stats.cancelled, stats.in_flight), (1, 0));
-    // A new call starts a flight of its own.
+    // A new call starts one of its own.
     client.get("items").send().await.unwrap();
     assert_eq!(client.stats().coalesced, 1);
 }

@@ -21,6 +21,7 @@ use url::Url;
 mod body;
 mod degrade;
 mod hedge;
+mod join;
 mod route;
 
 use self::body::{Replay, read_body, read_prefix, within_read_timeout};
@@ -32,7 +33,6 @@ use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
-use crate::coalesce::Key;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
 use crate::fallback::FallbackChoice;
 use crate::hedge::{Hedging, LatencySketch};
@@ -377,82 +377,9 @@ impl ApiClient {
         }
     }
 
-    /// A call that may share its request: it joins the flight of an
-    /// identical call in flight, or starts one (see [`crate::coalesce`]),
-    /// and waits for its answer within its own deadline.
-    ///
-    /// A flight runs the pipeline under the longer of its first caller's
-    /// deadline and the client's `total_timeout`, so that no caller's
-    /// shorter deadline fails the others; a caller whose deadline is
-    /// shorter than the flight's stops waiting at its own, with a `Total`
-    /// timeout (0 attempts: its request went on for the others).
-    async fn coalesced(
-        self,
-        key: Key,
-        mut call: Call,
-        span: tracing::Span,
-    ) -> Result<ApiResponse, Error> {
-        let started = Instant::now();
-        let total = self.inner.total_timeout;
-        let own = call.timeout.unwrap_or(total);
-        let method = call.request.method().clone();
-        let url = call
-            .plan
-            .routed
-            .is_none()
-            .then(|| call.request.url().clone());
-        let Some(coalescer) = &self.inner.coalescer else {
-            return self.run::<Buffer>(Ok(call), span).await;
-        };
-        let flight_span = span.clone();
-        let (flight, joined) = coalescer.join(key, |leave| {
-            call.timeout = Some(own.max(total));
-            let run = self.clone().run::<Buffer>(Ok(call), flight_span);
-            Box::pin(async move {
-                let _leave = leave;
-                run.await.map_err(Arc::new)
-            })
-        });
-        if joined {
-            self.inner.stats.coalesced(&method);
-            if !span.is_disabled() {
-                span.record("coalesced", true);
-            }
-            tracing::debug!(target: "resilient_http", parent: &span, "joined an identical call in flight");
-        }
-        let answer = if joined || own < total {
-            let end = started.checked_add(own);
-            match end {
-                Some(end) => match tokio::time::timeout_at(end, flight).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(Arc::new(Error::timeout(TimeoutPhase::Total).with_call(
-                        &method,
-                        url.as_ref(),
-                        0,
-                        started.elapsed(),
-                    ))),
-                },
-                None => flight.await,
-            }
-        } else {
-            flight.await
-        };
-        let answer = answer.map_err(|err| err.share());
-        if joined && !span.is_disabled() {
-            // The flight's span (its first caller's) tells the rest.
-            match &answer {
-                Ok(resp) => {
-                    span.record("http.response.status_code", i64::from(resp.status.as_u16()))
-                }
-                Err(err) => span.record("error.type", &*err.type_name()),
-            };
-        }
-        answer
-    }
-
     /// Runs a prepared call through the pipeline inside `span`, its
     /// `http.client.request` span.
-    fn run<F: Finish>(
+    pub(super) fn run<F: Finish>(
         self,
         call: Result<Call, Error>,
         span: tracing::Span,
