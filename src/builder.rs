@@ -402,8 +402,10 @@ impl ApiClientBuilder {
     ///   part of the identity, so one caller's answer never reaches a caller
     ///   with other credentials; they are hashed with a secret random key,
     ///   never stored. Headers that [request hooks](Self::request_hook), the
-    ///   signer or the token provider add to each attempt are the same for
-    ///   every call of the client, and are not compared.
+    ///   signer or the token provider add to each attempt are not compared:
+    ///   they are added to the attempts of the shared request (a hook that
+    ///   reads the caller's context, for a request id, sees the first
+    ///   caller's).
     /// - Only [`send`](crate::RequestBuilder::send) and the typed one-liners
     ///   built on it coalesce; a call with a body, its own
     ///   [`retry`](crate::RequestBuilder::retry) policy or
@@ -414,11 +416,11 @@ impl ApiClientBuilder {
     ///   shared request goes on while any caller still waits for it, so a
     ///   caller that gives up (dropped, or past its
     ///   [`timeout`](crate::RequestBuilder::timeout)) never fails the
-    ///   others. It runs under the longer of its first caller's deadline and
-    ///   `total_timeout`, with one concurrency permit, and is cancelled when
-    ///   no caller waits any more.
-    /// - It is one call in [`ClientStats`](crate::ClientStats) and in its
-    ///   first caller's span; each caller that joined it counts in
+    ///   others. The shared request runs under the longer of its first
+    ///   caller's deadline and `total_timeout`, with one concurrency permit,
+    ///   and is cancelled when no caller waits any more.
+    /// - The shared request is one call in [`ClientStats`](crate::ClientStats)
+    ///   and in its first caller's span; each caller that joined it counts in
     ///   `coalesced` (metric `http.client.coalesced`), and its span has
     ///   `coalesced = true`. Each caller's [fallback](Self::fallback) is its
     ///   own.
@@ -497,7 +499,10 @@ impl ApiClientBuilder {
     ///
     /// let client = ApiClient::builder()
     ///     .base_url(server.uri())
-    ///     .fallback(|err: &Error| Some(ApiResponse::synthetic(StatusCode::OK, "[]")))
+    ///     .fallback(|err: &Error| {
+    ///         eprintln!("recommendations unavailable, none shown: {err}");
+    ///         Some(ApiResponse::synthetic(StatusCode::OK, "[]"))
+    ///     })
     ///     .build()?;
     /// let items: Vec<u64> = client.get_json("recommendations").await?;   // 503s
     /// assert!(items.is_empty());

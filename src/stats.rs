@@ -12,7 +12,7 @@
 //! | `http.client.hedges` (hedged attempts sent) | counter | `http.request.method` |
 //! | `http.client.hedges.won` (calls a hedge answered) | counter | `http.request.method` |
 //! | `http.client.coalesced` (calls that shared an identical call's request) | counter | `http.request.method` |
-//! | `http.client.fallbacks` (failed calls a fallback answered) | counter | `http.request.method`, `error.type` (the kind) |
+//! | `http.client.fallbacks` (failed calls a fallback answered) | counter | `http.request.method`, `outcome` (the error's kind) |
 //! | `http.client.circuit_breaker.state` (0 closed, 1 half-open, 2 open) | gauge | `endpoint` |
 //! | `http.client.circuit_breaker.transitions` | counter | `endpoint`, `to` |
 //! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`, `pushback`) |
@@ -210,7 +210,7 @@ impl Stats {
         metrics::counter!(
             "http.client.fallbacks",
             "http.request.method" => method_label(method),
-            "error.type" => kind.as_str()
+            "outcome" => kind.as_str()
         )
         .increment(1);
         #[cfg(not(feature = "metrics"))]

@@ -543,3 +543,43 @@ async fn the_span_says_a_fallback_served() {
     );
     assert!(text.contains(r#"served_by="fallback""#), "{text}");
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn coalesced_calls_and_fallbacks_are_counted_as_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(503).set_delay(IN_FLIGHT))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .no_retry()
+        .coalesce_requests(true)
+        .fallback(synthetic("default"))
+        .build()
+        .unwrap();
+
+    let answers = join_all((0..3).map(|_| client.get("items").send())).await;
+
+    assert!(answers.iter().all(Result::is_ok));
+    let text = handle.render();
+    let value = |series: &str| {
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value(r#"http_client_coalesced{http_request_method="GET"}"#).as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"http_client_fallbacks{http_request_method="GET",outcome="retryable"}"#).as_deref(),
+        Some("3"),
+        "{text}"
+    );
+}
