@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use common::{capture_traces, closed_port, fast_builder, received};
 use futures_util::future::join_all;
 use resilient_http::{
-    ApiClient, ApiClientConfig, ApiResponse, CircuitBreakerConfig, Error, ErrorKind, StatusCode,
-    TimeoutPhase,
+    ApiClient, ApiClientBuilder, ApiClientConfig, ApiResponse, CircuitBreakerConfig, Error,
+    ErrorKind, StatusCode, TimeoutPhase,
 };
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -40,6 +41,17 @@ async fn slow_stub(server: &MockServer, route: &str, body: &str, delay: Duration
         .await;
 }
 
+/// A stub answering every request with `status` after `delay`.
+async fn answering(status: u16, delay: Duration) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(status).set_delay(delay))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A client for `server` that coalesces requests.
 fn coalescing(server: &MockServer) -> ApiClient {
     fast_builder(&server.uri())
         .coalesce_requests(true)
@@ -47,8 +59,23 @@ fn coalescing(server: &MockServer) -> ApiClient {
         .unwrap()
 }
 
+/// A fallback that answers 200 with `body`.
 fn synthetic(body: &'static str) -> impl Fn(&Error) -> Option<ApiResponse> + Send + Sync {
     move |_| Some(ApiResponse::synthetic(StatusCode::OK, body))
+}
+
+/// Every call was answered, `requests` requests reached the server, and
+/// `coalesced` calls shared another's.
+async fn assert_answered(
+    answers: &[resilient_http::Result<ApiResponse>],
+    server: &MockServer,
+    client: &ApiClient,
+    requests: usize,
+    coalesced: u64,
+) {
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(received(server).await, requests);
+    assert_eq!(client.stats().coalesced, coalesced);
 }
 
 // ---------------------------------------------------------------- coalescing
@@ -89,9 +116,7 @@ async fn without_coalescing_every_call_sends_its_request() {
 
     let answers = join_all((0..5).map(|_| client.get("items").send())).await;
 
-    assert!(answers.iter().all(Result::is_ok));
-    assert_eq!(received(&server).await, 5);
-    assert_eq!(client.stats().coalesced, 0);
+    assert_answered(&answers, &server, &client, 5, 0).await;
 }
 
 #[tokio::test]
@@ -131,11 +156,7 @@ async fn other_credentials_or_headers_send_their_own_requests() {
 
 #[tokio::test]
 async fn other_queries_methods_and_allowed_statuses_do_not_share() {
-    let server = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(200).set_delay(IN_FLIGHT))
-        .mount(&server)
-        .await;
+    let server = answering(200, IN_FLIGHT).await;
     let client = coalescing(&server);
 
     let answers = join_all([
@@ -152,9 +173,7 @@ async fn other_queries_methods_and_allowed_statuses_do_not_share() {
     ])
     .await;
 
-    assert!(answers.iter().all(Result::is_ok));
-    assert_eq!(received(&server).await, 7);
-    assert_eq!(client.stats().coalesced, 0);
+    assert_answered(&answers, &server, &client, 7, 0).await;
 }
 
 #[tokio::test]
@@ -170,16 +189,26 @@ async fn a_call_after_the_shared_one_ended_sends_its_own_request() {
     assert_eq!(client.stats().coalesced, 0);
 }
 
-#[tokio::test]
-async fn a_dropped_first_caller_does_not_fail_the_others() {
+/// A call that has not ended.
+type Pending = Pin<Box<dyn Future<Output = resilient_http::Result<ApiResponse>> + Send>>;
+
+/// Two identical calls to a slow stub, each polled once: the second joined
+/// the first.
+async fn two_joined_calls() -> (MockServer, ApiClient, Pending, Pending) {
     let server = MockServer::start().await;
     slow_stub(&server, "items", "the items", IN_FLIGHT).await;
     let client = coalescing(&server);
-    let mut first = Box::pin(client.get("items").send());
-    let mut second = Box::pin(client.get("items").send());
+    let mut first: Pending = Box::pin(client.get("items").send());
+    let mut second: Pending = Box::pin(client.get("items").send());
     assert!(futures_util::poll!(first.as_mut()).is_pending());
     assert!(futures_util::poll!(second.as_mut()).is_pending());
     assert_eq!(client.stats().coalesced, 1, "the second joined the first");
+    (server, client, first, second)
+}
+
+#[tokio::test]
+async fn a_dropped_first_caller_does_not_fail_the_others() {
+    let (server, client, first, second) = two_joined_calls().await;
 
     drop(first);
     let resp = second.await.unwrap();
@@ -192,13 +221,7 @@ async fn a_dropped_first_caller_does_not_fail_the_others() {
 
 #[tokio::test]
 async fn a_shared_call_no_caller_waits_for_is_cancelled() {
-    let server = MockServer::start().await;
-    slow_stub(&server, "items", "the items", IN_FLIGHT).await;
-    let client = coalescing(&server);
-    let mut first = Box::pin(client.get("items").send());
-    let mut second = Box::pin(client.get("items").send());
-    assert!(futures_util::poll!(first.as_mut()).is_pending());
-    assert!(futures_util::poll!(second.as_mut()).is_pending());
+    let (_server, client, first, second) = two_joined_calls().await;
 
     drop((first, second));
 
@@ -265,8 +288,7 @@ async fn coalesced_callers_share_the_error() {
         )
         .mount(&server)
         .await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
+    let client = one_attempt(&server)
         .coalesce_requests(true)
         .build()
         .unwrap();
@@ -301,8 +323,7 @@ async fn a_coalesced_call_takes_one_concurrency_permit() {
     }))
     .await;
 
-    assert!(answers.iter().all(Result::is_ok));
-    assert_eq!(received(&server).await, 1);
+    assert_answered(&answers, &server, &client, 1, 2).await;
 }
 
 #[tokio::test]
@@ -334,28 +355,31 @@ async fn coalesce_requests_is_a_configuration_key() {
 
     let answers = join_all((0..2).map(|_| client.get("items").send())).await;
 
-    assert!(answers.iter().all(Result::is_ok));
-    assert_eq!(received(&server).await, 1);
+    assert_answered(&answers, &server, &client, 1, 1).await;
     assert_eq!(ApiClientConfig::default().coalesce_requests, None);
 }
 
 // ---------------------------------------------------------------- fallbacks
 
-/// A stub answering every request with `status`.
-async fn answering(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(status))
-        .mount(&server)
-        .await;
-    server
+/// A builder for `server` with one attempt per call.
+fn one_attempt(server: &MockServer) -> ApiClientBuilder {
+    fast_builder(&server.uri()).no_retry()
+}
+
+/// A stub answering `status`, and a client whose fallback answers `body`.
+async fn falling_back(status: u16, body: &'static str) -> (MockServer, ApiClient) {
+    let server = answering(status, Duration::ZERO).await;
+    let client = one_attempt(&server)
+        .fallback(synthetic(body))
+        .build()
+        .unwrap();
+    (server, client)
 }
 
 #[tokio::test]
 async fn the_fallback_answers_a_503() {
-    let server = answering(503).await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
+    let server = answering(503, Duration::ZERO).await;
+    let client = one_attempt(&server)
         .fallback(|err| {
             assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
             Some(ApiResponse::synthetic(StatusCode::OK, r#"["default"]"#))
@@ -375,12 +399,7 @@ async fn the_fallback_answers_a_503() {
 
 #[tokio::test]
 async fn the_fallback_answers_the_typed_one_liners() {
-    let server = answering(500).await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
-        .fallback(synthetic("[]"))
-        .build()
-        .unwrap();
+    let (_server, client) = falling_back(500, "[]").await;
 
     let items: Vec<u64> = client.get_json("items").await.unwrap();
 
@@ -389,7 +408,7 @@ async fn the_fallback_answers_the_typed_one_liners() {
 
 #[tokio::test]
 async fn the_fallback_is_not_asked_about_a_404() {
-    let server = answering(404).await;
+    let server = answering(404, Duration::ZERO).await;
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
     let client = fast_builder(&server.uri())
@@ -435,12 +454,8 @@ async fn the_fallback_answers_a_refused_connection_and_an_open_circuit() {
 
 #[tokio::test]
 async fn a_fallback_that_declines_keeps_the_error() {
-    let server = answering(503).await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
-        .fallback(|_| None)
-        .build()
-        .unwrap();
+    let server = answering(503, Duration::ZERO).await;
+    let client = one_attempt(&server).fallback(|_| None).build().unwrap();
 
     let err = client.get("items").send().await.unwrap_err();
 
@@ -459,8 +474,7 @@ async fn fallback_on_answers_the_kinds_it_names_only() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
+    let client = one_attempt(&server)
         .fallback_on([ErrorKind::Client], synthetic("placeholder"))
         .build()
         .unwrap();
@@ -474,12 +488,7 @@ async fn fallback_on_answers_the_kinds_it_names_only() {
 
 #[tokio::test]
 async fn a_calls_fallback_replaces_the_clients() {
-    let server = answering(503).await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
-        .fallback(synthetic("client's"))
-        .build()
-        .unwrap();
+    let (_server, client) = falling_back(503, "client's").await;
 
     let own = client.get("a").fallback(synthetic("call's")).send().await;
     let client_s = client.get("a").send().await;
@@ -498,13 +507,8 @@ async fn a_calls_fallback_replaces_the_clients() {
 
 #[tokio::test]
 async fn each_coalesced_caller_has_its_own_fallback() {
-    let server = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(503).set_delay(IN_FLIGHT))
-        .mount(&server)
-        .await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
+    let server = answering(503, IN_FLIGHT).await;
+    let client = one_attempt(&server)
         .coalesce_requests(true)
         .build()
         .unwrap();
@@ -527,12 +531,7 @@ async fn each_coalesced_caller_has_its_own_fallback() {
 #[tokio::test]
 async fn the_span_says_a_fallback_served() {
     let (captured, _guard) = capture_traces(tracing::Level::DEBUG);
-    let server = answering(503).await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
-        .fallback(synthetic("default"))
-        .build()
-        .unwrap();
+    let (_server, client) = falling_back(503, "default").await;
 
     client.get("items").send().await.unwrap();
 
@@ -550,13 +549,8 @@ async fn coalesced_calls_and_fallbacks_are_counted_as_metrics() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let server = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(503).set_delay(IN_FLIGHT))
-        .mount(&server)
-        .await;
-    let client = fast_builder(&server.uri())
-        .no_retry()
+    let server = answering(503, IN_FLIGHT).await;
+    let client = one_attempt(&server)
         .coalesce_requests(true)
         .fallback(synthetic("default"))
         .build()
