@@ -87,10 +87,10 @@ impl FallbackChoice {
 
 /// A set of error kinds, one bit each.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
-struct Kinds(u8);
+struct Kinds(u32);
 
 impl Kinds {
-    fn bit(kind: ErrorKind) -> u8 {
+    fn bit(kind: ErrorKind) -> u32 {
         1 << (kind as u8)
     }
 

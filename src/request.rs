@@ -697,9 +697,11 @@ impl RequestBuilder {
     ///
     /// # Errors
     ///
-    /// `Ok` only for a 2xx status. Any other status, a transport failure, a
-    /// timeout, a local rejection or an invalid request is an [`Error`] whose
-    /// [`kind`](Error::kind) says which.
+    /// `Ok` only for a 2xx status (or an [allowed](Self::allow_status) one),
+    /// or for the answer of the call's
+    /// [fallback](crate::ApiClientBuilder::fallback). Any other status, a
+    /// transport failure, a timeout, a local rejection or an invalid request
+    /// is an [`Error`] whose [`kind`](Error::kind) says which.
     pub fn send(mut self) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
         let fallback = std::mem::take(&mut self.fallback);
         let coalesce = self.coalesce;

@@ -19,7 +19,9 @@ use crate::redact;
 use crate::timeout::{Deadline, TimeoutPhase};
 
 /// A successful (2xx) response whose body is already buffered, or one with a
-/// status the call allowed ([`RequestBuilder::allow_status`](crate::RequestBuilder::allow_status)).
+/// status the call allowed ([`RequestBuilder::allow_status`](crate::RequestBuilder::allow_status)),
+/// or one a [fallback](crate::ApiClientBuilder::fallback) gave
+/// ([`synthetic`](Self::synthetic)).
 ///
 /// The body was read inside the attempt, bounded by `max_response_bytes`, so a
 /// body that failed midway was retried like any other transient failure.
@@ -156,7 +158,8 @@ impl ApiResponse {
     }
 
     /// The status code: 2xx, or one the call allowed with
-    /// [`allow_status`](crate::RequestBuilder::allow_status).
+    /// [`allow_status`](crate::RequestBuilder::allow_status) (any, for a
+    /// [`synthetic`](Self::synthetic) one).
     #[must_use]
     pub fn status(&self) -> StatusCode {
         self.status
