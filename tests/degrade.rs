@@ -319,7 +319,7 @@ async fn a_coalesced_call_takes_one_concurrency_permit() {
 
     let answers = join_all((0..3).map(|_| {
         // Three calls in turn would need three times the delay.
-        client.get("items").timeout(IN_FLIGHT * 2).send()
+        client.get("items").timeout(IN_FLIGHT * 8 / 3).send()
     }))
     .await;
 
