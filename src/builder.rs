@@ -416,9 +416,10 @@ impl ApiClientBuilder {
     ///   shared request goes on while any caller still waits for it, so a
     ///   caller that gives up (dropped, or past its
     ///   [`timeout`](crate::RequestBuilder::timeout)) never fails the
-    ///   others. The shared request runs under the longer of its first
-    ///   caller's deadline and `total_timeout`, with one concurrency permit,
-    ///   and is cancelled when no caller waits any more.
+    ///   others: it gets a `Total` [timeout](Error::is_timeout) of its own.
+    ///   The shared request runs under the longer of its first caller's
+    ///   deadline and `total_timeout`, with one concurrency permit, and is
+    ///   cancelled (counted as such) when no caller waits any more.
     /// - The shared request is one call in [`ClientStats`](crate::ClientStats)
     ///   and in its first caller's span; each caller that joined it counts in
     ///   `coalesced` (metric `http.client.coalesced`), and its span has

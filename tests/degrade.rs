@@ -455,7 +455,10 @@ async fn the_fallback_answers_a_refused_connection_and_an_open_circuit() {
 #[tokio::test]
 async fn a_fallback_that_declines_keeps_the_error() {
     let server = answering(503, Duration::ZERO).await;
-    let client = one_attempt(&server).fallback(|_| None).build().unwrap();
+    let client = one_attempt(&server)
+        .fallback(|_err: &Error| -> Option<ApiResponse> { None })
+        .build()
+        .unwrap();
 
     let err = client.get("items").send().await.unwrap_err();
 
