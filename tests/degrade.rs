@@ -109,6 +109,16 @@ async fn a_hundred_identical_gets_send_one_request() {
 }
 
 #[tokio::test]
+async fn identical_heads_share_one_request_too() {
+    let server = answering(200, IN_FLIGHT).await;
+    let client = coalescing(&server);
+
+    let answers = join_all((0..3).map(|_| client.head("items").send())).await;
+
+    assert_answered(&answers, &server, &client, 1, 2).await;
+}
+
+#[tokio::test]
 async fn without_coalescing_every_call_sends_its_request() {
     let server = MockServer::start().await;
     slow_stub(&server, "items", "the items", IN_FLIGHT).await;
