@@ -489,6 +489,28 @@ impl RequestBuilder {
 
     /// No fallback for this call, whatever the client's
     /// [`fallback`](crate::ApiClientBuilder::fallback): it returns its error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, StatusCode};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .no_retry()
+    ///     .fallback(|_| Some(ApiResponse::synthetic(StatusCode::OK, "[]")))
+    ///     .build()?;
+    /// // A health check must see the dependency as it is.
+    /// let err = client.get("health").no_fallback().send().await.unwrap_err();
+    /// assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
     pub fn no_fallback(mut self) -> Self {
         self.fallback = FallbackChoice::Off;
         self
@@ -499,6 +521,29 @@ impl RequestBuilder {
     /// [`coalesce_requests`](crate::ApiClientBuilder::coalesce_requests).
     /// For a read that must see what the server holds after it starts (a
     /// read after a write, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_delay(std::time::Duration::from_millis(100)))
+    /// #     .expect(2)
+    /// #     .mount(&server).await;
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder().base_url(server.uri()).coalesce_requests(true).build()?;
+    /// let (shared, own) = tokio::join!(
+    ///     client.get("orders/7").send(),
+    ///     client.get("orders/7").no_coalescing().send(),   // its own request
+    /// );
+    /// assert!(shared.is_ok() && own.is_ok());
+    /// assert_eq!(client.stats().coalesced, 0);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
     pub fn no_coalescing(mut self) -> Self {
         self.coalesce = false;
         self
