@@ -11,8 +11,10 @@ use crate::auth::{TokenCache, TokenProvider};
 use crate::balance::{Endpoint, LoadBalance, parse_endpoint};
 use crate::breaker::{Breakers, CircuitBreakerConfig};
 use crate::client::{ApiClient, Inner};
+use crate::coalesce::Coalescer;
 use crate::discovery::{Balancer, DEFAULT_RESOLVER_REFRESH, Resolver};
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::fallback::Fallback;
 use crate::headers::{bearer, header_pair};
 use crate::hedge::Hedging;
 use crate::hook::{RequestHook, RequestSigner};
@@ -20,6 +22,7 @@ use crate::limit::{Limits, RateLimit};
 use crate::origin;
 use crate::proxy::ProxySettings;
 use crate::redact;
+use crate::response::ApiResponse;
 use crate::retry::RetryPolicy;
 use crate::tls::{Identity, TlsSettings, TlsVersion};
 use crate::transport::Transport;
@@ -60,6 +63,7 @@ pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// | `circuit_breaker` | [`CircuitBreakerConfig::default()`] |
 /// | `rate_limit`, `max_concurrency` | off |
 /// | `adaptive_concurrency`, `hedging` | off |
+/// | `coalesce_requests`, `fallback` | off |
 /// | `max_response_bytes` | 16 MiB |
 /// | `max_error_body_bytes` | 64 KiB |
 /// | `max_redirects` | 10 |
@@ -103,6 +107,8 @@ pub struct ApiClientBuilder {
     max_concurrency: Option<usize>,
     adaptive_concurrency: Option<AdaptiveConcurrency>,
     hedging: Option<Hedging>,
+    coalesce_requests: bool,
+    fallback: Option<Fallback>,
     headers: HeaderMap,
     user_agent: Option<HeaderValue>,
     max_response_bytes: usize,
@@ -147,6 +153,8 @@ impl fmt::Debug for ApiClientBuilder {
             .field("max_concurrency", &self.max_concurrency)
             .field("adaptive_concurrency", &self.adaptive_concurrency)
             .field("hedging", &self.hedging)
+            .field("coalesce_requests", &self.coalesce_requests)
+            .field("fallback", &self.fallback)
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
             .field("tls", &self.tls)
@@ -179,6 +187,8 @@ impl ApiClientBuilder {
             max_concurrency: None,
             adaptive_concurrency: None,
             hedging: None,
+            coalesce_requests: false,
+            fallback: None,
             headers: HeaderMap::new(),
             user_agent: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -379,6 +389,170 @@ impl ApiClientBuilder {
     /// ```
     pub fn hedging(mut self, hedging: Hedging) -> Self {
         self.hedging = Some(hedging);
+        self
+    }
+
+    /// Request coalescing (default off): a GET or HEAD sent while an
+    /// identical one is in flight sends nothing of its own and gets that
+    /// call's answer, its response or its error. A burst of identical reads
+    /// (a cold cache, a popular key) then costs the dependency one request.
+    ///
+    /// - Identical means the same method, final URL (query included),
+    ///   request headers (default headers included) and credentials, and the
+    ///   same [`allow_status`](crate::RequestBuilder::allow_status) set.
+    ///   Credentials (an `Authorization` header, an API key, a cookie) are
+    ///   part of the identity, so one caller's answer never reaches a caller
+    ///   with other credentials; they are hashed with a secret random key,
+    ///   never stored. Headers that [request hooks](Self::request_hook), the
+    ///   signer or the token provider add to each attempt are not compared:
+    ///   they are added to the attempts of the shared request (a hook that
+    ///   reads the caller's context, for a request id, sees the first
+    ///   caller's).
+    /// - Only [`send`](crate::RequestBuilder::send) and the typed one-liners
+    ///   built on it coalesce; a call with a body, its own
+    ///   [`retry`](crate::RequestBuilder::retry) policy or
+    ///   [`hedging`](crate::RequestBuilder::hedging), or
+    ///   [`no_coalescing`](crate::RequestBuilder::no_coalescing), and
+    ///   [`send_stream`](crate::RequestBuilder::send_stream), never do.
+    /// - Each caller keeps its own deadline and may be cancelled alone: the
+    ///   shared request goes on while any caller still waits for it, so a
+    ///   caller that gives up (dropped, or past its
+    ///   [`timeout`](crate::RequestBuilder::timeout)) never fails the
+    ///   others: it gets a `Total` [timeout](Error::is_timeout) of its own.
+    ///   The shared request runs under the longer of its first caller's
+    ///   deadline and `total_timeout`, with one concurrency permit, and is
+    ///   cancelled (counted as such) when no caller waits any more.
+    /// - The shared request is one call in [`ClientStats`](crate::ClientStats)
+    ///   and in its first caller's span; each caller that joined it counts in
+    ///   `coalesced` (metric `http.client.coalesced`), and its span has
+    ///   `coalesced = true`. Each caller's [fallback](Self::fallback) is its
+    ///   own.
+    ///
+    /// Off, it costs a call one branch. Turn it on for reads whose answer
+    /// does not depend on when, within the time of one request, they were
+    /// sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/config"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_body_string("v42")
+    /// #         .set_delay(std::time::Duration::from_millis(200)))
+    /// #     .expect(1)
+    /// #     .mount(&server).await;
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .coalesce_requests(true)
+    ///     .build()?;
+    /// let (a, b) = tokio::join!(client.get("config").send(), client.get("config").send());
+    /// assert_eq!((a?.text()?, b?.text()?), ("v42".into(), "v42".into()));
+    /// assert_eq!(client.stats().coalesced, 1);   // one request was sent
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn coalesce_requests(mut self, coalesce: bool) -> Self {
+        self.coalesce_requests = coalesce;
+        self
+    }
+
+    /// A fallback for every call (default none): when a call fails with an
+    /// error that means the dependency is unavailable, `fallback` is asked
+    /// for an answer, and what it returns is the call's response instead of
+    /// the error. `None` keeps the error.
+    ///
+    /// The errors it is asked about are those of the kinds
+    /// [`Retryable`](ErrorKind::Retryable) (timeouts, connection failures,
+    /// 429, 502, 503, 504), [`Server`](ErrorKind::Server) (other 5xx) and
+    /// [`Rejected`](ErrorKind::Rejected) (an open circuit breaker, a
+    /// pushback pause, a rate or concurrency limit): never a
+    /// [`Client`](ErrorKind::Client) error such as a 404 (the dependency
+    /// answered), a `Decode` or a `Config` error (a bug to see). Name other
+    /// kinds with [`fallback_on`](Self::fallback_on).
+    ///
+    /// It runs once per call, after the last attempt, with the final error
+    /// (its kind, status, [`retry_after`](Error::retry_after)...), on the
+    /// caller's task: it should return at once (a default, a value kept
+    /// from earlier), not call out. Its answer is marked
+    /// [`is_synthetic`](ApiResponse::is_synthetic) (see
+    /// [`ApiResponse::synthetic`]); the call still counts as failed in
+    /// [`ClientStats`](crate::ClientStats), and also in `fallbacks` (metric
+    /// `http.client.fallbacks`); its span has `served_by = "fallback"`.
+    /// [`RequestBuilder::fallback`](crate::RequestBuilder::fallback)
+    /// replaces it for one call. Only buffered calls
+    /// ([`send`](crate::RequestBuilder::send) and the typed one-liners)
+    /// have fallbacks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/recommendations"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// # wiremock::Mock::given(wiremock::matchers::path("/users/7"))
+    /// #     .respond_with(wiremock::ResponseTemplate::new(404))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, Error, StatusCode};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .fallback(|err: &Error| {
+    ///         eprintln!("recommendations unavailable, none shown: {err}");
+    ///         Some(ApiResponse::synthetic(StatusCode::OK, "[]"))
+    ///     })
+    ///     .build()?;
+    /// let items: Vec<u64> = client.get_json("recommendations").await?;   // 503s
+    /// assert!(items.is_empty());
+    /// // A 404 is an answer of the dependency: no fallback.
+    /// assert_eq!(client.get("users/7").send().await.unwrap_err().status(), Some(StatusCode::NOT_FOUND));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn fallback<F>(mut self, fallback: F) -> Self
+    where
+        F: Fn(&Error) -> Option<ApiResponse> + Send + Sync + 'static,
+    {
+        self.fallback = Some(Fallback::new(fallback));
+        self
+    }
+
+    /// A [fallback](Self::fallback) for the errors of the `kinds` given
+    /// only, in place of the default ones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, ErrorKind, StatusCode};
+    ///
+    /// // Only when the circuit is open or a limit refuses: nothing was sent.
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .no_retry()
+    ///     .fallback_on([ErrorKind::Rejected], |_| {
+    ///         Some(ApiResponse::synthetic(StatusCode::OK, "cached"))
+    ///     })
+    ///     .build()?;
+    /// assert!(client.get("feed").send().await.is_err());   // a 503 is not Rejected
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn fallback_on<K, F>(mut self, kinds: K, fallback: F) -> Self
+    where
+        K: IntoIterator<Item = ErrorKind>,
+        F: Fn(&Error) -> Option<ApiResponse> + Send + Sync + 'static,
+    {
+        self.fallback = Some(Fallback::on(kinds, fallback));
         self
     }
 
@@ -895,6 +1069,8 @@ impl ApiClientBuilder {
         inner.max_error_body_bytes = self.max_error_body_bytes;
         inner.signer = self.signer;
         inner.hedging = self.hedging;
+        inner.coalescer = self.coalesce_requests.then(Coalescer::new);
+        inner.fallback = self.fallback;
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 

@@ -16,8 +16,10 @@ use crate::auth::TokenCache;
 use crate::balance::EndpointStatus;
 use crate::breaker::{Breakers, CircuitState};
 use crate::builder::ApiClientBuilder;
+use crate::coalesce::Coalescer;
 use crate::discovery::Balancer;
 use crate::error::Error;
+use crate::fallback::Fallback;
 use crate::hedge::{Hedging, Latencies, LatencySketch};
 use crate::hook::{RequestHook, RequestSigner};
 use crate::limit::Limits;
@@ -98,6 +100,11 @@ pub(crate) struct Inner {
     /// percentile hedging delay (those of a client's endpoints are kept
     /// with them).
     pub(crate) latencies: Latencies,
+    /// The calls in flight that identical ones may join
+    /// (`ApiClientBuilder::coalesce_requests`).
+    pub(crate) coalescer: Option<Coalescer>,
+    /// What answers a failed call (`ApiClientBuilder::fallback`).
+    pub(crate) fallback: Option<Fallback>,
 }
 
 impl Inner {
@@ -121,6 +128,8 @@ impl Inner {
             pauses: Pauses::new(base.as_ref(), |_| Pause::new()),
             latencies: Latencies::new(base.as_ref(), |_| LatencySketch::default()),
             hedging: None,
+            coalescer: None,
+            fallback: None,
             http,
             base,
             balancer,
@@ -157,6 +166,8 @@ impl fmt::Debug for ApiClient {
             .field("retry", &inner.retry)
             .field("circuit_breaker", &inner.breakers.is_some())
             .field("limits", &!inner.limits.is_empty())
+            .field("coalesce_requests", &inner.coalescer.is_some())
+            .field("fallback", &inner.fallback)
             .finish_non_exhaustive()
     }
 }

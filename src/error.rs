@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -218,7 +218,7 @@ impl fmt::Display for ErrorReason {
 
 /// What failed: the one stored fact of an error. Kind, reason, status,
 /// timeout phase and whether it was a connect failure all derive from it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum What {
     #[error("server answered {0}")]
     Status(StatusCode),
@@ -619,9 +619,12 @@ pub struct Error {
     inner: Box<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     what: What,
-    source: Option<BoxError>,
+    /// Shared, so that an error can be handed to every caller of a
+    /// coalesced call ([`Error::share`]).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     method: Option<Method>,
     url: Option<Url>,
     attempts: u32,
@@ -757,7 +760,7 @@ impl Error {
     /// A body that cannot be used as asked.
     pub(crate) fn decode(detail: impl Into<Cow<'static, str>>, source: Option<BoxError>) -> Self {
         let mut err = Self::new(What::Decode(detail.into(), None));
-        err.inner.source = source;
+        err.inner.source = source.map(Arc::from);
         err
     }
 
@@ -824,8 +827,16 @@ impl Error {
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.inner.source = Some(source.into());
+        self.inner.source = Some(Arc::from(source.into()));
         self
+    }
+
+    /// A copy of this error, its source shared, for each caller of a
+    /// coalesced call.
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            inner: Box::new((*self.inner).clone()),
+        }
     }
 
     /// Adds the call's context: method, URL (stored redacted), attempts, elapsed.

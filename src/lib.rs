@@ -50,7 +50,10 @@
 //! For each logical call, under one total deadline:
 //!
 //! 1. the request is built once (URL joined, headers set, body serialized to
-//!    `Bytes` so it can be replayed);
+//!    `Bytes` so it can be replayed); with
+//!    [request coalescing](ApiClientBuilder::coalesce_requests), a GET or
+//!    HEAD identical to one in flight waits for that call's answer instead
+//!    of going on;
 //! 2. a concurrency permit is taken, held for the whole call, never waiting
 //!    past the deadline;
 //! 3. for each attempt, the endpoint's server pushback pause and circuit
@@ -68,7 +71,9 @@
 //! 5. the outcome is classified and recorded in the breaker;
 //! 6. a retryable outcome is retried if the method may be repeated and the
 //!    policy, the deadline, the breaker and the retry budget allow, after the
-//!    backoff (or the server's `Retry-After`).
+//!    backoff (or the server's `Retry-After`);
+//! 7. after the last attempt, a failure of a kind the call's
+//!    [fallback](ApiClientBuilder::fallback) names is answered by it.
 //!
 //! # Paths
 //!
@@ -154,6 +159,14 @@
 //! `etcd`; `DnsResolver`, feature `dns`, one endpoint per address of a name)
 //! keeps the list current; [`ApiClient::endpoints`] reports each one.
 //!
+//! # Degrading gracefully
+//!
+//! [`coalesce_requests`](ApiClientBuilder::coalesce_requests) makes a burst
+//! of identical reads cost the dependency one request;
+//! [`fallback`](ApiClientBuilder::fallback) answers a call the dependency
+//! could not (a timeout, a 503, an open circuit) with a response of the
+//! program's own, an [`ApiResponse::synthetic`].
+//!
 //! # Embedding in a service
 //!
 //! [`token_provider`](ApiClientBuilder::token_provider) with a
@@ -196,7 +209,10 @@
 //! Each call is one `http.client.request` span with OpenTelemetry HTTP-client
 //! fields (`http.request.method`, `url.full` (redacted), `server.address`,
 //! `server.port`, `http.response.status_code`, `http.request.resend_count`,
-//! `error.type`), DEBUG events per attempt and retry (targets
+//! `error.type`; `coalesced` for a call that
+//! [shared](ApiClientBuilder::coalesce_requests) another's request,
+//! `served_by = "fallback"` for one a [fallback](ApiClientBuilder::fallback)
+//! answered), DEBUG events per attempt and retry (targets
 //! `resilient_http`, `resilient_http::retry`, `resilient_http::limit`), breaker
 //! changes under `resilient_http::breaker` (WARN when opening), and a WARN when
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
@@ -285,6 +301,7 @@ mod balance;
 mod breaker;
 mod builder;
 mod client;
+mod coalesce;
 pub mod config;
 mod discovery;
 #[cfg(feature = "dns")]
@@ -292,6 +309,7 @@ mod dns;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod fallback;
 mod headers;
 mod hedge;
 mod hook;

@@ -11,10 +11,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::ApiClient;
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::fallback::{Fallback, FallbackChoice};
 use crate::headers::{bearer, header_pair};
 use crate::hedge::Hedging;
-use crate::pipeline::{Buffer, Call, HedgeChoice, Plan, Routed, Streamed};
+use crate::pipeline::{Call, HedgeChoice, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{RetryPolicy, is_idempotent_method};
 use crate::sse::EventStream;
@@ -53,6 +54,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 #[must_use = "a request does nothing until it is sent"]
+// Independent options of one request, not the states of a machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct RequestBuilder {
     client: ApiClient,
     method: Method,
@@ -75,6 +78,10 @@ pub struct RequestBuilder {
     has_key: bool,
     retry: Option<Box<RetryPolicy>>,
     hedging: HedgeChoice,
+    fallback: FallbackChoice,
+    /// The call may join an identical one in flight (when the client
+    /// coalesces).
+    coalesce: bool,
     allow: Vec<StatusCode>,
     /// The query pairs added, already form-encoded.
     query: Option<String>,
@@ -91,6 +98,8 @@ impl fmt::Debug for RequestBuilder {
             .field("allow_path_escape", &self.allow_path_escape)
             .field("retry", &self.retry)
             .field("hedging", &self.hedging)
+            .field("fallback", &self.fallback)
+            .field("coalesce", &self.coalesce)
             .field("allow_status", &self.allow)
             .finish_non_exhaustive()
     }
@@ -134,6 +143,8 @@ impl RequestBuilder {
             has_key: false,
             retry: None,
             hedging: HedgeChoice::Client,
+            fallback: FallbackChoice::Client,
+            coalesce: true,
             allow: Vec::new(),
             query: None,
             bad_query: None,
@@ -421,6 +432,135 @@ impl RequestBuilder {
         self
     }
 
+    /// This call's fallback, replacing the client's
+    /// ([`ApiClientBuilder::fallback`](crate::ApiClientBuilder::fallback),
+    /// which says when a fallback is asked, and for which kinds of error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, StatusCode};
+    ///
+    /// let client = ApiClient::builder().base_url(server.uri()).no_retry().build()?;
+    /// let resp = client
+    ///     .get("banner")
+    ///     .fallback(|_| Some(ApiResponse::synthetic(StatusCode::OK, "Welcome!")))
+    ///     .send()
+    ///     .await?;
+    /// assert!(resp.is_synthetic());
+    /// assert_eq!(resp.text()?, "Welcome!");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn fallback<F>(mut self, fallback: F) -> Self
+    where
+        F: Fn(&Error) -> Option<ApiResponse> + Send + Sync + 'static,
+    {
+        self.fallback = FallbackChoice::Call(Fallback::new(fallback));
+        self
+    }
+
+    /// This call's fallback, for the errors of the `kinds` given only (see
+    /// [`ApiClientBuilder::fallback_on`](crate::ApiClientBuilder::fallback_on)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(404))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, ErrorKind, StatusCode};
+    ///
+    /// let client = ApiClient::new(server.uri())?;
+    /// let resp = client
+    ///     .get("avatars/7")
+    ///     .fallback_on([ErrorKind::Client, ErrorKind::Retryable], |_| {
+    ///         Some(ApiResponse::synthetic(StatusCode::OK, "default.png"))
+    ///     })
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(resp.text()?, "default.png");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn fallback_on<K, F>(mut self, kinds: K, fallback: F) -> Self
+    where
+        K: IntoIterator<Item = ErrorKind>,
+        F: Fn(&Error) -> Option<ApiResponse> + Send + Sync + 'static,
+    {
+        self.fallback = FallbackChoice::Call(Fallback::on(kinds, fallback));
+        self
+    }
+
+    /// No fallback for this call, whatever the client's
+    /// [`fallback`](crate::ApiClientBuilder::fallback): it returns its error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, ApiResponse, StatusCode};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .no_retry()
+    ///     .fallback(|_| Some(ApiResponse::synthetic(StatusCode::OK, "[]")))
+    ///     .build()?;
+    /// // A health check must see the dependency as it is.
+    /// let err = client.get("health").no_fallback().send().await.unwrap_err();
+    /// assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn no_fallback(mut self) -> Self {
+        self.fallback = FallbackChoice::Off;
+        self
+    }
+
+    /// This call sends its own request even when an identical one is in
+    /// flight, whatever the client's
+    /// [`coalesce_requests`](crate::ApiClientBuilder::coalesce_requests).
+    /// For a read that must see what the server holds after it starts (a
+    /// read after a write, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .set_delay(std::time::Duration::from_millis(100)))
+    /// #     .expect(2)
+    /// #     .mount(&server).await;
+    /// use resilient_http::ApiClient;
+    ///
+    /// let client = ApiClient::builder().base_url(server.uri()).coalesce_requests(true).build()?;
+    /// let (shared, own) = tokio::join!(
+    ///     client.get("orders/7").send(),
+    ///     client.get("orders/7").no_coalescing().send(),   // its own request
+    /// );
+    /// assert!(shared.is_ok() && own.is_ok());
+    /// assert_eq!(client.stats().coalesced, 0);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn no_coalescing(mut self) -> Self {
+        self.coalesce = false;
+        self
+    }
+
     /// Makes `status` an answer for this call, not an error: `send()` returns
     /// `Ok(ApiResponse)` with it and its body (bounded by
     /// `max_response_bytes`), as for a 2xx. Call it again to allow more.
@@ -528,6 +668,8 @@ impl RequestBuilder {
             has_key,
             retry,
             hedging,
+            fallback: _,
+            coalesce: _,
             allow,
             query,
             bad_query,
@@ -614,12 +756,16 @@ impl RequestBuilder {
     ///
     /// # Errors
     ///
-    /// `Ok` only for a 2xx status. Any other status, a transport failure, a
-    /// timeout, a local rejection or an invalid request is an [`Error`] whose
-    /// [`kind`](Error::kind) says which.
-    pub fn send(self) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
+    /// `Ok` only for a 2xx status (or an [allowed](Self::allow_status) one),
+    /// or for the answer of the call's
+    /// [fallback](crate::ApiClientBuilder::fallback). Any other status, a
+    /// transport failure, a timeout, a local rejection or an invalid request
+    /// is an [`Error`] whose [`kind`](Error::kind) says which.
+    pub fn send(mut self) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
+        let fallback = std::mem::take(&mut self.fallback);
+        let coalesce = self.coalesce;
         let (client, call) = self.into_call();
-        client.execute::<Buffer>(call)
+        client.send(call, coalesce, fallback)
     }
 
     /// Sends the request and decodes a 2xx JSON body.

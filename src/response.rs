@@ -19,7 +19,9 @@ use crate::redact;
 use crate::timeout::{Deadline, TimeoutPhase};
 
 /// A successful (2xx) response whose body is already buffered, or one with a
-/// status the call allowed ([`RequestBuilder::allow_status`](crate::RequestBuilder::allow_status)).
+/// status the call allowed ([`RequestBuilder::allow_status`](crate::RequestBuilder::allow_status)),
+/// or one a [fallback](crate::ApiClientBuilder::fallback) gave
+/// ([`synthetic`](Self::synthetic)).
 ///
 /// The body was read inside the attempt, bounded by `max_response_bytes`, so a
 /// body that failed midway was retried like any other transient failure.
@@ -44,6 +46,9 @@ use crate::timeout::{Deadline, TimeoutPhase};
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
+///
+/// A clone is cheap: the body is shared, the headers are copied.
+#[derive(Clone)]
 pub struct ApiResponse {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
@@ -54,6 +59,9 @@ pub struct ApiResponse {
     pub(crate) method: Method,
     pub(crate) url: Url,
     pub(crate) hedged: bool,
+    /// Built by the program ([`ApiResponse::synthetic`]) or returned by a
+    /// fallback, not received for this call.
+    pub(crate) synthetic: bool,
 }
 
 impl fmt::Debug for ApiResponse {
@@ -65,13 +73,93 @@ impl fmt::Debug for ApiResponse {
             .field("body_len", &self.body.len())
             .field("attempts", &self.attempts)
             .field("hedged", &self.hedged)
+            .field("synthetic", &self.synthetic)
             .finish_non_exhaustive()
     }
 }
 
 impl ApiResponse {
+    /// A response built by the program rather than received: what a
+    /// [fallback](crate::ApiClientBuilder::fallback) returns when the
+    /// dependency is unavailable (a default, an empty list, a value kept
+    /// from earlier).
+    ///
+    /// It has no headers (add some with [`headers_mut`](Self::headers_mut)),
+    /// HTTP/1.1 as its version, 0 [`attempts`](Self::attempts), and
+    /// [`is_synthetic`](Self::is_synthetic) says so. Its [`url`](Self::url)
+    /// is `about:blank` until a fallback serves it: then it is the call's
+    /// (redacted) URL, and its method and [`elapsed`](Self::elapsed) are the
+    /// call's. Any status may be given; the caller sees it as an answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiResponse, StatusCode};
+    ///
+    /// let resp = ApiResponse::synthetic(StatusCode::OK, r#"{"items":[]}"#);
+    /// assert!(resp.is_synthetic());
+    /// assert_eq!((resp.status(), resp.attempts()), (StatusCode::OK, 0));
+    /// assert_eq!(resp.text()?, r#"{"items":[]}"#);
+    /// # Ok::<(), resilient_http::Error>(())
+    /// ```
+    #[must_use]
+    pub fn synthetic(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: body.into(),
+            attempts: 0,
+            elapsed: std::time::Duration::ZERO,
+            method: Method::GET,
+            url: blank(),
+            hedged: false,
+            synthetic: true,
+        }
+    }
+
+    /// Whether this response was not received for this call: built with
+    /// [`synthetic`](Self::synthetic), or returned by a
+    /// [fallback](crate::ApiClientBuilder::fallback) (whatever it returned).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200))
+    /// #     .mount(&server).await;
+    /// let client = resilient_http::ApiClient::new(server.uri())?;
+    /// assert!(!client.get("health").send().await?.is_synthetic());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn is_synthetic(&self) -> bool {
+        self.synthetic
+    }
+
+    /// The response headers, to change (a [`synthetic`](Self::synthetic)
+    /// response's `Content-Type`, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use resilient_http::{ApiResponse, HeaderValue, StatusCode};
+    ///
+    /// let mut resp = ApiResponse::synthetic(StatusCode::OK, "[]");
+    /// resp.headers_mut()
+    ///     .insert("content-type", HeaderValue::from_static("application/json"));
+    /// assert_eq!(resp.headers()["content-type"], "application/json");
+    /// ```
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
     /// The status code: 2xx, or one the call allowed with
-    /// [`allow_status`](crate::RequestBuilder::allow_status).
+    /// [`allow_status`](crate::RequestBuilder::allow_status) (any, for a
+    /// [`synthetic`](Self::synthetic) one).
     #[must_use]
     pub fn status(&self) -> StatusCode {
         self.status
@@ -89,14 +177,16 @@ impl ApiResponse {
         &self.headers
     }
 
-    /// The final URL, after any redirects.
+    /// The final URL, after any redirects (for a
+    /// [`synthetic`](Self::synthetic) one, see there).
     #[must_use]
     pub fn url(&self) -> &Url {
         &self.url
     }
 
     /// Attempts it took, the successful one included; hedges
-    /// ([`Hedging`](crate::Hedging)) count as attempts.
+    /// ([`Hedging`](crate::Hedging)) count as attempts. 0 for a
+    /// [`synthetic`](Self::synthetic) response.
     #[must_use]
     pub fn attempts(&self) -> u32 {
         self.attempts
@@ -185,6 +275,13 @@ impl ApiResponse {
             self.elapsed,
         )
     }
+}
+
+/// `about:blank`: the URL of a response that came from no server.
+fn blank() -> Url {
+    // A constant, valid URL: parsing it cannot fail.
+    #[allow(clippy::expect_used)]
+    Url::parse("about:blank").expect("a valid constant URL")
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;

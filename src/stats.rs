@@ -11,6 +11,8 @@
 //! | `http.client.retries` | counter | `http.request.method`, `reason` |
 //! | `http.client.hedges` (hedged attempts sent) | counter | `http.request.method` |
 //! | `http.client.hedges.won` (calls a hedge answered) | counter | `http.request.method` |
+//! | `http.client.coalesced` (calls that shared an identical call's request) | counter | `http.request.method` |
+//! | `http.client.fallbacks` (failed calls a fallback answered) | counter | `http.request.method`, `outcome` (the error's kind) |
 //! | `http.client.circuit_breaker.state` (0 closed, 1 half-open, 2 open) | gauge | `endpoint` |
 //! | `http.client.circuit_breaker.transitions` | counter | `endpoint`, `to` |
 //! | `http.client.limit.wait.duration` (seconds) | histogram | `limit` (`rate`, `concurrency`, `pushback`) |
@@ -104,6 +106,16 @@ pub struct ClientStats {
     pub hedges: u64,
     /// Calls whose answer came from a hedge rather than the attempt it raced.
     pub hedges_won: u64,
+    /// Calls that sent no request of their own but shared an identical
+    /// call's, in flight when they started (see
+    /// [`coalesce_requests`](crate::ApiClientBuilder::coalesce_requests)).
+    /// They are not counted in `calls` nor in the outcomes: the call whose
+    /// request they shared is.
+    pub coalesced: u64,
+    /// Failed calls a fallback answered (see
+    /// [`fallback`](crate::ApiClientBuilder::fallback)); also counted in
+    /// `failed`, unless coalesced.
+    pub fallbacks: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -122,6 +134,8 @@ pub(crate) struct Stats {
     cancelled: AtomicU64,
     hedges: AtomicU64,
     hedges_won: AtomicU64,
+    coalesced: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 impl Stats {
@@ -149,6 +163,8 @@ impl Stats {
             shared_store_errors: 0,
             hedges: load(&self.hedges),
             hedges_won: load(&self.hedges_won),
+            coalesced: load(&self.coalesced),
+            fallbacks: load(&self.fallbacks),
         }
     }
 
@@ -175,6 +191,30 @@ impl Stats {
             .increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = method;
+    }
+
+    /// A call shares the request of an identical one in flight.
+    pub(crate) fn coalesced(&self, method: &Method) {
+        self.coalesced.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.coalesced", "http.request.method" => method_label(method))
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = method;
+    }
+
+    /// A fallback answered a call that failed with an error of `kind`.
+    pub(crate) fn fallback(&self, method: &Method, kind: crate::ErrorKind) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "http.client.fallbacks",
+            "http.request.method" => method_label(method),
+            "outcome" => kind.as_str()
+        )
+        .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (method, kind);
     }
 
     /// A call starts; the guard counts it as cancelled unless it ends.

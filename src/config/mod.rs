@@ -259,6 +259,10 @@ pub struct ApiClientConfig {
     /// default `false`). See [`ApiClientBuilder::allow_path_escape`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_path_escape: Option<bool>,
+    /// Identical GET and HEAD calls in flight share one request (default
+    /// `false`). See [`ApiClientBuilder::coalesce_requests`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_requests: Option<bool>,
 }
 
 impl fmt::Debug for ApiClientConfig {
@@ -323,7 +327,8 @@ impl fmt::Debug for ApiClientConfig {
             .field("proxy", &self.proxy.as_deref().map(crate::proxy::shown))
             .field("proxy_bypass", &self.proxy_bypass)
             .field("no_proxy", &self.no_proxy)
-            .field("allow_path_escape", &self.allow_path_escape);
+            .field("allow_path_escape", &self.allow_path_escape)
+            .field("coalesce_requests", &self.coalesce_requests);
         #[cfg(feature = "etcd")]
         d.field("etcd", &self.etcd);
         #[cfg(feature = "dns")]
@@ -501,6 +506,9 @@ impl ApiClientConfig {
         }
         if let Some(allow) = self.allow_path_escape {
             b = b.allow_path_escape(allow);
+        }
+        if let Some(coalesce) = self.coalesce_requests {
+            b = b.coalesce_requests(coalesce);
         }
         self.apply_tls(b)
     }

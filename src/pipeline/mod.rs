@@ -20,10 +20,13 @@ use tracing::field::Empty;
 use url::Url;
 
 mod body;
+mod degrade;
 mod hedge;
+mod join;
 mod route;
 
 use self::body::{Replay, read_body, read_prefix, within_read_timeout};
+use self::degrade::Degrade;
 use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
 use crate::adaptive::Signal;
@@ -32,6 +35,7 @@ use crate::balance::Instance;
 use crate::breaker::Verdict;
 use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
+use crate::fallback::FallbackChoice;
 use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
 use crate::limit::Slot;
@@ -125,6 +129,7 @@ impl Finish for Buffer {
                 method: ctx.method,
                 url: url.unwrap_or(ctx.url),
                 hedged: ctx.hedged,
+                synthetic: false,
             }),
             // Not asked for; cannot happen, but is not worth a panic.
             Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
@@ -332,11 +337,55 @@ impl ApiClient {
         self,
         call: Result<Call, Error>,
     ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
+        let span = call_span(&call);
+        self.run::<F>(call, span)
+    }
+
+    /// `send()`: before the loop, an identical call in flight is joined
+    /// when coalescing is on (`coalesce`: the call allows it); after it, a
+    /// failure may be answered by the fallback (see [`Degrade`]). With
+    /// neither, this is [`execute`](Self::execute).
+    pub(crate) fn send(
+        self,
+        call: Result<Call, Error>,
+        coalesce: bool,
+        fallback: FallbackChoice,
+    ) -> impl Future<Output = Result<ApiResponse, Error>> + Send + 'static {
+        let span = call_span(&call);
+        let key = match (&self.inner.coalescer, &call) {
+            (Some(coalescer), Ok(call)) if coalesce => coalescer.key(call),
+            _ => None,
+        };
+        let degrade = fallback
+            .resolve(self.inner.fallback.as_ref())
+            .map(|fallback| Degrade {
+                fallback,
+                client: self.clone(),
+                span: span.clone(),
+            });
+        let run = match (key, call) {
+            (Some(key), Ok(call)) => Either::Right(Box::pin(self.coalesced(key, call, span))),
+            (_, call) => Either::Left(self.run::<Buffer>(call, span)),
+        };
+        async move {
+            match (run.await, degrade) {
+                (Err(err), Some(degrade)) => degrade.recover(err),
+                (result, _) => result,
+            }
+        }
+    }
+
+    /// Runs a prepared call through the pipeline inside `span`, its
+    /// `http.client.request` span.
+    pub(super) fn run<F: Finish>(
+        self,
+        call: Result<Call, Error>,
+        span: tracing::Span,
+    ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
         let call = match call {
             Ok(call) => call,
             Err(err) => return Either::Right(std::future::ready(Err(err))),
         };
-        let span = call_span(&call);
         let inner_span = span.clone();
         // Boxed: the pipeline's state is kilobytes (every layer's wait lives
         // in it), and a caller moves the returned future a few times before
@@ -985,8 +1034,12 @@ impl ApiClient {
     }
 }
 
-/// The call's `http.client.request` span, with the request's fields.
-fn call_span(call: &Call) -> tracing::Span {
+/// The call's `http.client.request` span, with the request's fields (none
+/// for a call that could not be built).
+fn call_span(call: &Result<Call, Error>) -> tracing::Span {
+    let Ok(call) = call else {
+        return tracing::Span::none();
+    };
     let span = tracing::info_span!(
         target: "resilient_http",
         "http.client.request",
@@ -1001,6 +1054,8 @@ fn call_span(call: &Call) -> tracing::Span {
         limit.wait_ms = Empty,
         hedge.sent = Empty,
         hedge.won = Empty,
+        coalesced = Empty,
+        served_by = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
         redact::record_target(&span, call.request.url());
