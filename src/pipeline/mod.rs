@@ -367,11 +367,15 @@ impl ApiClient {
             (Some(key), Ok(call)) => Either::Right(Box::pin(self.coalesced(key, call, span))),
             (_, call) => Either::Left(self.run::<Buffer>(call, span)),
         };
-        async move {
-            match (run.await, degrade) {
-                (Err(err), Some(degrade)) => degrade.recover(err),
-                (result, _) => result,
-            }
+        // Without a fallback, no step after the loop: no wrapper either.
+        match degrade {
+            None => Either::Left(run),
+            Some(degrade) => Either::Right(async move {
+                match run.await {
+                    Err(err) => degrade.recover(err),
+                    answered => answered,
+                }
+            }),
         }
     }
 
