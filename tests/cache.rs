@@ -40,6 +40,30 @@ fn ok(body: &str, cache_control: &str) -> ResponseTemplate {
         .set_body_string(body)
 }
 
+/// A server that answers one GET of `at` with `first`, and 503 to every
+/// request after it; the client `client` builds reads `at` once, then 2 s
+/// pass.
+async fn down_after_one_read(
+    at: &str,
+    first: ResponseTemplate,
+    client: impl FnOnce(&MockServer) -> ApiClient,
+) -> (MockServer, ApiClient) {
+    let server = MockServer::start().await;
+    Mock::given(path(at))
+        .respond_with(first)
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    client.get(at.trim_start_matches('/')).send().await.unwrap();
+    pass_time(secs(2)).await;
+    (server, client)
+}
+
 // ------------------------------------------------------ freshness and 304s
 
 #[tokio::test]
@@ -497,22 +521,14 @@ async fn the_span_says_what_the_cache_did() {
 
 #[tokio::test]
 async fn a_failed_background_refresh_answers_no_one_and_a_later_call_tries_again() {
-    let server = MockServer::start().await;
-    Mock::given(path("/feed"))
-        .respond_with(ok("v1", "max-age=1, stale-while-revalidate=60"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/feed"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
-    // Even with a stale-if-error window: the refresh answers no one.
-    let client = cached(&server, Cache::in_memory(100).stale_if_error(secs(300)))
-        .build()
-        .unwrap();
-    client.get("feed").send().await.unwrap();
-    pass_time(secs(2)).await;
+    let first = ok("v1", "max-age=1, stale-while-revalidate=60");
+    let (server, client) = down_after_one_read("/feed", first, |server| {
+        // Even with a stale-if-error window: the refresh answers no one.
+        cached(server, Cache::in_memory(100).stale_if_error(secs(300)))
+            .build()
+            .unwrap()
+    })
+    .await;
 
     assert!(client.get("feed").send().await.unwrap().is_stale());
     // The refresh fails: it is a failed call, not a stale answer.
@@ -531,22 +547,14 @@ async fn a_failed_background_refresh_answers_no_one_and_a_later_call_tries_again
 
 #[tokio::test]
 async fn a_stale_entry_answers_before_the_fallback_which_answers_the_misses() {
-    let server = MockServer::start().await;
-    Mock::given(path("/prices"))
-        .respond_with(ok("yesterday", "max-age=1"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
-    let client = cached(&server, Cache::in_memory(100).stale_if_error(secs(300)))
-        .fallback(|_| Some(ApiResponse::synthetic(StatusCode::OK, "fallback")))
-        .build()
-        .unwrap();
-    client.get("prices").send().await.unwrap();
-    pass_time(secs(2)).await;
+    let first = ok("yesterday", "max-age=1");
+    let (_server, client) = down_after_one_read("/prices", first, |server| {
+        cached(server, Cache::in_memory(100).stale_if_error(secs(300)))
+            .fallback(|_| Some(ApiResponse::synthetic(StatusCode::OK, "fallback")))
+            .build()
+            .unwrap()
+    })
+    .await;
 
     let stale = client.get("prices").send().await.unwrap();
     let missed = client.get("news").send().await.unwrap();
