@@ -543,13 +543,11 @@ impl ApiClient {
                 loop {
                     // A routed call takes the current endpoint set for each attempt.
                     let set = match balancer {
-                        Some(b) => Some(b.current(&deadline).await),
+                        Some(b) => match b.current(&deadline).await {
+                            Ok(set) => Some(set),
+                            Err(err) => break 'call last.take().unwrap_or(err),
+                        },
                         None => None,
-                    }
-                    .transpose();
-                    let set = match set {
-                        Ok(set) => set,
-                        Err(err) => break 'call last.take().unwrap_or(err),
                     };
                     let avoid = tried.take();
                     let route = Route::new(
