@@ -25,6 +25,10 @@
 //!   with 3 retries per request, retrying 5xx, 408, 429 and transport errors,
 //!   and its default retry budget (20% extra load). It has no backoff.
 //!
+//! - `resilient-http, cache (stale-if-error)` (`outage-cached` only, feature
+//!   `cache`): `resilient-http` with
+//!   `.cache(Cache::in_memory(10_000).stale_if_error(300 s))`.
+//!
 //! Every subject is built fresh for each scenario (new pool, budget, breaker).
 //!
 //! # Scenarios
@@ -38,6 +42,7 @@
 //! | `pushback` | the first hit gets 429 `Retry-After: 1`, the rest 200 | closed loop |
 //! | `overload` | at most 8 requests in service (10 ms each, 800/s); 503 at once beyond | open loop, 1,200 calls/s for 3 s |
 //! | `slow-tail` | 2% of hits (seeded) answered after 200 ms, the rest after ~1 ms | closed loop, 4,000 calls |
+//! | `outage-cached` | healthy for 2,000 reads (not measured), then 503 to everything; each read is of one of 1,000 keys, key `k` about as popular as `1 / (k + 1)` ([`Keys`]) | closed loop, 32 tasks for 5 s |
 //!
 //! | `overload-adaptive` | at most K = 16 requests in service (5 ms each), 16 more queued, 503 at once beyond 2K = 32 | 64 tasks in a closed loop for 20 s |
 //!
@@ -50,6 +55,9 @@
 //! limit of 2K never overflows the server's 2K places, and every limit that
 //! keeps the server busy gives the same mean latency, tasks / goodput
 //! (Little's law): only the limit of 64 shows what overflowing costs.)
+//!
+//! `outage-cached` runs our client alone, without and with a cache: its `ok %`
+//! is the share of reads a stale entry answered during the outage.
 //!
 //! `slow-tail` runs our client alone, against itself: `resilient-http`
 //! (no hedging) as the baseline and `resilient-http, hedged` with
@@ -134,6 +142,10 @@ enum Peer {
     OursAdaptive,
     /// Ours with `max_concurrency(n)`.
     OursFixed(usize),
+    /// Ours with a response cache that answers from stale entries for 5
+    /// minutes after a failure (`outage-cached` only).
+    #[cfg(feature = "cache")]
+    OursCached,
 }
 
 impl Peer {
@@ -153,6 +165,8 @@ impl Peer {
             Self::OursHedged => "resilient-http, hedged".into(),
             Self::OursAdaptive => "resilient-http, adaptive limit".into(),
             Self::OursFixed(n) => format!("resilient-http, max_concurrency({n})"),
+            #[cfg(feature = "cache")]
+            Self::OursCached => "resilient-http, cache (stale-if-error)".into(),
         }
     }
 }
@@ -172,24 +186,9 @@ impl Subject {
             | Peer::OursNoBreaker
             | Peer::OursHedged
             | Peer::OursAdaptive
-            | Peer::OursFixed(_) => {
-                let builder = ApiClient::builder().base_url(base).retry(
-                    RetryPolicy::exponential()
-                        .max_attempts(MAX_ATTEMPTS)
-                        .initial_backoff(backoff.0)
-                        .max_backoff(backoff.1),
-                );
-                let builder = match peer {
-                    Peer::OursNoBreaker => builder.no_circuit_breaker(),
-                    Peer::OursHedged => builder.hedging(Hedging::percentile(0.95)),
-                    Peer::OursAdaptive => {
-                        builder.adaptive_concurrency(AdaptiveConcurrency::default())
-                    }
-                    Peer::OursFixed(n) => builder.max_concurrency(n),
-                    _ => builder,
-                };
-                Self::Ours(builder.build().expect("resilient-http client"))
-            }
+            | Peer::OursFixed(_) => Self::ours(peer, base, backoff),
+            #[cfg(feature = "cache")]
+            Peer::OursCached => Self::ours(peer, base, backoff),
             Peer::Middleware => {
                 let policy = ExponentialBackoff::builder()
                     .retry_bounds(backoff.0, backoff.1)
@@ -217,10 +216,39 @@ impl Subject {
         }
     }
 
-    /// One logical GET; whether it ended with a 2xx (the body read to the end).
-    async fn call(&self) -> bool {
+    /// Our client, as `peer` configures it.
+    fn ours(peer: Peer, base: &str, backoff: (Duration, Duration)) -> Self {
+        let builder = ApiClient::builder().base_url(base).retry(
+            RetryPolicy::exponential()
+                .max_attempts(MAX_ATTEMPTS)
+                .initial_backoff(backoff.0)
+                .max_backoff(backoff.1),
+        );
+        let builder = match peer {
+            Peer::OursNoBreaker => builder.no_circuit_breaker(),
+            Peer::OursHedged => builder.hedging(Hedging::percentile(0.95)),
+            Peer::OursAdaptive => builder.adaptive_concurrency(AdaptiveConcurrency::default()),
+            Peer::OursFixed(n) => builder.max_concurrency(n),
+            #[cfg(feature = "cache")]
+            Peer::OursCached => builder.cache(
+                resilient_http::Cache::in_memory(10_000).stale_if_error(Duration::from_secs(300)),
+            ),
+            _ => builder,
+        };
+        Self::Ours(builder.build().expect("resilient-http client"))
+    }
+
+    /// One logical GET (of `x`, or of `x/<key>`: our client only); whether
+    /// it ended with a 2xx (the body read to the end).
+    async fn call(&self, key: Option<u64>) -> bool {
         let resp = match self {
-            Self::Ours(client) => return client.get("x").send().await.is_ok(),
+            Self::Ours(client) => {
+                let request = match key {
+                    None => client.get("x"),
+                    Some(key) => client.get(format!("x/{key}")),
+                };
+                return request.send().await.is_ok();
+            }
             Self::Middleware(client, url) => client.get(url).send().await.ok(),
             Self::Builtin(client, url) => client.get(url).send().await.ok(),
         };
@@ -256,6 +284,43 @@ enum Load {
     Open { rate: f64, length: Duration },
     /// `tasks` tasks make calls one after another for `length`.
     ClosedFor { tasks: usize, length: Duration },
+    /// `warm_up` calls by 32 tasks against a healthy server (not measured),
+    /// then `tasks` tasks make calls for `length`; each call reads one of
+    /// `keys` keys ([`Keys`]).
+    Reads {
+        keys: u64,
+        warm_up: usize,
+        tasks: usize,
+        length: Duration,
+    },
+}
+
+/// Which key each call reads: call `n` (counted over the warm-up and the
+/// run) reads key `floor(keys^u) - 1` for `u` uniform in `[0, 1)` from a
+/// seeded hash of `n`, so key `k` is read about as often as `1 / (k + 1)`
+/// (a Zipf-like popularity) and every subject reads the same keys in order.
+#[derive(Debug, Clone)]
+struct Keys {
+    count: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Keys {
+    const SEED: u64 = 0x5EED_CAC4;
+
+    fn new(count: u64) -> Self {
+        Self {
+            count,
+            next: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    fn next_key(&self) -> u64 {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unit =
+            (common::scenario::splitmix64(Self::SEED ^ n) >> 11) as f64 / (1u64 << 53) as f64;
+        ((self.count as f64).powf(unit) as u64).clamp(1, self.count) - 1
+    }
 }
 
 async fn closed_for(
@@ -263,15 +328,16 @@ async fn closed_for(
     tasks: usize,
     length: Duration,
     t0: Instant,
+    keys: Option<&Keys>,
 ) -> Vec<Call> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
-        let subject = Arc::clone(&subject);
+        let (subject, keys) = (Arc::clone(&subject), keys.cloned());
         set.spawn(async move {
             let mut done = Vec::new();
             while t0.elapsed() < length {
                 let started = Instant::now();
-                let ok = subject.call().await;
+                let ok = subject.call(keys.as_ref().map(Keys::next_key)).await;
                 done.push(Call {
                     start: started - t0,
                     latency: started.elapsed(),
@@ -306,16 +372,22 @@ async fn sample_limit(
     samples
 }
 
-async fn closed_loop(subject: Arc<Subject>, calls: usize, tasks: usize, t0: Instant) -> Vec<Call> {
+async fn closed_loop(
+    subject: Arc<Subject>,
+    calls: usize,
+    tasks: usize,
+    t0: Instant,
+    keys: Option<&Keys>,
+) -> Vec<Call> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
-        let (subject, next) = (Arc::clone(&subject), Arc::clone(&next));
+        let (subject, next, keys) = (Arc::clone(&subject), Arc::clone(&next), keys.cloned());
         set.spawn(async move {
             let mut done = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls {
                 let started = Instant::now();
-                let ok = subject.call().await;
+                let ok = subject.call(keys.as_ref().map(Keys::next_key)).await;
                 done.push(Call {
                     start: started - t0,
                     latency: started.elapsed(),
@@ -350,7 +422,7 @@ async fn open_loop(subject: Arc<Subject>, rate: f64, length: Duration, t0: Insta
             let (subject, done) = (Arc::clone(&subject), Arc::clone(&done));
             set.spawn(async move {
                 let started = Instant::now();
-                let ok = subject.call().await;
+                let ok = subject.call(None).await;
                 let call = Call {
                     start: started - t0,
                     latency: started.elapsed(),
@@ -461,6 +533,11 @@ impl Row {
             notes.push(format!("breaker refused {refused} calls"));
         }
         if let Some(stats) = self.stats
+            && stats.cache_stale > 0
+        {
+            notes.push(format!("stale answers: {}", stats.cache_stale));
+        }
+        if let Some(stats) = self.stats
             && stats.hedges > 0
         {
             notes.push(format!(
@@ -497,6 +574,7 @@ impl Row {
             "hedges": self.stats.map(|s| s.hedges),
             "hedges_won": self.stats.map(|s| s.hedges_won),
             "pushback_pauses": self.stats.map(|s| s.pushback_pauses),
+            "cache_stale": self.stats.map(|s| s.cache_stale),
         })
     }
 }
@@ -517,6 +595,22 @@ async fn run(
     backoff: (Duration, Duration),
 ) -> Row {
     let subject = Arc::new(Subject::new(peer, &server.base(), backoff));
+    let keys = match scenario.load {
+        Load::Reads { keys, warm_up, .. } => {
+            let keys = Keys::new(keys);
+            server.set(Behavior::Healthy);
+            closed_loop(
+                Arc::clone(&subject),
+                warm_up,
+                32,
+                Instant::now(),
+                Some(&keys),
+            )
+            .await;
+            Some(keys)
+        }
+        _ => None,
+    };
     let cpu0 = server.client_cpu();
     let t0 = Instant::now();
     server.set(match (scenario.behavior, scenario.healthy_after) {
@@ -535,10 +629,15 @@ async fn run(
         _ => None,
     };
     let calls = match scenario.load {
-        Load::Closed { calls, tasks } => closed_loop(Arc::clone(&subject), calls, tasks, t0).await,
+        Load::Closed { calls, tasks } => {
+            closed_loop(Arc::clone(&subject), calls, tasks, t0, None).await
+        }
         Load::Open { rate, length } => open_loop(Arc::clone(&subject), rate, length, t0).await,
         Load::ClosedFor { tasks, length } => {
-            closed_for(Arc::clone(&subject), tasks, length, t0).await
+            closed_for(Arc::clone(&subject), tasks, length, t0, None).await
+        }
+        Load::Reads { tasks, length, .. } => {
+            closed_for(Arc::clone(&subject), tasks, length, t0, keys.as_ref()).await
         }
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -694,6 +793,26 @@ fn scenarios(full: bool) -> Vec<Scenario> {
                 Peer::OursFixed(24),
                 Peer::OursFixed(32),
                 Peer::OursFixed(64),
+            ],
+        },
+        Scenario {
+            name: "outage-cached",
+            behavior: Behavior::Outage,
+            load: Load::Reads {
+                keys: 1_000,
+                warm_up: if full { 2_000 } else { 200 },
+                tasks: 32,
+                length: if full {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_millis(200)
+                },
+            },
+            healthy_after: None,
+            peers: &[
+                Peer::Ours,
+                #[cfg(feature = "cache")]
+                Peer::OursCached,
             ],
         },
         Scenario {

@@ -64,6 +64,7 @@ pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// | `rate_limit`, `max_concurrency` | off |
 /// | `adaptive_concurrency`, `hedging` | off |
 /// | `coalesce_requests`, `fallback` | off |
+/// | `cache` (feature `cache`) | none |
 /// | `max_response_bytes` | 16 MiB |
 /// | `max_error_body_bytes` | 64 KiB |
 /// | `max_redirects` | 10 |
@@ -109,6 +110,8 @@ pub struct ApiClientBuilder {
     hedging: Option<Hedging>,
     coalesce_requests: bool,
     fallback: Option<Fallback>,
+    #[cfg(feature = "cache")]
+    cache: Option<crate::cache::Cache>,
     headers: HeaderMap,
     user_agent: Option<HeaderValue>,
     max_response_bytes: usize,
@@ -155,6 +158,7 @@ impl fmt::Debug for ApiClientBuilder {
             .field("hedging", &self.hedging)
             .field("coalesce_requests", &self.coalesce_requests)
             .field("fallback", &self.fallback)
+            .field("cache", &self.cache_settings())
             .field("default_headers", &self.headers.keys().collect::<Vec<_>>())
             .field("max_response_bytes", &self.max_response_bytes)
             .field("tls", &self.tls)
@@ -189,6 +193,8 @@ impl ApiClientBuilder {
             hedging: None,
             coalesce_requests: false,
             fallback: None,
+            #[cfg(feature = "cache")]
+            cache: None,
             headers: HeaderMap::new(),
             user_agent: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -590,6 +596,31 @@ impl ApiClientBuilder {
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
         self
+    }
+
+    /// Answers GET and HEAD calls from an in-memory HTTP response cache
+    /// (feature `cache`; default none): fresh responses with no I/O, stale
+    /// ones after a failure (stale-if-error) or while they are refreshed
+    /// (stale-while-revalidate). See [`Cache`](crate::Cache) for the rules,
+    /// the bounds and an example; [`RequestBuilder::no_cache`](crate::RequestBuilder::no_cache)
+    /// bypasses it for one call.
+    #[cfg(feature = "cache")]
+    pub fn cache(mut self, cache: crate::cache::Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache's settings, for `Debug`.
+    #[cfg(feature = "cache")]
+    fn cache_settings(&self) -> Option<&crate::cache::Cache> {
+        self.cache.as_ref()
+    }
+
+    /// No cache without the feature, for `Debug`.
+    #[cfg(not(feature = "cache"))]
+    #[allow(clippy::unused_self)]
+    fn cache_settings(&self) -> Option<()> {
+        None
     }
 
     /// A header sent with every request. Values of credential-like headers
@@ -1018,6 +1049,10 @@ impl ApiClientBuilder {
         if let Some(h) = &self.hedging {
             h.validate()?;
         }
+        #[cfg(feature = "cache")]
+        if let Some(cache) = &self.cache {
+            cache.validate()?;
+        }
         if let Some(a) = &self.adaptive_concurrency {
             if self.max_concurrency.is_some() {
                 return Err(Error::config(
@@ -1071,6 +1106,10 @@ impl ApiClientBuilder {
         inner.hedging = self.hedging;
         inner.coalescer = self.coalesce_requests.then(Coalescer::new);
         inner.fallback = self.fallback;
+        #[cfg(feature = "cache")]
+        {
+            inner.cache = self.cache.map(crate::cache::Store::new);
+        }
         Ok(ApiClient::from_inner(Arc::new(inner)))
     }
 

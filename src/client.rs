@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     pub(crate) coalescer: Option<Coalescer>,
     /// What answers a failed call (`ApiClientBuilder::fallback`).
     pub(crate) fallback: Option<Fallback>,
+    /// The response cache (`ApiClientBuilder::cache`).
+    #[cfg(feature = "cache")]
+    pub(crate) cache: Option<crate::cache::Store>,
 }
 
 impl Inner {
@@ -130,6 +133,8 @@ impl Inner {
             hedging: None,
             coalescer: None,
             fallback: None,
+            #[cfg(feature = "cache")]
+            cache: None,
             http,
             base,
             balancer,
@@ -402,6 +407,10 @@ impl ApiClient {
         let fetches = self.inner.auth.as_ref().map_or(0, TokenCache::fetches);
         let mut stats = self.inner.stats.snapshot(fetches);
         self.inner.limits.add_stats(&mut stats);
+        #[cfg(feature = "cache")]
+        if let Some(cache) = &self.inner.cache {
+            cache.add_stats(&mut stats);
+        }
         stats
     }
 

@@ -53,7 +53,9 @@
 //!    `Bytes` so it can be replayed); with
 //!    [request coalescing](ApiClientBuilder::coalesce_requests), a GET or
 //!    HEAD identical to one in flight waits for that call's answer instead
-//!    of going on;
+//!    of going on; with a [`Cache`](ApiClientBuilder::cache) (feature
+//!    `cache`), a GET or HEAD that a fresh entry answers ends here, with no
+//!    I/O, and a stale entry's validators are added to the request;
 //! 2. a concurrency permit is taken, held for the whole call, never waiting
 //!    past the deadline;
 //! 3. for each attempt, the endpoint's server pushback pause and circuit
@@ -72,8 +74,11 @@
 //! 6. a retryable outcome is retried if the method may be repeated and the
 //!    policy, the deadline, the breaker and the retry budget allow, after the
 //!    backoff (or the server's `Retry-After`);
-//! 7. after the last attempt, a failure of a kind the call's
-//!    [fallback](ApiClientBuilder::fallback) names is answered by it.
+//! 7. after the last attempt, a call that failed with a `Retryable` or
+//!    `Server` error, or that an open breaker refused, is answered by a stale
+//!    cache entry within its stale-if-error window, if there is one; else a
+//!    failure of a kind the call's [fallback](ApiClientBuilder::fallback)
+//!    names is answered by it.
 //!
 //! # Paths
 //!
@@ -212,11 +217,14 @@
 //! `error.type`; `coalesced` for a call that
 //! [shared](ApiClientBuilder::coalesce_requests) another's request,
 //! `served_by = "fallback"` for one a [fallback](ApiClientBuilder::fallback)
+//! answered, and with a [`Cache`](ApiClientBuilder::cache), `cache`: what
 //! answered), DEBUG events per attempt and retry (targets
 //! `resilient_http`, `resilient_http::retry`, `resilient_http::limit`), breaker
 //! changes under `resilient_http::breaker` (WARN when opening), and a WARN when
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
-//! emitted on the caller's task.
+//! emitted on the caller's task, but for the background refresh of a cache
+//! entry (stale-while-revalidate), which runs on a task of its own in a span
+//! that follows from the caller's (see [`Cache`](ApiClientBuilder::cache)).
 //!
 //! With the feature `opentelemetry`, each attempt is also a span of its own,
 //! `http.client.attempt`, at INFO: an OpenTelemetry CLIENT span named after
@@ -283,6 +291,10 @@
 //! - `redis`: `RateLimit::shared` with a `RedisLimiter`: one rate limit for
 //!   every replica of a service, kept in Redis (the `redis` crate).
 //! - `metrics`: records through the [`metrics`](https://docs.rs/metrics) facade.
+//! - `cache`: an in-memory HTTP response cache for GET and HEAD calls
+//!   (`ApiClientBuilder::cache` with a `Cache`): RFC 9111 freshness and
+//!   revalidation, stale-if-error, stale-while-revalidate; adds `moka` and
+//!   `http-cache-semantics`. Without it nothing of the cache is compiled.
 //! - `opentelemetry`: a span per attempt and trace context propagation
 //!   through OpenTelemetry's global propagator (see [Tracing](#tracing));
 //!   adds the `opentelemetry` API crate and `tracing-opentelemetry`.
@@ -300,6 +312,8 @@ mod auth;
 mod balance;
 mod breaker;
 mod builder;
+#[cfg(feature = "cache")]
+mod cache;
 mod client;
 mod coalesce;
 pub mod config;
@@ -341,6 +355,8 @@ pub use auth::{Token, TokenFuture, TokenProvider};
 pub use balance::{Endpoint, EndpointStatus, LoadBalance};
 pub use breaker::{CircuitBreakerConfig, CircuitState, StateChange};
 pub use builder::ApiClientBuilder;
+#[cfg(feature = "cache")]
+pub use cache::Cache;
 pub use client::ApiClient;
 pub use config::ApiClientConfig;
 pub use discovery::{ResolveError, ResolveFuture, Resolver, StaticResolver};

@@ -15,6 +15,8 @@ use crate::error::{BoxError, Error, ErrorKind};
 use crate::fallback::{Fallback, FallbackChoice};
 use crate::headers::{bearer, header_pair};
 use crate::hedge::Hedging;
+#[cfg(feature = "cache")]
+use crate::pipeline::CacheUse;
 use crate::pipeline::{Call, HedgeChoice, Plan, Routed, Streamed};
 use crate::response::{ApiResponse, ApiStream};
 use crate::retry::{RetryPolicy, is_idempotent_method};
@@ -83,6 +85,9 @@ pub struct RequestBuilder {
     /// coalesces).
     coalesce: bool,
     allow: Vec<StatusCode>,
+    /// How the call uses the client's cache (`no_cache`).
+    #[cfg(feature = "cache")]
+    cache: CacheUse,
     /// The query pairs added, already form-encoded.
     query: Option<String>,
     /// Why a query could not be serialized, if one could not.
@@ -146,6 +151,8 @@ impl RequestBuilder {
             fallback: FallbackChoice::Client,
             coalesce: true,
             allow: Vec::new(),
+            #[cfg(feature = "cache")]
+            cache: CacheUse::Ask,
             query: None,
             bad_query: None,
         }
@@ -561,6 +568,38 @@ impl RequestBuilder {
         self
     }
 
+    /// Bypasses the client's [`Cache`](crate::Cache) for this call: not
+    /// answered from it (fresh or stale), not stored in it; the request goes
+    /// out as it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .insert_header("cache-control", "max-age=60"))
+    /// #     .expect(2)
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, Cache};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .cache(Cache::in_memory(1_000))
+    ///     .build()?;
+    /// client.get("balance").send().await?;                         // stored
+    /// let live = client.get("balance").no_cache().send().await?;    // asks the server
+    /// assert_eq!(live.attempts(), 1);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg(feature = "cache")]
+    pub fn no_cache(mut self) -> Self {
+        self.cache = CacheUse::Bypass;
+        self
+    }
+
     /// Makes `status` an answer for this call, not an error: `send()` returns
     /// `Ok(ApiResponse)` with it and its body (bounded by
     /// `max_response_bytes`), as for a 2xx. Call it again to allow more.
@@ -671,6 +710,8 @@ impl RequestBuilder {
             fallback: _,
             coalesce: _,
             allow,
+            #[cfg(feature = "cache")]
+            cache,
             query,
             bad_query,
         } = self;
@@ -743,6 +784,8 @@ impl RequestBuilder {
                     retry,
                     hedging,
                     allow: allow.into_boxed_slice(),
+                    #[cfg(feature = "cache")]
+                    cache,
                 },
             }),
         )

@@ -62,19 +62,24 @@ pub struct ApiResponse {
     /// Built by the program ([`ApiResponse::synthetic`]) or returned by a
     /// fallback, not received for this call.
     pub(crate) synthetic: bool,
+    /// Served from the cache past its freshness (feature `cache`).
+    #[cfg(feature = "cache")]
+    pub(crate) stale: bool,
 }
 
 impl fmt::Debug for ApiResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiResponse")
-            .field("status", &self.status)
+        let mut d = f.debug_struct("ApiResponse");
+        d.field("status", &self.status)
             .field("url", &redact::url(&self.url).as_str())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("body_len", &self.body.len())
             .field("attempts", &self.attempts)
             .field("hedged", &self.hedged)
-            .field("synthetic", &self.synthetic)
-            .finish_non_exhaustive()
+            .field("synthetic", &self.synthetic);
+        #[cfg(feature = "cache")]
+        d.field("stale", &self.stale);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -115,6 +120,8 @@ impl ApiResponse {
             url: blank(),
             hedged: false,
             synthetic: true,
+            #[cfg(feature = "cache")]
+            stale: false,
         }
     }
 
@@ -155,6 +162,45 @@ impl ApiResponse {
     /// ```
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.headers
+    }
+
+    /// Whether the client's [`Cache`](crate::Cache) answered with an entry
+    /// past its freshness (feature `cache`): after the call failed
+    /// (stale-if-error), or while the entry is refreshed in the background
+    /// (stale-while-revalidate). Its `Age` header says how old it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> resilient_http::Result<()> {
+    /// # let server = wiremock::MockServer::start().await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(200)
+    /// #         .insert_header("cache-control", "max-age=0, stale-if-error=600")
+    /// #         .set_body_string("yesterday's prices"))
+    /// #     .up_to_n_times(1)
+    /// #     .mount(&server).await;
+    /// # wiremock::Mock::given(wiremock::matchers::any())
+    /// #     .respond_with(wiremock::ResponseTemplate::new(503))
+    /// #     .mount(&server).await;
+    /// use resilient_http::{ApiClient, Cache};
+    ///
+    /// let client = ApiClient::builder()
+    ///     .base_url(server.uri())
+    ///     .cache(Cache::in_memory(1_000))
+    ///     .build()?;
+    /// assert!(!client.get("prices").send().await?.is_stale());
+    /// // The service is down now: the entry answers, marked stale.
+    /// let resp = client.get("prices").send().await?;
+    /// assert!(resp.is_stale());
+    /// assert_eq!(resp.text()?, "yesterday's prices");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg(feature = "cache")]
+    #[must_use]
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// The status code: 2xx, or one the call allowed with

@@ -19,6 +19,7 @@
 //! | `http.client.limit.rejections` | counter | `limit` (`rate`, `concurrency`, `circuit_open`, `server_pushback`) |
 //! | `http.client.pushback.pauses` (endpoints paused by a server's `Retry-After`) | counter | `endpoint` |
 //! | `http.client.token.fetches` | counter | `result` (`ok`, `error`) |
+//! | `http.client.cache.requests` (feature `cache`: calls that asked the cache) | counter | `result` (`hit`, `stale`, `revalidated`, `miss`) |
 //! | `http.client.rate_limit.shared.permits` (feature `redis`: permits from the shared quota) | counter | `source` (`store`: a round trip to Redis, `lease`: a leased permit) |
 //! | `http.client.rate_limit.shared.fallbacks` (calls decided without Redis) | counter | `policy` (`local`, `allow`, `reject`) |
 //! | `http.client.rate_limit.shared.store_errors` (calls to Redis that failed) | counter | `error` (`timeout`, `connection`, `response`) |
@@ -116,6 +117,20 @@ pub struct ClientStats {
     /// [`fallback`](crate::ApiClientBuilder::fallback)); also counted in
     /// `failed`, unless coalesced.
     pub fallbacks: u64,
+    /// Calls a fresh cache entry answered, with no I/O (feature `cache`;
+    /// see [`Cache`](crate::Cache) for the `cache_*` counters).
+    pub cache_hits: u64,
+    /// Calls that asked the cache and were not answered from it.
+    pub cache_misses: u64,
+    /// Calls answered from the cache after a `304 Not Modified`.
+    pub cache_revalidations: u64,
+    /// Calls answered with a stale entry: after a failure
+    /// (stale-if-error), or while it was refreshed (stale-while-revalidate).
+    pub cache_stale: u64,
+    /// Entries in the cache now.
+    pub cache_entries: u64,
+    /// Bytes the cache's entries hold now (bodies, headers, URLs; roughly).
+    pub cache_bytes: u64,
 }
 
 /// The live counters behind [`ClientStats`].
@@ -165,6 +180,12 @@ impl Stats {
             hedges_won: load(&self.hedges_won),
             coalesced: load(&self.coalesced),
             fallbacks: load(&self.fallbacks),
+            cache_hits: 0,
+            cache_misses: 0,
+            cache_revalidations: 0,
+            cache_stale: 0,
+            cache_entries: 0,
+            cache_bytes: 0,
         }
     }
 

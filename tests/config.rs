@@ -1004,6 +1004,72 @@ nameserver = "127.0.0.1:5353"
 https = true
 base_path = "/api/"
 "#;
+/// Every key of the `cache` section (feature `cache`).
+#[cfg(feature = "cache")]
+const FULL_CACHE: &str = r#"
+[cache]
+max_entries = 500
+max_bytes = 1048576
+stale_if_error = "5m"
+stale_while_revalidate = "30s"
+store_credentialed = true
+"#;
+
+/// The `cache` keys, watched by one test.
+#[cfg(all(feature = "etcd", feature = "cache"))]
+const CACHE_KEYS: &[(&str, &str)] = &[
+    (
+        "cache.max_entries",
+        "a_cache_section_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "cache.max_bytes",
+        "a_cache_section_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "cache.stale_if_error",
+        "a_cache_section_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "cache.stale_while_revalidate",
+        "a_cache_section_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+    (
+        "cache.store_credentialed",
+        "a_cache_section_gives_the_same_builder_as_the_code_it_stands_for",
+    ),
+];
+#[cfg(all(feature = "etcd", not(feature = "cache")))]
+const CACHE_KEYS: &[(&str, &str)] = &[];
+
+#[cfg(feature = "cache")]
+#[test]
+fn a_cache_section_gives_the_same_builder_as_the_code_it_stands_for() {
+    let config = parse(FULL_CACHE);
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&config)),
+        format!(
+            "{:?}",
+            ApiClient::builder().cache(
+                resilient_http::Cache::in_memory(500)
+                    .max_bytes(1_048_576)
+                    .stale_if_error(Duration::from_secs(300))
+                    .stale_while_revalidate(Duration::from_secs(30))
+                    .store_credentialed(true)
+            )
+        )
+    );
+    assert_eq!(parse(&toml::to_string(&config).unwrap()), config);
+    // An empty section is a cache of 10,000 entries.
+    assert_eq!(
+        format!("{:?}", ApiClientBuilder::from_config(&parse("[cache]"))),
+        format!(
+            "{:?}",
+            ApiClient::builder().cache(resilient_http::Cache::in_memory(10_000))
+        )
+    );
+    assert!(parse_error("cache = { max_entrie = 5 }").contains("max_entrie"));
+}
 
 /// Every key of `rate_limit.shared`.
 #[cfg(all(feature = "etcd", feature = "redis"))]
@@ -1065,10 +1131,15 @@ fn every_config_key_is_checked_by_a_test() {
     {
         config.dns = parse(FULL_DNS).dns;
     }
+    #[cfg(feature = "cache")]
+    {
+        config.cache = parse(FULL_CACHE).cache;
+    }
     let checked: Vec<&(&str, &str)> = CHECKED_KEYS
         .iter()
         .chain(SHARED_KEYS)
         .chain(DNS_KEYS)
+        .chain(CACHE_KEYS)
         .collect();
     config.adaptive_concurrency = extra.adaptive_concurrency;
     // Written out, every field that is set shows as a key.

@@ -409,6 +409,37 @@ mod facade {
         );
     }
 
+    #[cfg(feature = "cache")]
+    #[tokio::test]
+    async fn the_cache_counts_what_answered_each_call() {
+        let recorder = Capture::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let server = MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::any())
+            .respond_with(
+                wiremock::ResponseTemplate::new(200).insert_header("cache-control", "max-age=60"),
+            )
+            .mount(&server)
+            .await;
+        let client = fast_builder(&server.uri())
+            .cache(resilient_http::Cache::in_memory(10))
+            .build()
+            .unwrap();
+
+        for _ in 0..3 {
+            client.get("x").send().await.unwrap();
+        }
+
+        let cache = "http.client.cache.requests";
+        assert_eq!(recorder.counter(cache, &[("result", "miss")]), Some(1));
+        assert_eq!(recorder.counter(cache, &[("result", "hit")]), Some(2));
+        // A call the cache answered is a call like any other.
+        let ok = call_labels("GET", "2xx", "ok");
+        assert_eq!(recorder.counter(REQUESTS, &ok), Some(3));
+        let get = [("http.request.method", "GET")];
+        assert_eq!(recorder.counter("http.client.attempts", &get), Some(1));
+    }
+
     #[tokio::test]
     async fn a_503_retried_to_success_counts_two_attempts_one_retry_and_one_call() {
         let recorder = Capture::default();

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::fast_builder;
 use common::scenario::{Behavior, Hold, ScenarioServer};
+use common::{fast_builder, until};
 use resilient_http::{ApiClient, ApiClientBuilder, CircuitState, RetryPolicy};
 
 /// Our defaults with 4 attempts, as the bench configures it, but backoff
@@ -26,17 +26,6 @@ fn four_attempts(uri: &str) -> ApiClientBuilder {
             .initial_backoff(Duration::from_millis(1))
             .max_backoff(Duration::from_millis(5)),
     )
-}
-
-/// Waits until `done` holds, checking every millisecond, at most 10 s.
-async fn until(mut done: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("condition not met within 10 s");
 }
 
 #[tokio::test]
@@ -103,6 +92,43 @@ async fn an_outage_with_defaults_costs_at_most_30_requests_then_the_breaker_refu
     assert_eq!(stats.rejected_circuit_open, refused);
     assert!(refused >= calls - 10, "{refused} calls refused");
     assert_eq!(stats.failed, calls);
+}
+
+/// `outage-cached`: reads that a cache saw before the outage are answered
+/// from stale entries; the others fail as without a cache.
+#[cfg(feature = "cache")]
+#[tokio::test]
+async fn an_outage_with_a_cache_answers_the_reads_it_saw_before_and_fails_the_others() {
+    let server = ScenarioServer::start(Behavior::OutageAfter { healthy: 10 }).await;
+    let client = four_attempts(server.uri())
+        .cache(resilient_http::Cache::in_memory(100).stale_if_error(Duration::from_secs(300)))
+        .build()
+        .unwrap();
+    for key in 0..10 {
+        client.get(format!("x/{key}")).send().await.unwrap();
+    }
+
+    let mut stale = 0u64;
+    for round in 0..5 {
+        for key in 0..20 {
+            match client.get(format!("x/{key}")).send().await {
+                Ok(resp) => {
+                    assert!(resp.is_stale());
+                    assert!(key < 10, "round {round}: key {key} was never read");
+                    stale += 1;
+                }
+                Err(err) => assert!(err.status().is_some() || err.is_circuit_open()),
+            }
+        }
+    }
+
+    // Every read of a key seen before the outage, and no other.
+    assert_eq!(stale, 5 * 10);
+    let stats = client.stats();
+    assert_eq!(stats.cache_stale, stale);
+    assert_eq!(stats.failed, 5 * 10);
+    // The breaker still bounds what the outage costs the server.
+    assert!(server.counts().hits <= 10 + 30, "{:?}", server.counts());
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ use crate::tls::TlsVersion;
 mod duration;
 mod section;
 
+#[cfg(feature = "cache")]
+pub use section::CacheSection;
 #[cfg(feature = "redis")]
 pub use section::SharedRateLimitSection;
 pub use section::{
@@ -39,6 +41,8 @@ pub use crate::builder::{
     DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_READ_TIMEOUT, DEFAULT_TOTAL_TIMEOUT,
 };
+#[cfg(feature = "cache")]
+pub use crate::cache::DEFAULT_CACHE_MAX_BYTES;
 pub use crate::discovery::DEFAULT_RESOLVER_REFRESH;
 
 /// Every option of an [`ApiClientBuilder`] that can be written as data, for
@@ -180,6 +184,12 @@ pub struct ApiClientConfig {
     /// [`ApiClientBuilder::hedging`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hedging: Option<HedgingSection>,
+    /// A response cache (feature `cache`; default none): `{ max_entries =
+    /// 10000, stale_if_error = "5m" }`, every key optional. See
+    /// [`CacheSection`] and [`ApiClientBuilder::cache`].
+    #[cfg(feature = "cache")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSection>,
     /// Headers sent with every request, name to value (default none). Values
     /// of credential-like headers are never printed; like
     /// [`ApiClientBuilder::default_header`].
@@ -333,6 +343,8 @@ impl fmt::Debug for ApiClientConfig {
         d.field("etcd", &self.etcd);
         #[cfg(feature = "dns")]
         d.field("dns", &self.dns);
+        #[cfg(feature = "cache")]
+        d.field("cache", &self.cache);
         d.finish()
     }
 }
@@ -470,6 +482,10 @@ impl ApiClientConfig {
                 Ok(hedging) => b.hedging(hedging),
                 Err(err) => b.fail(err),
             };
+        }
+        #[cfg(feature = "cache")]
+        if let Some(section) = &self.cache {
+            b = b.cache(section.cache());
         }
         for (name, value) in &self.default_headers {
             b = b.default_header(name.as_str(), value.as_str());

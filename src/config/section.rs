@@ -651,3 +651,71 @@ mod tests {
         assert!(section.rate_limit().is_err());
     }
 }
+
+/// The `cache` section of an [`ApiClientConfig`](super::ApiClientConfig)
+/// (feature `cache`): a [`Cache`](crate::Cache) as data; every key optional.
+///
+/// ```toml
+/// [cache]
+/// max_entries = 10000          # default 10,000
+/// max_bytes = 67108864         # default 64 MiB
+/// stale_if_error = "5m"        # default none
+/// stale_while_revalidate = "30s"
+/// store_credentialed = false
+/// ```
+#[cfg(feature = "cache")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CacheSection {
+    /// At most this many entries (default 10,000; 0 is an error); see
+    /// [`Cache::in_memory`](crate::Cache::in_memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<usize>,
+    /// At most this many bytes (default 64 MiB); see
+    /// [`Cache::max_bytes`](crate::Cache::max_bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    /// The client's stale-if-error window (default none); see
+    /// [`Cache::stale_if_error`](crate::Cache::stale_if_error).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_if_error: Option<Duration>,
+    /// The client's stale-while-revalidate window (default none); see
+    /// [`Cache::stale_while_revalidate`](crate::Cache::stale_while_revalidate).
+    #[serde(
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Store responses to credentialed requests without `public` (default
+    /// `false`); see [`Cache::store_credentialed`](crate::Cache::store_credentialed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_credentialed: Option<bool>,
+}
+
+#[cfg(feature = "cache")]
+impl CacheSection {
+    /// The entries a cache from a section without `max_entries` holds.
+    const DEFAULT_MAX_ENTRIES: usize = 10_000;
+
+    pub(super) fn cache(&self) -> crate::Cache {
+        let mut cache =
+            crate::Cache::in_memory(self.max_entries.unwrap_or(Self::DEFAULT_MAX_ENTRIES));
+        if let Some(bytes) = self.max_bytes {
+            cache = cache.max_bytes(bytes);
+        }
+        if let Some(window) = self.stale_if_error {
+            cache = cache.stale_if_error(window);
+        }
+        if let Some(window) = self.stale_while_revalidate {
+            cache = cache.stale_while_revalidate(window);
+        }
+        if let Some(store) = self.store_credentialed {
+            cache = cache.store_credentialed(store);
+        }
+        cache
+    }
+}

@@ -20,12 +20,19 @@ use tracing::field::Empty;
 use url::Url;
 
 mod body;
+#[cfg(feature = "cache")]
+mod cached;
 mod degrade;
 mod hedge;
 mod join;
 mod route;
 
+#[cfg(feature = "cache")]
+pub(crate) use self::cached::CacheUse;
+
 use self::body::{Replay, read_body, read_prefix, within_read_timeout};
+#[cfg(feature = "cache")]
+use self::cached::Before;
 use self::degrade::Degrade;
 use self::hedge::{First, Race, Raced};
 use self::route::{Admitted, Choice, Route};
@@ -33,6 +40,8 @@ use crate::adaptive::Signal;
 use crate::auth::Credential;
 use crate::balance::Instance;
 use crate::breaker::Verdict;
+#[cfg(feature = "cache")]
+use crate::cache::Outcome;
 use crate::client::ApiClient;
 use crate::error::{CutBy, Error, ErrorKind, ErrorReason};
 use crate::fallback::FallbackChoice;
@@ -130,6 +139,8 @@ impl Finish for Buffer {
                 url: url.unwrap_or(ctx.url),
                 hedged: ctx.hedged,
                 synthetic: false,
+                #[cfg(feature = "cache")]
+                stale: ctx.stale,
             }),
             // Not asked for; cannot happen, but is not worth a panic.
             Got::Streaming(_) => Err(Error::decode("unexpected stream", None)),
@@ -179,6 +190,9 @@ pub(crate) struct CallContext<'a> {
     read_timeout: Duration,
     /// The answer came from a hedge.
     hedged: bool,
+    /// The answer is a stale cache entry.
+    #[cfg(feature = "cache")]
+    stale: bool,
 }
 
 /// How a call is carried out, besides its context and request.
@@ -205,6 +219,9 @@ pub(crate) struct Plan {
     pub(crate) allow: Box<[StatusCode]>,
     /// This call's hedging: the client's, none, or its own.
     pub(crate) hedging: HedgeChoice,
+    /// How the call uses the client's response cache.
+    #[cfg(feature = "cache")]
+    pub(crate) cache: CacheUse,
 }
 
 /// A call's hedging (see [`Hedging`]).
@@ -408,6 +425,15 @@ impl ApiClient {
         call: Call,
         span: tracing::Span,
     ) -> impl Future<Output = Result<F::Output, Error>> + Send + 'static {
+        // Before the loop: the response cache; its validators go on the
+        // request before the replay copies its headers.
+        #[cfg(feature = "cache")]
+        let mut call = call;
+        #[cfg(feature = "cache")]
+        let before = match &self.inner.cache {
+            Some(store) => self.ask_cache::<F>(store, &mut call, &span),
+            None => Before::Bypass,
+        };
         let Call {
             request,
             body,
@@ -423,6 +449,7 @@ impl ApiClient {
             retry,
             allow,
             hedging,
+            ..
         } = plan;
         let replay = self.replay_of(&request, body, retry.as_deref(), use_token);
         let (method, url) = (request.method().clone(), request.url().clone());
@@ -438,6 +465,17 @@ impl ApiClient {
                 placeholder: routed.is_some(),
                 read_timeout: inner.read_timeout,
                 hedged: false,
+                #[cfg(feature = "cache")]
+                stale: false,
+            };
+            #[cfg(feature = "cache")]
+            let mut cached = match (before, &inner.cache) {
+                (Before::Answer(answer), Some(store)) => {
+                    let (got, outcome) = *answer;
+                    return Self::answered::<F>(store, got, outcome, ctx, 0);
+                }
+                (Before::Fetch(pending), _) => Some(pending),
+                _ => None,
             };
             let policy = retry.as_deref().unwrap_or(&inner.retry);
             // Hedged only when it may be repeated, buffered, and has attempts to
@@ -459,312 +497,337 @@ impl ApiClient {
             let mut tried: Option<Arc<Instance>> = None;
             let mut attempts = 0u32;
 
-            let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
-                Ok((permit, wait)) => {
-                    ctx.waited("concurrency", wait, wait);
-                    (permit, wait)
-                }
-                Err(err) => return Err(ctx.fail(err, 0)),
-            };
-            // A call to an absolute URL on one of the endpoints' origins shares
-            // that endpoint's breaker (and transport); any other fixed URL has
-            // its own.
-            let pinned = match (&inner.balancer, &routed) {
-                (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
-                _ => None,
-            };
-            // (The base URL's own, on its origin, is found without a lookup.)
-            let fixed = balancer.is_none() && pinned.is_none();
-            let registered = match &inner.breakers {
-                Some(b) if fixed && !on_base => Some(b.for_url(&ctx.url)),
-                _ => None,
-            };
-            let breaker = pinned
-                .as_deref()
-                .and_then(Instance::breaker)
-                .or(registered.as_deref())
-                .or_else(|| {
-                    let base = inner.breakers.as_ref().and_then(|b| b.base());
-                    base.filter(|_| fixed && on_base)
-                });
-            // The same for the server pushback pause, kept with breakers off too.
-            let paused_by = (fixed && !on_base).then(|| inner.pauses.for_url(&ctx.url));
-            let pause = pinned
-                .as_deref()
-                .map(Instance::pause)
-                .or(paused_by.as_deref())
-                .or_else(|| inner.pauses.base().filter(|_| fixed && on_base));
-            let mut schedule = None;
-            let mut last: Option<Error> = None;
-            // A retry taken from the budget, spent once the retry is admitted;
-            // refunded (on drop) if the breaker or the rate limit refuses it.
-            let mut pending = None;
-            loop {
-                // A routed call takes the current endpoint set for each attempt.
-                let set = match balancer {
-                    Some(b) => Some(b.current(&deadline).await),
-                    None => None,
-                }
-                .transpose()
-                .map_err(|err| ctx.fail(last.take().unwrap_or(err), attempts))?;
-                let avoid = tried.take();
-                let route = Route::new(
-                    set.as_deref(),
-                    balancer,
-                    avoid.as_ref(),
-                    breaker,
-                    pause,
-                    pinned.as_ref(),
-                );
-                let Admitted {
-                    permit,
-                    now,
-                    target,
-                    ..
-                } = match self.admit(&route, &deadline).await {
-                    Ok(admitted) => {
-                        waited += admitted.waited;
-                        ctx.waited("rate", admitted.waited, waited);
-                        if let Some(w) = pending.take() {
-                            Withdrawal::spend(w);
-                        }
-                        admitted
+            // Every failure leaves this block with its error: after the loop,
+            // a stale cache entry may answer instead.
+            let failed: Error = 'call: {
+                let (mut slot, mut waited) = match inner.limits.concurrency(&deadline).await {
+                    Ok((permit, wait)) => {
+                        ctx.waited("concurrency", wait, wait);
+                        (permit, wait)
                     }
-                    Err(err) => {
-                        // A retry the admission refused: the last real error, and why.
-                        let err = match (last.take(), cut_by(&err)) {
-                            (Some(last), Some(by)) => last.with_cut(policy.max_attempts, by),
-                            (Some(last), None) => last,
-                            (None, _) => err,
-                        };
-                        return Err(ctx.fail(err, attempts));
-                    }
+                    Err(err) => break 'call err,
                 };
-                // After admission: an open circuit costs no token fetch.
-                let credential = match auth {
-                    Some(auth) => Some(
-                        auth.credential(&deadline)
-                            .await
-                            .map_err(|err| ctx.fail(err, attempts))?,
-                    ),
-                    None => None,
+                // A call to an absolute URL on one of the endpoints' origins shares
+                // that endpoint's breaker (and transport); any other fixed URL has
+                // its own.
+                let pinned = match (&inner.balancer, &routed) {
+                    (Some(b), None) => b.snapshot().find_origin(&ctx.url).cloned(),
+                    _ => None,
                 };
-                if let (Some(instance), Some(path)) = (target, &routed) {
-                    if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
-                        return Err(ctx.fail(err, attempts));
-                    }
-                    tried = Some(Arc::clone(instance));
-                }
-                let attempt_no = attempts + 1;
-                // In a block of its own: the request is lent to the hooks and
-                // the signer, and a lent local would keep its place in the
-                // call's state while the attempt runs.
-                let (request, guard_redirects, attempt_span, now) = {
-                    let mut request = replay.next(&mut original, &ctx, target.is_some());
-                    let mut guard_redirects =
-                        self.decorate(&mut request, credential.as_ref(), attempt_no, plan_guard);
-                    // The trace context: after the hooks, before the signer.
-                    let attempt_span = crate::otel::AttemptSpan::start(&mut request, attempt_no);
-                    let mut now = now;
-                    if let Some(signer) = &inner.signer {
-                        // Last before sending: the signer sees every header and the body.
-                        let mut signed = SignRequest::new(&mut request, attempt_no);
-                        let outcome =
-                            tokio::time::timeout(deadline.remaining(), signer.sign(&mut signed))
-                                .await;
-                        match outcome {
-                            Ok(Ok(())) => {}
-                            Ok(Err(why)) => {
-                                let err = Error::signer("the signer failed").with_source(why);
-                                return Err(ctx.fail(err, attempts));
-                            }
-                            Err(_) => {
-                                return Err(ctx.fail(Error::timeout(TimeoutPhase::Total), attempts));
-                            }
-                        }
-                        guard_redirects =
-                            guard_redirects || redirect::would_leak(request.headers());
-                        now = Instant::now();
-                    }
-                    (request, guard_redirects, attempt_span, now)
+                // (The base URL's own, on its origin, is found without a lookup.)
+                let fixed = balancer.is_none() && pinned.is_none();
+                let registered = match &inner.breakers {
+                    Some(b) if fixed && !on_base => Some(b.for_url(&ctx.url)),
+                    _ => None,
                 };
-                let flight = target.map(|i| i.start());
-                attempts = attempt_no;
-                inner.stats.attempt(&ctx.method, attempts);
-                let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
-                let sketch = if records {
-                    Some(self.sketch(target, &ctx.url))
-                } else {
-                    None
-                };
-                let delay = hedging
-                    .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
-                    .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
-                    .filter(|(_, d)| *d < limit);
-                let started = now;
-                let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
-                    let first = First {
-                        request,
+                let breaker = pinned
+                    .as_deref()
+                    .and_then(Instance::breaker)
+                    .or(registered.as_deref())
+                    .or_else(|| {
+                        let base = inner.breakers.as_ref().and_then(|b| b.base());
+                        base.filter(|_| fixed && on_base)
+                    });
+                // The same for the server pushback pause, kept with breakers off too.
+                let paused_by = (fixed && !on_base).then(|| inner.pauses.for_url(&ctx.url));
+                let pause = pinned
+                    .as_deref()
+                    .map(Instance::pause)
+                    .or(paused_by.as_deref())
+                    .or_else(|| inner.pauses.base().filter(|_| fixed && on_base));
+                let mut schedule = None;
+                let mut last: Option<Error> = None;
+                // A retry taken from the budget, spent once the retry is admitted;
+                // refunded (on drop) if the breaker or the rate limit refuses it.
+                let mut pending = None;
+                loop {
+                    // A routed call takes the current endpoint set for each attempt.
+                    let set = match balancer {
+                        Some(b) => match b.current(&deadline).await {
+                            Ok(set) => Some(set),
+                            Err(err) => break 'call last.take().unwrap_or(err),
+                        },
+                        None => None,
+                    };
+                    let avoid = tried.take();
+                    let route = Route::new(
+                        set.as_deref(),
+                        balancer,
+                        avoid.as_ref(),
+                        breaker,
+                        pause,
+                        pinned.as_ref(),
+                    );
+                    let Admitted {
                         permit,
+                        now,
                         target,
-                        load: flight,
-                        url: ctx.url.clone(),
-                        started,
-                        guard: guard_redirects,
-                        limit,
-                        phase,
-                        span: attempt_span,
+                        ..
+                    } = match self.admit(&route, &deadline).await {
+                        Ok(admitted) => {
+                            waited += admitted.waited;
+                            ctx.waited("rate", admitted.waited, waited);
+                            if let Some(w) = pending.take() {
+                                Withdrawal::spend(w);
+                            }
+                            admitted
+                        }
+                        Err(err) => {
+                            // A retry the admission refused: the last real error, and why.
+                            let err = match (last.take(), cut_by(&err)) {
+                                (Some(last), Some(by)) => last.with_cut(policy.max_attempts, by),
+                                (Some(last), None) => last,
+                                (None, _) => err,
+                            };
+                            break 'call err;
+                        }
                     };
-                    let race = Race {
-                        route: &route,
-                        ctx: &ctx,
-                        routed: routed.as_ref(),
-                        query: query.as_deref(),
-                        replay: &replay,
-                        auth,
-                        deadline: &deadline,
-                        allow: &allow,
-                        policy,
-                        guard_redirects: plan_guard,
-                        delay,
-                        max_hedges: h.hedges(),
-                        sketch: sketch.as_deref(),
-                        attempts,
+                    // After admission: an open circuit costs no token fetch.
+                    let credential = match auth {
+                        Some(auth) => match auth.credential(&deadline).await {
+                            Ok(credential) => Some(credential),
+                            Err(err) => break 'call err,
+                        },
+                        None => None,
                     };
-                    let Raced {
-                        outcome,
-                        url,
-                        target: decided_by,
-                        hedge,
-                        sent,
-                        attempts: made,
-                    } = Box::pin(self.race(first, race)).await;
-                    attempts = made;
-                    if let (Some(instance), Some(path)) = (decided_by, &routed)
-                        && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
-                    {
-                        // A hedge to another endpoint decided: the call's URL is its.
+                    if let (Some(instance), Some(path)) = (target, &routed) {
                         if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
-                            return Err(ctx.fail(err, attempts));
+                            break 'call err;
                         }
                         tried = Some(Arc::clone(instance));
-                    } else if ctx.url != url {
-                        ctx.url = url;
                     }
-                    if sent > 0 && !span.is_disabled() {
-                        span.record("hedge.sent", sent);
-                        span.record("hedge.won", hedge);
-                    }
-                    if outcome.is_ok() && hedge > 0 {
-                        ctx.hedged = true;
-                        inner.stats.hedge_won(&ctx.method);
-                    }
-                    (outcome, None, true, decided_by)
-                } else {
-                    let outcome = self
-                        .flight(
+                    let attempt_no = attempts + 1;
+                    // In a block of its own: the request is lent to the hooks and
+                    // the signer, and a lent local would keep its place in the
+                    // call's state while the attempt runs.
+                    let (request, guard_redirects, attempt_span, now) = {
+                        let mut request = replay.next(&mut original, &ctx, target.is_some());
+                        let mut guard_redirects = self.decorate(
+                            &mut request,
+                            credential.as_ref(),
+                            attempt_no,
+                            plan_guard,
+                        );
+                        // The trace context: after the hooks, before the signer.
+                        let attempt_span =
+                            crate::otel::AttemptSpan::start(&mut request, attempt_no);
+                        let mut now = now;
+                        if let Some(signer) = &inner.signer {
+                            // Last before sending: the signer sees every header and the body.
+                            let mut signed = SignRequest::new(&mut request, attempt_no);
+                            let outcome = tokio::time::timeout(
+                                deadline.remaining(),
+                                signer.sign(&mut signed),
+                            )
+                            .await;
+                            match outcome {
+                                Ok(Ok(())) => {}
+                                Ok(Err(why)) => {
+                                    let err = Error::signer("the signer failed").with_source(why);
+                                    break 'call err;
+                                }
+                                Err(_) => {
+                                    break 'call Error::timeout(TimeoutPhase::Total);
+                                }
+                            }
+                            guard_redirects =
+                                guard_redirects || redirect::would_leak(request.headers());
+                            now = Instant::now();
+                        }
+                        (request, guard_redirects, attempt_span, now)
+                    };
+                    let flight = target.map(|i| i.start());
+                    attempts = attempt_no;
+                    inner.stats.attempt(&ctx.method, attempts);
+                    let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
+                    let sketch = if records {
+                        Some(self.sketch(target, &ctx.url))
+                    } else {
+                        None
+                    };
+                    let delay = hedging
+                        .filter(|h| h.hedges() > 0 && attempts < policy.max_attempts)
+                        .and_then(|h| h.delay(sketch.as_deref(), now).map(|d| (h, d)))
+                        .filter(|(_, d)| *d < limit);
+                    let started = now;
+                    let (outcome, permit, raced, target) = if let Some((h, delay)) = delay {
+                        let first = First {
                             request,
-                            target.map(|t| &**t),
-                            &ctx.url,
-                            F::STREAM,
-                            guard_redirects,
+                            permit,
+                            target,
+                            load: flight,
+                            url: ctx.url.clone(),
+                            started,
+                            guard: guard_redirects,
                             limit,
                             phase,
-                            &allow,
-                            attempt_span,
-                        )
-                        .await;
-                    drop(flight);
-                    if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
-                        let end = Instant::now();
-                        sketch.record(end.saturating_duration_since(started), end);
-                    }
-                    (outcome, permit, false, target)
-                };
-                let now = Instant::now();
-                if let Some(adaptive) = inner.limits.adaptive()
-                    && let Some(signal) =
-                        capacity_signal(&outcome, now.saturating_duration_since(started))
-                    && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
-                {
-                    // (A hedge's answer is not timed from its own start: no sample.)
-                    adaptive.observe(signal, now);
-                }
-                match outcome {
-                    Ok(got) => {
-                        if let Some(p) = permit {
-                            p.record(Verdict::Success, now);
-                        }
-                        if let Some(budget) = &inner.budget {
-                            budget.deposit(now);
-                        }
-                        ctx.succeeded(got.status(), attempts, now);
-                        let elapsed = ctx.deadline.elapsed_at(now);
-                        return F::finish(got, attempts, elapsed, ctx, slot.take());
-                    }
-                    Err(err) => {
-                        if let Some(p) = permit {
-                            p.record(verdict(&err), now);
-                        }
-                        if !raced {
-                            attempt_failed(attempts, &err);
-                            if let Some(pause) = route.pause_of(target) {
-                                self.pushback(pause, &err, &ctx.url, now);
-                            }
-                        }
-                        // A streamed body past its replay buffer cannot be sent again.
-                        let replayable = replay.replayable();
-                        if let (Some(auth), Some((_, generation))) = (auth, &credential)
-                            && replayable.is_ok()
-                            && err.status() == Some(StatusCode::UNAUTHORIZED)
-                            && !std::mem::replace(&mut reauthorized, true)
-                        {
-                            // The token was refused: drop it, and try once more
-                            // with a new one, at once.
-                            auth.reject(*generation);
-                            Stats::retry(&ctx.method, "401");
-                            last = Some(err);
-                            continue;
-                        }
-                        let (delay, withdrawal) = match self.retry_delay(
-                            policy,
-                            &err,
-                            attempts,
-                            idempotent,
-                            &mut schedule,
-                            &deadline,
-                            |now| route.open_for(now),
-                            route.elsewhere(target, now),
-                            now,
-                        ) {
-                            Ok(next) => next,
-                            Err(None) => return Err(ctx.fail(err, attempts)),
-                            Err(Some(by)) => {
-                                let err = err.with_cut(policy.max_attempts, by);
-                                return Err(ctx.fail(err, attempts));
-                            }
+                            span: attempt_span,
                         };
-                        if let Err(why) = replayable {
-                            drop(withdrawal); // given back: no retry is made
-                            let by = match why {
-                                NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
-                                NoReplay::SourceFailed => CutBy::BodySource,
-                            };
-                            tracing::debug!(
-                                target: "resilient_http::retry",
-                                attempt = attempts,
-                                "not retrying: {by}"
-                            );
-                            return Err(ctx.fail(err.with_cut(policy.max_attempts, by), attempts));
+                        let race = Race {
+                            route: &route,
+                            ctx: &ctx,
+                            routed: routed.as_ref(),
+                            query: query.as_deref(),
+                            replay: &replay,
+                            auth,
+                            deadline: &deadline,
+                            allow: &allow,
+                            policy,
+                            guard_redirects: plan_guard,
+                            delay,
+                            max_hedges: h.hedges(),
+                            sketch: sketch.as_deref(),
+                            attempts,
+                        };
+                        let Raced {
+                            outcome,
+                            url,
+                            target: decided_by,
+                            hedge,
+                            sent,
+                            attempts: made,
+                        } = Box::pin(self.race(first, race)).await;
+                        attempts = made;
+                        if let (Some(instance), Some(path)) = (decided_by, &routed)
+                            && !target.is_some_and(|t| Arc::ptr_eq(t, instance))
+                        {
+                            // A hedge to another endpoint decided: the call's URL is its.
+                            if let Err(err) = ctx.aim(instance, path, query.as_deref()) {
+                                break 'call err;
+                            }
+                            tried = Some(Arc::clone(instance));
+                        } else if ctx.url != url {
+                            ctx.url = url;
                         }
-                        Stats::retry(&ctx.method, &err.type_name());
-                        // Dropped with the call if it is cancelled during the sleep.
-                        pending = withdrawal;
-                        tokio::time::sleep(delay).await;
-                        last = Some(err);
+                        if sent > 0 && !span.is_disabled() {
+                            span.record("hedge.sent", sent);
+                            span.record("hedge.won", hedge);
+                        }
+                        if outcome.is_ok() && hedge > 0 {
+                            ctx.hedged = true;
+                            inner.stats.hedge_won(&ctx.method);
+                        }
+                        (outcome, None, true, decided_by)
+                    } else {
+                        let outcome = self
+                            .flight(
+                                request,
+                                target.map(|t| &**t),
+                                &ctx.url,
+                                F::STREAM,
+                                guard_redirects,
+                                limit,
+                                phase,
+                                &allow,
+                                attempt_span,
+                            )
+                            .await;
+                        drop(flight);
+                        if let (Ok(_), Some(sketch)) = (&outcome, &sketch) {
+                            let end = Instant::now();
+                            sketch.record(end.saturating_duration_since(started), end);
+                        }
+                        (outcome, permit, false, target)
+                    };
+                    let now = Instant::now();
+                    if let Some(adaptive) = inner.limits.adaptive()
+                        && let Some(signal) =
+                            capacity_signal(&outcome, now.saturating_duration_since(started))
+                        && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
+                    {
+                        // (A hedge's answer is not timed from its own start: no sample.)
+                        adaptive.observe(signal, now);
+                    }
+                    match outcome {
+                        Ok(got) => {
+                            if let Some(p) = permit {
+                                p.record(Verdict::Success, now);
+                            }
+                            if let Some(budget) = &inner.budget {
+                                budget.deposit(now);
+                            }
+                            #[cfg(feature = "cache")]
+                            let got = match (&inner.cache, cached.take()) {
+                                (Some(store), Some(pending)) => {
+                                    Self::tell_cache(store, &pending, got, &ctx)
+                                }
+                                _ => got,
+                            };
+                            ctx.succeeded(got.status(), attempts, now);
+                            let elapsed = ctx.deadline.elapsed_at(now);
+                            return F::finish(got, attempts, elapsed, ctx, slot.take());
+                        }
+                        Err(err) => {
+                            if let Some(p) = permit {
+                                p.record(verdict(&err), now);
+                            }
+                            if !raced {
+                                attempt_failed(attempts, &err);
+                                if let Some(pause) = route.pause_of(target) {
+                                    self.pushback(pause, &err, &ctx.url, now);
+                                }
+                            }
+                            // A streamed body past its replay buffer cannot be sent again.
+                            let replayable = replay.replayable();
+                            if let (Some(auth), Some((_, generation))) = (auth, &credential)
+                                && replayable.is_ok()
+                                && err.status() == Some(StatusCode::UNAUTHORIZED)
+                                && !std::mem::replace(&mut reauthorized, true)
+                            {
+                                // The token was refused: drop it, and try once more
+                                // with a new one, at once.
+                                auth.reject(*generation);
+                                Stats::retry(&ctx.method, "401");
+                                last = Some(err);
+                                continue;
+                            }
+                            let (delay, withdrawal) = match self.retry_delay(
+                                policy,
+                                &err,
+                                attempts,
+                                idempotent,
+                                &mut schedule,
+                                &deadline,
+                                |now| route.open_for(now),
+                                route.elsewhere(target, now),
+                                now,
+                            ) {
+                                Ok(next) => next,
+                                Err(None) => break 'call err,
+                                Err(Some(by)) => {
+                                    let err = err.with_cut(policy.max_attempts, by);
+                                    break 'call err;
+                                }
+                            };
+                            if let Err(why) = replayable {
+                                drop(withdrawal); // given back: no retry is made
+                                let by = match why {
+                                    NoReplay::Overflowed(bytes) => CutBy::ReplayBuffer(bytes),
+                                    NoReplay::SourceFailed => CutBy::BodySource,
+                                };
+                                tracing::debug!(
+                                    target: "resilient_http::retry",
+                                    attempt = attempts,
+                                    "not retrying: {by}"
+                                );
+                                break 'call err.with_cut(policy.max_attempts, by);
+                            }
+                            Stats::retry(&ctx.method, &err.type_name());
+                            // Dropped with the call if it is cancelled during the sleep.
+                            pending = withdrawal;
+                            tokio::time::sleep(delay).await;
+                            last = Some(err);
+                        }
                     }
                 }
+            };
+            #[cfg(feature = "cache")]
+            if let (Some(store), Some(pending)) = (&inner.cache, cached.take())
+                && let Some(got) = Self::rescue(store, &pending, &failed, &ctx)
+            {
+                return Self::answered::<F>(store, got, Outcome::Stale, ctx, attempts);
             }
+            Err(ctx.fail(failed, attempts))
         }
     }
 
@@ -1060,6 +1123,7 @@ fn call_span(call: &Result<Call, Error>) -> tracing::Span {
         hedge.won = Empty,
         coalesced = Empty,
         served_by = Empty,
+        cache = Empty,
     );
     if !span.is_disabled() && call.plan.routed.is_none() {
         redact::record_target(&span, call.request.url());

@@ -126,6 +126,17 @@ pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
     chain
 }
 
+/// Waits until `done` holds, checking every millisecond, at most 10 s.
+pub async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
 /// Requests the server has received.
 pub async fn received(server: &MockServer) -> usize {
     server.received_requests().await.map_or(0, |r| r.len())

@@ -29,6 +29,8 @@ use tokio::time::Instant;
 pub enum Behavior {
     /// 503 to everything.
     Outage,
+    /// 200 to the first `healthy` hits, 503 to every later one.
+    OutageAfter { healthy: u64 },
     /// 503 to hit `n` iff [`picked`]`(seed, n, fail)`, else 200.
     Flaky { fail: f64, seed: u64 },
     /// Hit 0 gets 429 with `Retry-After` (whole seconds), every other hit 200.
@@ -194,7 +196,10 @@ fn respond(shared: &Shared, status: StatusCode) -> Response<Full<Bytes>> {
 async fn answer(shared: &Shared) -> Response<Full<Bytes>> {
     let n = shared.hits.fetch_add(1, Ordering::SeqCst);
     match shared.behavior {
-        Behavior::Outage => respond(shared, StatusCode::SERVICE_UNAVAILABLE),
+        Behavior::OutageAfter { healthy } if n < healthy => respond(shared, StatusCode::OK),
+        Behavior::Outage | Behavior::OutageAfter { .. } => {
+            respond(shared, StatusCode::SERVICE_UNAVAILABLE)
+        }
         Behavior::Flaky { fail, seed } => {
             if picked(seed, n, fail) {
                 respond(shared, StatusCode::SERVICE_UNAVAILABLE)

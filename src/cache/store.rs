@@ -1,0 +1,616 @@
+//! The store: entries in a bounded `moka` cache, keyed by method, URL,
+//! credential and `Vary` variant; the lookup before a call, and what the
+//! call's end does to it.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use moka::policy::EvictionPolicy;
+use reqwest::header::{
+    AGE, CACHE_CONTROL, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VARY,
+};
+use reqwest::{Method, StatusCode, Version};
+use tokio::time::Instant;
+use url::Url;
+
+use super::Cache;
+use super::entry::{Directives, Entry, Windows, keep, size_of};
+use crate::error::{Error, ErrorKind};
+use crate::redact;
+use crate::stats::ClientStats;
+
+/// The client is one user: `private` responses are stored, `s-maxage` is
+/// not read.
+const OPTIONS: CacheOptions = CacheOptions {
+    shared: false,
+    cache_heuristic: 0.1,
+    immutable_min_time_to_live: Duration::from_secs(24 * 3600),
+    ignore_cargo_cult: false,
+};
+
+/// What identifies a resource for one user: method, URL (without user
+/// name, password or fragment) and the credential's identity.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Primary {
+    head: bool,
+    url: Arc<str>,
+    /// A keyed hash of the request's credentials; `None` without any.
+    credential: Option<u128>,
+}
+
+/// One variant of a resource: the hash of the values of the headers its
+/// response's `Vary` names (0 without `Vary`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    primary: Primary,
+    variant: u64,
+}
+
+/// A response the cache answers with, or the pipeline got.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) url: Url,
+}
+
+/// What answered a call that asked the cache (the span's `cache` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A fresh entry, no I/O.
+    Hit,
+    /// A stale entry: after a failure, or while it is refreshed.
+    Stale,
+    /// The entry, after a `304 Not Modified`.
+    Revalidated,
+    /// The server (or nothing, for a failed call).
+    Miss,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// What the cache says before a call.
+pub(crate) enum Lookup {
+    /// Not a call the cache handles.
+    Bypass,
+    /// A fresh entry answers: no I/O.
+    Hit(Answer),
+    /// A stale entry answers at once; the claim, if this call got it, is for
+    /// its background refresh.
+    StaleWhileRevalidate(Answer, Option<RefreshClaim>),
+    /// The request goes out, with these conditional headers added; the
+    /// pending lookup decides what its end does to the cache.
+    Fetch(Pending, HeaderMap),
+}
+
+/// A call that asked the cache and went out.
+pub(crate) struct Pending {
+    primary: Primary,
+    /// The request as the policy sees it: no credential headers.
+    request: http::request::Parts,
+    credentialed: bool,
+    /// The stale entry it may be answered from (a 304, or a failure).
+    entry: Option<Arc<Entry>>,
+    /// A background refresh: a failure answers no one.
+    refresh: bool,
+}
+
+/// The one background refresh of an entry; released when dropped.
+pub(crate) struct RefreshClaim(Arc<Entry>);
+
+impl Drop for RefreshClaim {
+    fn drop(&mut self) {
+        self.0.release_refresh();
+    }
+}
+
+/// Expires an entry once it is not worth keeping.
+struct Keep;
+
+impl moka::Expiry<Key, Arc<Entry>> for Keep {
+    fn expire_after_create(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        entry.keep
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        entry.keep
+    }
+}
+
+/// The cache's time: tokio's (so paused-time tests drive it), as the
+/// wall-clock time `http-cache-semantics` reads.
+struct Clock {
+    system: SystemTime,
+    instant: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            system: SystemTime::now(),
+            instant: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> (Instant, SystemTime) {
+        let now = Instant::now();
+        let system = self
+            .system
+            .checked_add(now.saturating_duration_since(self.instant))
+            .unwrap_or(self.system);
+        (now, system)
+    }
+}
+
+/// A client's response cache.
+pub(crate) struct Store {
+    settings: Cache,
+    entries: moka::sync::Cache<Key, Arc<Entry>>,
+    /// The header names a resource's last stored response varies on.
+    varies: moka::sync::Cache<Primary, Arc<[HeaderName]>>,
+    /// Two keyed hashers: 128 bits of credential identity.
+    hashers: [RandomState; 2],
+    clock: Clock,
+    bytes: Arc<AtomicU64>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    revalidations: AtomicU64,
+    stale: AtomicU64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("settings", &self.settings)
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub(crate) fn new(settings: Cache) -> Self {
+        let max_bytes = u64::try_from(settings.max_bytes).unwrap_or(u64::MAX);
+        let max_entries = u64::try_from(settings.max_entries).unwrap_or(u64::MAX);
+        // Each entry weighs at least its share, so that no more than
+        // `max_entries` fit in `max_bytes`.
+        let share = max_bytes.div_ceil(max_entries.max(1)).max(1);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let evicted = Arc::clone(&bytes);
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |_: &Key, entry: &Arc<Entry>| {
+                u32::try_from(entry.bytes.max(share)).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(Keep)
+            .eviction_listener(move |_, entry: Arc<Entry>, _| {
+                evicted.fetch_sub(entry.bytes, Ordering::Relaxed);
+            })
+            .build();
+        let varies = moka::sync::Cache::builder()
+            .max_capacity(max_entries)
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        Self {
+            settings,
+            entries,
+            varies,
+            hashers: [RandomState::new(), RandomState::new()],
+            clock: Clock::new(),
+            bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            revalidations: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+        }
+    }
+
+    /// Before a call: whether the cache answers it, and how it goes out if
+    /// not. `use_token`: the client's token provider adds its token.
+    /// `refresh`: the call is a background refresh (never answered stale).
+    pub(crate) fn lookup(
+        &self,
+        request: &reqwest::Request,
+        use_token: bool,
+        refresh: bool,
+    ) -> Lookup {
+        let head = match *request.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Lookup::Bypass,
+        };
+        let own = [
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_MATCH,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+        ];
+        if own.iter().any(|name| request.headers().contains_key(name)) {
+            return Lookup::Bypass;
+        }
+        let Some((primary, parts, credentialed)) = self.describe(request, head, use_token) else {
+            return Lookup::Bypass;
+        };
+        let (now, system) = self.clock.now();
+        let entry = self.find(&primary, &parts.headers);
+        let mut pending = Pending {
+            primary,
+            request: parts,
+            credentialed,
+            entry: None,
+            refresh,
+        };
+        let Some(entry) = entry else {
+            return Lookup::Fetch(pending, HeaderMap::new());
+        };
+        match entry.policy.before_request(&pending.request, system) {
+            BeforeRequest::Fresh(fresh) => Lookup::Hit(answer_from(&entry, fresh.headers)),
+            BeforeRequest::Stale { matches: false, .. } => Lookup::Fetch(pending, HeaderMap::new()),
+            BeforeRequest::Stale { request: out, .. } => {
+                let asks = pending.request.headers.contains_key(CACHE_CONTROL);
+                if !refresh && !asks && entry.serves_while_revalidating(now) {
+                    let claim = entry
+                        .claim_refresh()
+                        .then(|| RefreshClaim(Arc::clone(&entry)));
+                    return Lookup::StaleWhileRevalidate(stale_answer(&entry, system), claim);
+                }
+                let mut conditional = HeaderMap::new();
+                for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
+                    if let Some(value) = out.headers.get(&name) {
+                        conditional.insert(name, value.clone());
+                    }
+                }
+                pending.entry = Some(entry);
+                Lookup::Fetch(pending, conditional)
+            }
+        }
+    }
+
+    /// After a call that went out got `answer`: a 304 refreshes the entry
+    /// and answers with it; another answer is stored if it may be.
+    pub(crate) fn complete(&self, pending: &Pending, answer: Answer) -> (Answer, Outcome) {
+        if answer.status == StatusCode::NOT_MODIFIED
+            && let Some(entry) = &pending.entry
+        {
+            return (
+                self.revalidated(pending, entry, &answer),
+                Outcome::Revalidated,
+            );
+        }
+        self.store(pending, &answer);
+        (answer, Outcome::Miss)
+    }
+
+    /// After a call that went out failed with `err`: the stale entry that
+    /// may answer instead, if any.
+    pub(crate) fn rescue(&self, pending: &Pending, err: &Error) -> Option<Answer> {
+        let entry = pending.entry.as_ref().filter(|_| !pending.refresh)?;
+        let outage = matches!(err.kind(), ErrorKind::Retryable | ErrorKind::Server)
+            || err.is_circuit_open()
+            || err.is_server_pushback();
+        let (now, system) = self.clock.now();
+        (outage && entry.serves_if_error(now)).then(|| stale_answer(entry, system))
+    }
+
+    /// Counts what answered a call that asked the cache.
+    pub(crate) fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Hit => &self.hits,
+            Outcome::Stale => &self.stale,
+            Outcome::Revalidated => &self.revalidations,
+            Outcome::Miss => &self.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http.client.cache.requests", "result" => outcome.as_str()).increment(1);
+    }
+
+    /// Adds the cache's counters to a snapshot (evictions due are done
+    /// first, so that the sizes are current).
+    pub(crate) fn add_stats(&self, stats: &mut ClientStats) {
+        self.entries.run_pending_tasks();
+        stats.cache_hits = self.hits.load(Ordering::Relaxed);
+        stats.cache_misses = self.misses.load(Ordering::Relaxed);
+        stats.cache_revalidations = self.revalidations.load(Ordering::Relaxed);
+        stats.cache_stale = self.stale.load(Ordering::Relaxed);
+        stats.cache_entries = self.entries.entry_count();
+        stats.cache_bytes = self.bytes.load(Ordering::Relaxed);
+    }
+
+    /// The request's key and its copy for the policy (credential headers
+    /// left out, their keyed hash in the key instead), and whether it
+    /// carries credentials. `None` for a URL the policy cannot read.
+    fn describe(
+        &self,
+        request: &reqwest::Request,
+        head: bool,
+        use_token: bool,
+    ) -> Option<(Primary, http::request::Parts, bool)> {
+        let mut url = request.url().clone();
+        let userinfo = (!url.username().is_empty() || url.password().is_some())
+            .then(|| (url.username().to_owned(), url.password().map(str::to_owned)));
+        // Cannot fail for http(s) URLs; a URL it fails for keeps its user info
+        // out of the key by not being cached.
+        url.set_username("").ok()?;
+        url.set_password(None).ok()?;
+        url.set_fragment(None);
+        let uri: http::Uri = url.as_str().parse().ok()?;
+        let mut hashers = self.hashers.each_ref().map(BuildHasher::build_hasher);
+        let mut credentialed = false;
+        let mut feed = |part: &[u8]| {
+            credentialed = true;
+            for h in &mut hashers {
+                part.hash(h);
+            }
+        };
+        let mut headers = HeaderMap::with_capacity(request.headers().len());
+        for (name, value) in request.headers() {
+            if value.is_sensitive() || redact::is_sensitive_name(name.as_str()) {
+                feed(name.as_str().as_bytes());
+                feed(value.as_bytes());
+            } else {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if use_token {
+            feed(b"token provider");
+        }
+        if let Some((user, password)) = &userinfo {
+            feed(user.as_bytes());
+            feed(password.as_deref().unwrap_or_default().as_bytes());
+        }
+        let credential = credentialed.then(|| {
+            let [a, b] = hashers.map(|h| h.finish());
+            (u128::from(a) << 64) | u128::from(b)
+        });
+        let (mut parts, ()) = http::Request::builder()
+            .method(request.method().clone())
+            .uri(uri)
+            .body(())
+            .ok()?
+            .into_parts();
+        parts.headers = headers;
+        let primary = Primary {
+            head,
+            url: url.as_str().into(),
+            credential,
+        };
+        Some((primary, parts, credentialed))
+    }
+
+    /// The entry for a request's headers: its variant, by the header names
+    /// the resource varies on.
+    fn find(&self, primary: &Primary, headers: &HeaderMap) -> Option<Arc<Entry>> {
+        let variant = match self.varies.get(primary) {
+            Some(names) => self.variant(&names, headers),
+            None => 0,
+        };
+        self.entries.get(&Key {
+            primary: primary.clone(),
+            variant,
+        })
+    }
+
+    fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> u64 {
+        if names.is_empty() {
+            return 0;
+        }
+        let mut h = self.hashers[0].build_hasher();
+        for name in names {
+            name.as_str().hash(&mut h);
+            for value in headers.get_all(name) {
+                value.as_bytes().hash(&mut h);
+            }
+            0xffu8.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Stores `answer` for the pending request, if it may be.
+    fn store(&self, pending: &Pending, answer: &Answer) {
+        let Some(parts) = response_parts(answer.status, answer.headers.clone()) else {
+            return;
+        };
+        let (now, system) = self.clock.now();
+        let policy = CachePolicy::new_options(&pending.request, &parts, system, OPTIONS);
+        if !answer.status.is_success() || !policy.is_storable() {
+            return;
+        }
+        let directives = Directives::of(&answer.headers);
+        if pending.credentialed && !directives.public && !self.settings.store_credentialed {
+            return;
+        }
+        let Some(names) = vary_names(&answer.headers) else {
+            return; // `Vary: *`: no request matches it
+        };
+        let windows = Windows::of(
+            directives,
+            self.settings.stale_if_error,
+            self.settings.stale_while_revalidate,
+        );
+        let fresh = policy.time_to_live(system);
+        self.insert(
+            pending,
+            &names,
+            Entry {
+                fresh_until: now.checked_add(fresh).unwrap_or(now),
+                keep: keep(&answer.headers, fresh, windows),
+                bytes: size_of(
+                    &answer.body,
+                    &answer.headers,
+                    &pending.request.headers,
+                    &answer.url,
+                ),
+                policy,
+                status: answer.status,
+                version: answer.version,
+                headers: answer.headers.clone(),
+                body: answer.body.clone(),
+                url: answer.url.clone(),
+                windows,
+                refreshing: AtomicBool::new(false),
+            },
+        );
+    }
+
+    fn insert(&self, pending: &Pending, names: &[HeaderName], entry: Entry) {
+        let too_big = entry.bytes > u64::try_from(self.settings.max_bytes).unwrap_or(u64::MAX);
+        if entry.keep == Some(Duration::ZERO) || too_big {
+            return;
+        }
+        if names.is_empty() {
+            self.varies.invalidate(&pending.primary);
+        } else {
+            self.varies
+                .insert(pending.primary.clone(), Arc::from(names));
+        }
+        let key = Key {
+            primary: pending.primary.clone(),
+            variant: self.variant(names, &pending.request.headers),
+        };
+        self.bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// A 304 for `entry`: the entry with the 304's headers, stored again.
+    fn revalidated(&self, pending: &Pending, entry: &Arc<Entry>, answer: &Answer) -> Answer {
+        let mut headers = answer.headers.clone();
+        // The 304 answered this entry's validators, even if it did not
+        // repeat them.
+        if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
+            for name in [ETAG, LAST_MODIFIED] {
+                if let Some(value) = entry.headers.get(&name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+        }
+        let (now, system) = self.clock.now();
+        let updated = response_parts(StatusCode::NOT_MODIFIED, headers).map(|parts| {
+            entry
+                .policy
+                .after_response(&pending.request, &parts, system)
+        });
+        let Some(AfterResponse::NotModified(policy, parts)) = updated else {
+            // Not this entry's validators after all: answer with it as it is.
+            return stale_answer(entry, system);
+        };
+        let fresh = policy.time_to_live(system);
+        let mut headers = parts.headers;
+        headers.remove(AGE);
+        let windows = Windows::of(
+            Directives::of(&headers),
+            self.settings.stale_if_error,
+            self.settings.stale_while_revalidate,
+        );
+        let refreshed = Entry {
+            fresh_until: now.checked_add(fresh).unwrap_or(now),
+            keep: keep(&headers, fresh, windows),
+            bytes: entry.bytes,
+            policy,
+            status: entry.status,
+            version: entry.version,
+            headers: headers.clone(),
+            body: entry.body.clone(),
+            url: entry.url.clone(),
+            windows,
+            refreshing: AtomicBool::new(false),
+        };
+        let names = vary_names(&headers).unwrap_or_default();
+        self.insert(pending, &names, refreshed);
+        answer_from(entry, headers)
+    }
+}
+
+/// An entry as an answer, with `headers`.
+fn answer_from(entry: &Entry, headers: HeaderMap) -> Answer {
+    Answer {
+        status: entry.status,
+        version: entry.version,
+        headers,
+        body: entry.body.clone(),
+        url: entry.url.clone(),
+    }
+}
+
+/// An entry as a stale answer: its headers, with its current `Age`.
+fn stale_answer(entry: &Entry, system: SystemTime) -> Answer {
+    let mut headers = entry.headers.clone();
+    headers.insert(AGE, HeaderValue::from(entry.policy.age(system).as_secs()));
+    answer_from(entry, headers)
+}
+
+/// A response as the policy reads it. An `Age` beyond `u32::MAX` seconds
+/// (136 years) is cut to that: the policy adds durations to it.
+fn response_parts(status: StatusCode, mut headers: HeaderMap) -> Option<http::response::Parts> {
+    let age = headers
+        .get(AGE)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    match age {
+        Some(None) => drop(headers.remove(AGE)),
+        Some(Some(age)) if age > u64::from(u32::MAX) => {
+            headers.insert(AGE, HeaderValue::from(u32::MAX));
+        }
+        _ => {}
+    }
+    let (mut parts, ()) = http::Response::builder()
+        .status(status)
+        .body(())
+        .ok()?
+        .into_parts();
+    parts.headers = headers;
+    Some(parts)
+}
+
+/// The header names a response varies on, sorted; `None` for `Vary: *`.
+fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    let listed = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty());
+    for name in listed {
+        if name == "*" {
+            return None;
+        }
+        if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            names.push(name);
+        }
+    }
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
