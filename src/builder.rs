@@ -404,8 +404,10 @@ impl ApiClientBuilder {
     /// (a cold cache, a popular key) then costs the dependency one request.
     ///
     /// - Identical means the same method, final URL (query included),
-    ///   request headers (default headers included) and credentials, and the
-    ///   same [`allow_status`](crate::RequestBuilder::allow_status) set.
+    ///   request headers (default headers included) and credentials, the
+    ///   same [`allow_status`](crate::RequestBuilder::allow_status) set, and
+    ///   the same use of the response cache (a `no_cache()` call never
+    ///   shares a call that may be answered from it).
     ///   Credentials (an `Authorization` header, an API key, a cookie) are
     ///   part of the identity, so one caller's answer never reaches a caller
     ///   with other credentials; they are hashed with a secret random key,

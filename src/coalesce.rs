@@ -137,7 +137,7 @@ impl Drop for Leave {
 /// Feeds what shapes a call's answer to `h`: method, URL, version, every
 /// header (credentials included: hashed, never kept), and the options that
 /// change what the answer is (allowed statuses, idempotency, the client's
-/// token, hedging, path escapes).
+/// token, hedging, path escapes, the use of the response cache).
 fn identity(call: &Call, h: &mut impl Hasher) {
     let request = &call.request;
     request.method().hash(h);
@@ -154,4 +154,8 @@ fn identity(call: &Call, h: &mut impl Hasher) {
     plan.use_token.hash(h);
     matches!(plan.hedging, HedgeChoice::Off).hash(h);
     plan.routed.as_ref().map(|r| r.allow_escape).hash(h);
+    // A call that must not be answered from the cache never shares the
+    // answer of one that may be.
+    #[cfg(feature = "cache")]
+    plan.cache.hash(h);
 }

@@ -376,6 +376,12 @@ impl Shared {
         let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = Arc::clone(&self.set.borrow());
         let next = EndpointSet::build(valid, &previous, self.breaker.as_ref(), &self.transport);
+        if next.len() == 0 {
+            // No endpoint's transport could be built: keep the last good list.
+            return Err(Error::no_endpoints(
+                "no endpoint the resolver returned could be reached".to_owned(),
+            ));
+        }
         let (before, after, kept) = (previous.len(), next.len(), next.kept_from(&previous));
         self.set.send_replace(Arc::new(next));
         if kept != before || kept != after {

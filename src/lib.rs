@@ -75,7 +75,8 @@
 //!    policy, the deadline, the breaker and the retry budget allow, after the
 //!    backoff (or the server's `Retry-After`);
 //! 7. after the last attempt, a call that failed with a `Retryable` or
-//!    `Server` error, or that an open breaker refused, is answered by a stale
+//!    `Server` error, or that an open breaker or a server pause refused, is
+//!    answered by a stale
 //!    cache entry within its stale-if-error window, if there is one; else a
 //!    failure of a kind the call's [fallback](ApiClientBuilder::fallback)
 //!    names is answered by it.

@@ -385,8 +385,11 @@ fn plain_join(base: &Url, part: &str, query: Option<&str>) -> Option<Url> {
             )
     }
     let plain_query = |q: &str| q.bytes().all(|b| plain(b) || b == b'?');
+    // (Appending is `Url::join` only on a base whose path ends with `/`,
+    // as every client's does.)
     if base.query().is_some()
         || base.fragment().is_some()
+        || !base.path().ends_with('/')
         || !part.bytes().all(|b| plain(b) || b == b'\'')
         || !query.is_none_or(plain_query)
     {
@@ -656,6 +659,7 @@ mod tests {
             "http://h:8080/v1/",
             "https://u:p@h/a/b/",
             "http://h/v1/?k=v",
+            "http://h/v1",
         ]
         .map(|b| Url::parse(b).unwrap());
         let mut runner = TestRunner::new(Config {

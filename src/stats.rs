@@ -120,7 +120,8 @@ pub struct ClientStats {
     /// Calls a fresh cache entry answered, with no I/O (feature `cache`;
     /// see [`Cache`](crate::Cache) for the `cache_*` counters).
     pub cache_hits: u64,
-    /// Calls that asked the cache and were not answered from it.
+    /// Calls that asked the cache and were not answered from it (the
+    /// cache's background refreshes included: each is a call of its own).
     pub cache_misses: u64,
     /// Calls answered from the cache after a `304 Not Modified`.
     pub cache_revalidations: u64,

@@ -81,7 +81,15 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 /// the signer add to each attempt are not seen by the cache: they are the
 /// client's, the same for every call; a hook that adds credentials that
 /// differ from call to call needs [`no_cache`](crate::RequestBuilder::no_cache)
-/// on those calls.
+/// on those calls. A credential in the URL's query (`?access_token=`) is not
+/// recognized as one: such an entry keeps that URL. A response that sets a
+/// cookie (`Set-Cookie`) is never stored: a cookie is one caller's session.
+///
+/// Not stored either: an answer reached through a redirect (it is another
+/// URL's). What the cache does not do (yet): a write through the client
+/// (`POST`, `PUT`, `PATCH`, `DELETE`) does not drop the entries of its URL,
+/// and a `404` does not drop a stale entry; a read that must see a write of
+/// its own takes [`no_cache`](crate::RequestBuilder::no_cache).
 ///
 /// # Bounds
 ///

@@ -299,16 +299,26 @@ impl Store {
 
     /// After a call that went out got `answer`: a 304 refreshes the entry
     /// and answers with it; another answer is stored if it may be.
-    pub(crate) fn complete(&self, pending: &Pending, answer: Answer) -> (Answer, Outcome) {
+    /// `redirected`: the answer is another URL's (a redirect was followed),
+    /// never stored under this one.
+    pub(crate) fn complete(
+        &self,
+        pending: &Pending,
+        answer: Answer,
+        redirected: bool,
+    ) -> (Answer, Outcome) {
         if answer.status == StatusCode::NOT_MODIFIED
             && let Some(entry) = &pending.entry
+            && !redirected
         {
             return (
                 self.revalidated(pending, entry, &answer),
                 Outcome::Revalidated,
             );
         }
-        self.store(pending, &answer);
+        if !redirected {
+            self.store(pending, &answer);
+        }
         (answer, Outcome::Miss)
     }
 
@@ -449,6 +459,10 @@ impl Store {
         }
         let directives = Directives::of(&answer.headers);
         if pending.credentialed && !directives.public && !self.settings.store_credentialed {
+            return;
+        }
+        // A cookie is one client's session: never handed to the next caller.
+        if answer.headers.contains_key(reqwest::header::SET_COOKIE) {
             return;
         }
         let Some(names) = vary_names(&answer.headers) else {

@@ -13,7 +13,7 @@ use crate::client::ApiClient;
 use crate::error::Error;
 
 /// How a call uses the client's cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(crate) enum CacheUse {
     /// Answered from it when it can be, stored in it when it may be.
     #[default]
@@ -117,6 +117,7 @@ impl ApiClient {
         else {
             return got;
         };
+        let redirected = url.is_some();
         let answer = Answer {
             status,
             version,
@@ -124,7 +125,7 @@ impl ApiClient {
             body,
             url: url.unwrap_or_else(|| ctx.url.clone()),
         };
-        let (answer, outcome) = store.complete(pending, answer);
+        let (answer, outcome) = store.complete(pending, answer, redirected);
         record(store, outcome, ctx);
         self::got(answer)
     }
@@ -165,8 +166,15 @@ impl ApiClient {
         ctx.stale = outcome == Outcome::Stale;
         let now = Instant::now();
         let status = got.status();
+        // A routed call's URL is a placeholder until an endpoint is chosen:
+        // the entry's own URL names the server.
+        let server = match &got {
+            Got::Buffered { url: Some(url), .. } => url.host_str(),
+            _ if ctx.placeholder => None,
+            _ => ctx.url.host_str(),
+        };
         ctx.active
-            .end(Ok(status), ctx.deadline.elapsed_at(now), ctx.url.host_str());
+            .end(Ok(status), ctx.deadline.elapsed_at(now), server);
         if !ctx.span.is_disabled() {
             ctx.span
                 .record("http.response.status_code", i64::from(status.as_u16()));

@@ -23,6 +23,11 @@ impl Degrade {
         resp.synthetic = true;
         resp.attempts = 0;
         resp.hedged = false;
+        // (A fallback may hand back a copy of an earlier cached answer.)
+        #[cfg(feature = "cache")]
+        {
+            resp.stale = false;
+        }
         if let Some(method) = err.method() {
             resp.method = method.clone();
         }

@@ -6,6 +6,7 @@
 //! callers nothing, not even a rate-limit wait.
 
 use std::borrow::Borrow;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -408,10 +409,20 @@ impl ApiClient {
             Err(err) => return Either::Right(std::future::ready(Err(err))),
         };
         let inner_span = span.clone();
+        // With a response cache, the call looks it up when first polled, as
+        // all of a call's work: a future built and dropped unpolled asks the
+        // cache nothing and starts no background refresh.
+        #[cfg(feature = "cache")]
+        if self.inner.cache.is_some() {
+            let deferred: Deferred<F::Output> =
+                Box::pin(async move { self.pipeline::<F>(call, inner_span).await });
+            return Either::Left(Either::Right(deferred).instrument(span));
+        }
         // Boxed: the pipeline's state is kilobytes (every layer's wait lives
         // in it), and a caller moves the returned future a few times before
         // polling it; a pointer moves for free, the state once per call.
-        Either::Left(Box::pin(self.pipeline::<F>(call, inner_span)).instrument(span))
+        let now: Pin<Box<_>> = Box::pin(self.pipeline::<F>(call, inner_span));
+        Either::Left(Either::<_, Deferred<F::Output>>::Left(now).instrument(span))
     }
 
     /// The call loop. A plain function returning one `async` block, not an
@@ -1130,6 +1141,10 @@ fn call_span(call: &Result<Call, Error>) -> tracing::Span {
     }
     span
 }
+
+/// A call whose pipeline is built at its first poll (a client with a
+/// response cache).
+type Deferred<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 
 /// What a failed attempt says about its endpoint: the kind decides, except
 /// that a stream the server refused or dropped unprocessed (HTTP/2 flow
