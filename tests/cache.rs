@@ -650,3 +650,64 @@ async fn a_no_cache_call_never_shares_the_request_of_one_that_may_be_answered_st
     assert_eq!(received(&server).await, 2, "not coalesced");
     assert_eq!(client.stats().coalesced, 0);
 }
+
+#[tokio::test]
+async fn a_write_through_the_client_drops_the_entries_of_its_url() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/users/42"))
+        .respond_with(ok("ada", "max-age=60"))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/users/42"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("users/42").send().await.unwrap();
+    client.get("users/42").send().await.unwrap();
+    assert_eq!(received(&server).await, 1, "the second read was a hit");
+
+    client.put("users/42").send().await.unwrap();
+    let read = client.get("users/42").send().await.unwrap();
+    assert_eq!(read.attempts(), 1, "read again from the server");
+    assert_eq!(received(&server).await, 3);
+    // And stored again: the next read is a hit.
+    client.get("users/42").send().await.unwrap();
+    assert_eq!(received(&server).await, 3);
+}
+
+#[tokio::test]
+async fn a_404_drops_the_entry_so_no_later_outage_serves_it() {
+    let server = MockServer::start().await;
+    Mock::given(path("/gone"))
+        .respond_with(ok("here", "max-age=1"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/gone"))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/gone"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100).stale_if_error(secs(300)))
+        .build()
+        .unwrap();
+    client.get("gone").send().await.unwrap();
+    pass_time(secs(2)).await;
+    let gone = client.get("gone").send().await.unwrap_err();
+    assert_eq!(gone.status(), Some(StatusCode::NOT_FOUND));
+    // The server is down now: without the entry, nothing stale answers.
+    let down = client.get("gone").send().await.unwrap_err();
+    assert_eq!(
+        down.status(),
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{down}"
+    );
+    assert_eq!(client.stats().cache_stale, 0);
+}

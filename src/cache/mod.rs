@@ -86,10 +86,12 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 /// cookie (`Set-Cookie`) is never stored: a cookie is one caller's session.
 ///
 /// Not stored either: an answer reached through a redirect (it is another
-/// URL's). What the cache does not do (yet): a write through the client
-/// (`POST`, `PUT`, `PATCH`, `DELETE`) does not drop the entries of its URL,
-/// and a `404` does not drop a stale entry; a read that must see a write of
-/// its own takes [`no_cache`](crate::RequestBuilder::no_cache).
+/// URL's). A write through the client (a call with an unsafe method:
+/// `POST`, `PUT`, `PATCH`, `DELETE`, ...) that succeeds drops the entries of
+/// its URL stored before it (RFC 9111 section 4.4; writes by others are only
+/// seen when the entry goes stale), and a `404` or `410` drops the entry it
+/// revalidated. The cache is asked when the call is first polled: a call
+/// built and dropped unpolled asks it nothing.
 ///
 /// # Bounds
 ///

@@ -178,6 +178,9 @@ pub(crate) struct Store {
     varies: moka::sync::Cache<Primary, Arc<[HeaderName]>>,
     /// Two keyed hashers: 128 bits of credential identity.
     hashers: [RandomState; 2],
+    /// When each URL was last written to through the client (RFC 9111
+    /// section 4.4): its entries stored before then answer nothing.
+    writes: moka::sync::Cache<Arc<str>, Instant>,
     clock: Clock,
     bytes: Arc<AtomicU64>,
     hits: AtomicU64,
@@ -220,10 +223,15 @@ impl Store {
             .max_capacity(max_entries)
             .eviction_policy(EvictionPolicy::lru())
             .build();
+        let writes = moka::sync::Cache::builder()
+            .max_capacity(max_entries)
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
         Self {
             settings,
             entries,
             varies,
+            writes,
             hashers: [RandomState::new(), RandomState::new()],
             clock: Clock::new(),
             bytes,
@@ -263,7 +271,9 @@ impl Store {
             return Lookup::Bypass;
         };
         let (now, system) = self.clock.now();
-        let entry = self.find(&primary, &parts.headers);
+        let entry = self
+            .find(&primary, &parts.headers)
+            .filter(|entry| !self.overwritten(&primary.url, entry));
         let mut pending = Pending {
             primary,
             request: parts,
@@ -322,9 +332,42 @@ impl Store {
         (answer, Outcome::Miss)
     }
 
+    /// A call with an unsafe method (`POST`, `PUT`, `DELETE`, ...) to `url`
+    /// succeeded: the entries of `url` stored until now answer nothing more
+    /// (RFC 9111 section 4.4).
+    pub(crate) fn written(&self, url: &Url) {
+        let mut url = url.clone();
+        // As the entries' keys: no user info, no fragment.
+        if url.set_username("").is_err() || url.set_password(None).is_err() {
+            return;
+        }
+        url.set_fragment(None);
+        let (now, _) = self.clock.now();
+        self.writes.insert(url.as_str().into(), now);
+    }
+
+    /// Whether a write to `url` came after `entry` was stored.
+    fn overwritten(&self, url: &Arc<str>, entry: &Entry) -> bool {
+        self.writes
+            .get(url)
+            .is_some_and(|written| entry.stored_at <= written)
+    }
+
     /// After a call that went out failed with `err`: the stale entry that
-    /// may answer instead, if any.
+    /// may answer instead, if any. A `404` or `410` says the resource is
+    /// gone: its entry is dropped.
     pub(crate) fn rescue(&self, pending: &Pending, err: &Error) -> Option<Answer> {
+        if matches!(err.status(), Some(StatusCode::NOT_FOUND | StatusCode::GONE))
+            && pending.entry.is_some()
+        {
+            let names = self.varies.get(&pending.primary);
+            let variant = names.map_or(0, |names| self.variant(&names, &pending.request.headers));
+            self.entries.invalidate(&Key {
+                primary: pending.primary.clone(),
+                variant,
+            });
+            return None;
+        }
         let entry = pending.entry.as_ref().filter(|_| !pending.refresh)?;
         let outage = matches!(err.kind(), ErrorKind::Retryable | ErrorKind::Server)
             || err.is_circuit_open()
@@ -494,6 +537,7 @@ impl Store {
                 url: answer.url.clone(),
                 windows,
                 refreshing: AtomicBool::new(false),
+                stored_at: now,
             },
         );
     }
@@ -559,6 +603,7 @@ impl Store {
             url: entry.url.clone(),
             windows,
             refreshing: AtomicBool::new(false),
+            stored_at: now,
         };
         let names = vary_names(&headers).unwrap_or_default();
         self.insert(pending, &names, refreshed);

@@ -464,6 +464,15 @@ impl ApiClient {
         } = plan;
         let replay = self.replay_of(&request, body, retry.as_deref(), use_token);
         let (method, url) = (request.method().clone(), request.url().clone());
+        // A write through the client drops the cached entries of its URL
+        // (the URL the cache knows it by: a routed call's placeholder).
+        #[cfg(feature = "cache")]
+        let writes = self
+            .inner
+            .cache
+            .is_some()
+            .then(|| url.clone())
+            .filter(|_| !method.is_safe());
         let mut original = Some(request);
         async move {
             let (span, inner) = (&span, &*self.inner);
@@ -761,6 +770,12 @@ impl ApiClient {
                             let got = match (&inner.cache, cached.take()) {
                                 (Some(store), Some(pending)) => {
                                     Self::tell_cache(store, &pending, got, &ctx)
+                                }
+                                (Some(store), None) => {
+                                    if let Some(url) = &writes {
+                                        store.written(url);
+                                    }
+                                    got
                                 }
                                 _ => got,
                             };
