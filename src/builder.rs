@@ -429,7 +429,11 @@ impl ApiClientBuilder {
     ///   others: it gets a `Total` [timeout](Error::is_timeout) of its own.
     ///   The shared request runs under the longer of its first caller's
     ///   deadline and `total_timeout`, with one concurrency permit, and is
-    ///   cancelled (counted as such) when no caller waits any more.
+    ///   cancelled (counted as such) when no caller waits any more. So a
+    ///   caller that joined with a longer deadline than that still gets the
+    ///   shared request's timeout, and a first caller that gives up with no
+    ///   one joined is counted as cancelled (its own timeout error has 0
+    ///   attempts).
     /// - The shared request is one call in [`ClientStats`](crate::ClientStats)
     ///   and in its first caller's span; each caller that joined it counts in
     ///   `coalesced` (metric `http.client.coalesced`), and its span has
