@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::base64;
+use common::{base64, find_binary, free_port};
 use resilient_http::{ApiClient, ErrorKind, EtcdResolver, LoadBalance};
 use serde_json::json;
 use tokio::time::Instant;
@@ -119,7 +118,7 @@ impl Etcd {
     /// Starts etcd and waits until it answers, or returns `None` (with a
     /// notice) when there is no etcd binary.
     async fn start() -> Option<Self> {
-        let Some(binary) = find_etcd() else {
+        let Some(binary) = find_binary("etcd") else {
             assert!(
                 std::env::var("RESILIENT_HTTP_REQUIRE_ETCD").as_deref() != Ok("1"),
                 "no etcd binary found, and RESILIENT_HTTP_REQUIRE_ETCD=1"
@@ -201,20 +200,4 @@ impl Drop for Etcd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn find_etcd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("etcd"))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

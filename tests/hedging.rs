@@ -173,6 +173,20 @@ fn builder(url: &str) -> ApiClientBuilder {
     settings(ApiClient::builder().base_url(url))
 }
 
+/// A client of [`builder`]'s with `attempts` attempts at most (an unlimited
+/// budget) and `hedging`.
+fn racing(url: &str, attempts: u32, hedging: Hedging) -> ApiClient {
+    builder(url)
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(attempts)
+                .budget(RetryBudget::unlimited()),
+        )
+        .hedging(hedging)
+        .build()
+        .unwrap()
+}
+
 /// The settings of [`builder`], on `b`.
 fn settings(b: ApiClientBuilder) -> ApiClientBuilder {
     b.read_timeout(Duration::from_secs(20))
@@ -323,15 +337,7 @@ async fn hedges_count_toward_max_attempts() {
     })
     .await;
     // Three hedges allowed, but two attempts in all: one hedge.
-    let client = builder(&server.url)
-        .retry(
-            RetryPolicy::exponential()
-                .max_attempts(2)
-                .budget(RetryBudget::unlimited()),
-        )
-        .hedging(Hedging::fixed(ms(50)).max_hedges(3))
-        .build()
-        .unwrap();
+    let client = racing(&server.url, 2, Hedging::fixed(ms(50)).max_hedges(3));
 
     let started = Instant::now();
     let resp = client.get("x").send().await.unwrap();
@@ -341,15 +347,7 @@ async fn hedges_count_toward_max_attempts() {
     assert_eq!(client.stats().hedges, 1);
 
     // With attempts to spare, a hedge goes every delay.
-    let client = builder(&server.url)
-        .retry(
-            RetryPolicy::exponential()
-                .max_attempts(5)
-                .budget(RetryBudget::unlimited()),
-        )
-        .hedging(Hedging::fixed(ms(50)).max_hedges(3))
-        .build()
-        .unwrap();
+    let client = racing(&server.url, 5, Hedging::fixed(ms(50)).max_hedges(3));
     let started = Instant::now();
     let resp = client.get("x").send().await.unwrap();
     assert!(resp.hedged());
@@ -369,15 +367,7 @@ async fn a_retryable_failure_does_not_end_the_race() {
         }
     })
     .await;
-    let client = builder(&server.url)
-        .retry(
-            RetryPolicy::exponential()
-                .max_attempts(2)
-                .budget(RetryBudget::unlimited()),
-        )
-        .hedging(Hedging::fixed(ms(50)))
-        .build()
-        .unwrap();
+    let client = racing(&server.url, 2, Hedging::fixed(ms(50)));
 
     let started = Instant::now();
     let resp = client.get("x").send().await.unwrap();

@@ -172,24 +172,9 @@ async fn each_attempt_is_a_client_span_child_of_the_call_and_sends_its_own_trace
     let _global = GLOBAL.lock().await;
     trace_context();
     let traced = Traced::new();
-    let server = flaky_server().await;
-    let client = fast_builder(&server.uri()).build().unwrap();
-
-    let caller = tracing::info_span!("caller");
-    let (caller_trace, caller_id) = ids(&caller);
-    let resp = async { client.get("orders/7").send().await }
-        .instrument(caller.clone())
-        .await
-        .unwrap();
-    drop(caller);
-    assert_eq!(resp.attempts(), 2);
+    let (caller_trace, caller_id, sent) = retried_in_a_caller_span().await;
 
     // The stub saw two traceparents: the caller's trace, two span ids.
-    let sent: Vec<(TraceId, SpanId)> = header_values(&server, "traceparent")
-        .await
-        .into_iter()
-        .map(|v| parse_traceparent(&v.expect("every attempt sends a traceparent")))
-        .collect();
     assert_eq!(sent.len(), 2);
     assert!(sent.iter().all(|(t, _)| *t == caller_trace), "{sent:?}");
     assert_ne!(sent[0].1, sent[1].1, "each attempt sends its own span id");
@@ -382,9 +367,10 @@ async fn with_the_crate_spans_filtered_out_the_caller_context_is_sent() {
     no_propagator();
 }
 
-/// A call retried once sends the caller's context on both attempts, and only
-/// the caller's span is exported.
-async fn check_caller_context_sent(traced: Traced) {
+/// One call to [`flaky_server`] (answered at its second attempt) inside a
+/// `caller` span: the caller's trace and span ids, and the `traceparent`
+/// each attempt sent.
+async fn retried_in_a_caller_span() -> (TraceId, SpanId, Vec<(TraceId, SpanId)>) {
     let server = flaky_server().await;
     let client = fast_builder(&server.uri()).build().unwrap();
     let caller = tracing::info_span!("caller");
@@ -395,11 +381,18 @@ async fn check_caller_context_sent(traced: Traced) {
         .unwrap();
     drop(caller);
     assert_eq!(resp.attempts(), 2);
-    let sent: Vec<(TraceId, SpanId)> = header_values(&server, "traceparent")
+    let sent = header_values(&server, "traceparent")
         .await
         .into_iter()
-        .map(|v| parse_traceparent(&v.expect("the caller's context is sent")))
+        .map(|v| parse_traceparent(&v.expect("every attempt sends a traceparent")))
         .collect();
+    (caller_trace, caller_id, sent)
+}
+
+/// A call retried once sends the caller's context on both attempts, and only
+/// the caller's span is exported.
+async fn check_caller_context_sent(traced: Traced) {
+    let (caller_trace, caller_id, sent) = retried_in_a_caller_span().await;
     assert_eq!(sent, vec![(caller_trace, caller_id); 2]);
     // Only the caller's span was recorded.
     let spans = traced.spans();

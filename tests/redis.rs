@@ -6,7 +6,8 @@
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ use resilient_http::{
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use common::{find_binary, free_port};
+
 /// A Redis server on 127.0.0.1, killed and its directory removed on drop.
 struct Redis {
     binary: PathBuf,
@@ -32,7 +35,7 @@ impl Redis {
     /// Starts `redis-server` and waits until it answers, or returns `None`
     /// (with a notice) when there is no binary.
     fn start() -> Option<Self> {
-        let Some(binary) = find_redis() else {
+        let Some(binary) = find_binary("redis-server") else {
             assert!(
                 std::env::var("RESILIENT_HTTP_REQUIRE_REDIS").as_deref() != Ok("1"),
                 "no redis-server binary found, and RESILIENT_HTTP_REQUIRE_REDIS=1"
@@ -130,22 +133,6 @@ impl Drop for Redis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn find_redis() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn system_us() -> u64 {

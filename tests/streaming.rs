@@ -843,6 +843,14 @@ async fn sse_a_call_timeout_bounds_the_whole_stream() {
 async fn one_event_then(
     later: &'static str,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    first_then(b"id: 1\ndata: one\n\n", later).await
+}
+
+/// As [`one_event_then`], the first connection writing `first`.
+async fn first_then(
+    first: &'static [u8],
+    later: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = std::sync::Arc::clone(&connections);
     let uri = common::raw_server_with_head(move |n, _, mut stream| {
@@ -850,7 +858,7 @@ async fn one_event_then(
         async move {
             if n == 0 {
                 let _ = stream.write_all(SSE_HEAD).await;
-                let _ = write_chunk(&mut stream, b"id: 1\ndata: one\n\n").await;
+                let _ = write_chunk(&mut stream, first).await;
                 drop(stream);
             } else {
                 answer_status(&mut stream, later).await;
@@ -907,21 +915,7 @@ async fn sse_a_reconnect_goes_through_the_circuit_breaker() {
 
 #[tokio::test]
 async fn sse_a_huge_retry_is_capped_at_max_retry_after() {
-    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = std::sync::Arc::clone(&connections);
-    let uri = common::raw_server_with_head(move |n, _, mut stream| {
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async move {
-            if n == 0 {
-                let _ = stream.write_all(SSE_HEAD).await;
-                let _ = write_chunk(&mut stream, b"retry: 86400000\ndata: one\n\n").await;
-                drop(stream);
-            } else {
-                answer_status(&mut stream, "204 No Content").await;
-            }
-        }
-    })
-    .await;
+    let (uri, connections) = first_then(b"retry: 86400000\ndata: one\n\n", "204 No Content").await;
     let client = common::fast_builder(&uri)
         .retry(common::fast_retry(3).max_retry_after(Duration::from_millis(200)))
         .build()

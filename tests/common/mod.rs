@@ -139,6 +139,26 @@ pub async fn until(mut done: impl FnMut() -> bool) {
     assert!(done(), "condition not met within 10 s");
 }
 
+/// The path of the server binary `name` (`etcd`, `redis-server`): on the
+/// `PATH`, or in `/usr/bin` or `/usr/local/bin`.
+pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A TCP port of 127.0.0.1 free a moment ago, for a server the test starts
+/// in another process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Requests the server has received.
 pub async fn received(server: &MockServer) -> usize {
     server.received_requests().await.map_or(0, |r| r.len())
