@@ -1048,10 +1048,17 @@ impl ApiClientBuilder {
         if let Some(cfg) = &self.breaker {
             cfg.validate()?;
         }
-        let limits = Limits::from_settings(self.rate_limit.as_ref(), self.max_concurrency)?;
-        if self.max_concurrency == Some(0) {
-            return Err(Error::config("max_concurrency must be at least 1"));
+        match self.max_concurrency {
+            Some(0) => return Err(Error::config("max_concurrency must be at least 1")),
+            Some(n) if n > tokio::sync::Semaphore::MAX_PERMITS => {
+                return Err(Error::config(format!(
+                    "max_concurrency must be at most {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
+            _ => {}
         }
+        let limits = Limits::from_settings(self.rate_limit.as_ref(), self.max_concurrency)?;
         if let Some(h) = &self.hedging {
             h.validate()?;
         }

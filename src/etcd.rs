@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::balance::Endpoint;
 use crate::client::ApiClient;
 use crate::discovery::{ResolveError, ResolveFuture, Resolver};
+use crate::redact;
 
 /// Reads the instances of a service from the keys under a prefix in etcd (v3),
 /// through its JSON gateway: one `POST /v3/kv/range` per refresh (see
@@ -53,7 +54,12 @@ impl fmt::Debug for EtcdResolver {
         f.debug_struct("EtcdResolver")
             .field(
                 "etcd",
-                &self.client.as_ref().ok().and_then(ApiClient::base_url),
+                &self
+                    .client
+                    .as_ref()
+                    .ok()
+                    .and_then(ApiClient::base_url)
+                    .map(|url| redact::url(url).to_string()),
             )
             .field("prefix", &self.prefix)
             .field("base_path", &self.base_path)

@@ -20,10 +20,11 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "cookie",
         "set-cookie",
         "sig",
-        "signature",
         "code",
         "key",
         "auth",
+        "pass",
+        "pwd",
     ];
     const PARTS: &[&str] = &[
         "api-key",
@@ -35,7 +36,7 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "passwd",
         "session",
         "credential",
-        "x-amz-signature",
+        "signature",
         "private",
     ];
     // Header names are lowercase already: allocate only for other input.
@@ -92,12 +93,19 @@ pub(crate) fn record_target(span: &tracing::Span, target: &Url) {
 
 pub(crate) fn url(url: &Url) -> Cow<'_, Url> {
     let secret_query = url.query_pairs().any(|(name, _)| is_sensitive_name(&name));
-    if url.password().is_none() && !secret_query {
+    // A user name without a password is often the credential itself (an API
+    // key given as the URL's user).
+    let lone_user = url.password().is_none() && !url.username().is_empty();
+    if url.password().is_none() && !lone_user && !secret_query {
         return Cow::Borrowed(url);
     }
     let mut clean = url.clone();
-    // Fails only for URLs that cannot have a password (no host), which have none.
+    // Both fail only for URLs that cannot have credentials (no host), which
+    // have none.
     let _ = clean.set_password(None);
+    if lone_user {
+        let _ = clean.set_username(REDACTED);
+    }
     if secret_query {
         let pairs: Vec<(String, String)> = url
             .query_pairs()

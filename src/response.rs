@@ -514,6 +514,13 @@ impl Stream for ApiStream {
         if self.done {
             return Poll::Ready(None);
         }
+        // The deadline first: a body that is always ready (a reader slower
+        // than the network) must not outlive it.
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.finish();
+            let err = self.fail(Error::timeout(TimeoutPhase::Total));
+            return Poll::Ready(Some(Err(err)));
+        }
         if let Poll::Ready(item) = self.body.as_mut().poll_next(cx) {
             return Poll::Ready(match item {
                 None => {
@@ -523,7 +530,8 @@ impl Stream for ApiStream {
                 Some(Ok(bytes)) => {
                     // The next bytes are due `read_timeout` from now.
                     let (limit, timer) = &mut self.idle;
-                    let due = tokio::time::Instant::now() + *limit;
+                    // Saturating: a huge `read_timeout` means "no idle limit".
+                    let due = Deadline::after(*limit).end();
                     timer.as_mut().reset(due);
                     Some(Ok(bytes))
                 }
@@ -532,11 +540,6 @@ impl Stream for ApiStream {
                     Some(Err(self.fail(Error::transport_mid_body(e))))
                 }
             });
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.finish();
-            let err = self.fail(Error::timeout(TimeoutPhase::Total));
-            return Poll::Ready(Some(Err(err)));
         }
         if self.idle.1.as_mut().poll(cx).is_ready() {
             self.finish();

@@ -183,6 +183,13 @@ impl Parser {
         self.retry = None;
     }
 
+    /// Starts from the caller's last event ID (the `Last-Event-ID` the
+    /// request was sent with), as if an event had set it.
+    pub(crate) fn resume_from(&mut self, id: &str) {
+        id.clone_into(&mut self.id);
+        id.clone_into(&mut self.last_id);
+    }
+
     /// The last event ID string, empty for none.
     pub(crate) fn last_id(&self) -> &str {
         &self.last_id
@@ -418,6 +425,9 @@ pub struct EventStream {
     end: Option<Instant>,
     state: State,
     parser: Parser,
+    /// The `Last-Event-ID` a reconnect sends: the last event ID that could be
+    /// written as a header value.
+    resume: Option<HeaderValue>,
     /// Reconnects in a row without an event (the backoff's step).
     idle: u32,
     delivered: u64,
@@ -467,6 +477,13 @@ impl EventStream {
             None
         };
         let limit = client.inner.max_response_bytes;
+        // A caller resuming a stream: its ID is the last one until an event
+        // sets another.
+        let resume = call.request.headers().get(LAST_EVENT_ID).cloned();
+        let mut parser = Parser::new(limit);
+        if let Some(id) = resume.as_ref().and_then(|id| id.to_str().ok()) {
+            parser.resume_from(id);
+        }
         let first = client.clone().execute::<Streamed>(Ok(call)).await?;
         let state = match check(first)? {
             Some(body) => State::Reading(Box::new(body)),
@@ -478,7 +495,8 @@ impl EventStream {
             policy,
             end,
             state,
-            parser: Parser::new(limit),
+            parser,
+            resume,
             idle: 0,
             delivered: 0,
             reconnects: 0,
@@ -540,7 +558,7 @@ impl EventStream {
             .parser
             .reconnect_time()
             .map(|delay| delay.min(self.policy.max_retry_after));
-        let delay = retry.unwrap_or_else(|| {
+        let backoff = || {
             let step = usize::try_from(self.idle).unwrap_or(usize::MAX);
             let scheduled = self
                 .policy
@@ -548,7 +566,15 @@ impl EventStream {
                 .nth(step)
                 .unwrap_or(self.policy.max_backoff);
             self.policy.jittered(scheduled)
-        });
+        };
+        // The server's delay, but no shorter than the backoff once
+        // reconnects bring no event (a `retry: 0` and a server that closes
+        // at once would otherwise reconnect in a tight loop).
+        let delay = match retry {
+            Some(retry) if self.idle > 0 => retry.max(backoff()),
+            Some(retry) => retry,
+            None => backoff(),
+        };
         let Some(mut call) = template.try_clone() else {
             return Next::End(err);
         };
@@ -568,12 +594,20 @@ impl EventStream {
         } else if delay >= remaining {
             return Next::End(None);
         }
+        // An ID that cannot be a header value keeps the last one that could;
+        // an empty one (an `id` field with no value) clears it.
+        let last = self.parser.last_id();
+        if last.is_empty() {
+            self.resume = None;
+        } else if let Ok(id) = HeaderValue::from_str(last) {
+            self.resume = Some(id);
+        }
         let headers = call.request.headers_mut();
-        match HeaderValue::from_str(self.parser.last_id()) {
-            Ok(id) if !id.is_empty() => {
-                headers.insert(LAST_EVENT_ID, id);
+        match &self.resume {
+            Some(id) => {
+                headers.insert(LAST_EVENT_ID, id.clone());
             }
-            _ => {
+            None => {
                 headers.remove(LAST_EVENT_ID);
             }
         }

@@ -500,3 +500,16 @@ fn the_adaptive_limit_is_validated_and_exclusive_of_the_fixed_one() {
         Some(8)
     );
 }
+
+#[test]
+fn a_max_concurrency_beyond_what_a_semaphore_holds_is_a_config_error() {
+    for n in [usize::MAX, usize::MAX >> 2] {
+        let err = ApiClient::builder()
+            .base_url("http://127.0.0.1:1/")
+            .max_concurrency(n)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), resilient_http::ErrorKind::Config, "{n}");
+        assert!(err.to_string().contains("max_concurrency"), "{err}");
+    }
+}

@@ -222,6 +222,54 @@ async fn debug_of_builder_client_request_and_response_hides_every_secret() {
     assert!(resp.url().as_str().contains(QUERY_TOKEN));
 }
 
+/// URL credentials the redaction must also catch: a key given as the URL's
+/// user (no password), and query values named `pass`, `pwd` or `…signature`.
+#[tokio::test]
+async fn a_user_name_key_and_pass_pwd_and_signature_query_values_are_hidden() {
+    let server = server_answering(503).await;
+    let host = server.uri().trim_start_matches("http://").to_owned();
+    let client = fast_builder(&format!("http://{API_KEY}@{host}/api/"))
+        .build()
+        .unwrap();
+    assert_no_secret("ApiClient", &format!("{client:?}"));
+    let query =
+        format!("orders?pass={URL_PASSWORD}&pwd={QUERY_TOKEN}&X-Goog-Signature={QUERY_API_KEY}");
+
+    let err = client.get(query).send().await.unwrap_err();
+
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(503));
+    assert_no_secret("Display", &err.to_string());
+    assert_no_secret("Debug", &format!("{err:?}"));
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn an_etcd_resolver_debug_hides_the_password_of_its_url() {
+    let resolver = resilient_http::EtcdResolver::new(
+        format!("http://root:{URL_PASSWORD}@127.0.0.1:2379/"),
+        "/svc/",
+    );
+
+    let debug = format!("{resolver:?}");
+
+    assert_no_secret("EtcdResolver", &debug);
+    assert!(debug.contains("127.0.0.1:2379"), "{debug}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_redis_limiter_debug_hides_a_unix_socket_password() {
+    let limiter = resilient_http::RedisLimiter::new(
+        format!("redis+unix:///run/redis.sock?pass={URL_PASSWORD}"),
+        "limit",
+    );
+
+    let debug = format!("{limiter:?}");
+
+    assert_no_secret("RedisLimiter", &debug);
+    assert!(debug.contains("redis.sock"), "{debug}");
+}
+
 // ---------------------------------------------------------------- tracing
 
 #[tokio::test]

@@ -360,6 +360,62 @@ async fn a_stalled_stream_hits_read_timeout() {
     assert!(err.is_timeout(), "{err:?}");
 }
 
+#[tokio::test]
+async fn a_reader_slower_than_the_body_still_stops_at_the_total_deadline() {
+    // The body is always ready (200 pieces sent at once); the reader takes
+    // 20 ms a piece, so without the deadline it would read for 4 s.
+    let piece = br#"{"id":1,"name":"a"},"#.to_vec();
+    let uri = chunked_server(vec![piece; 200], End::Complete).await;
+    let started = std::time::Instant::now();
+    let mut body = client(&uri)
+        .get("x")
+        .timeout(Duration::from_millis(300))
+        .send_stream()
+        .await
+        .unwrap();
+    let mut pieces = 0;
+    let err = loop {
+        match body.chunk().await {
+            Ok(Some(_)) => pieces += 1,
+            Ok(None) => panic!("read all {pieces} pieces past the deadline"),
+            Err(err) => break err,
+        }
+        // A slow consumer, not a wait for anything.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(pieces < 200, "{pieces}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_read_timeout_of_duration_max_means_no_idle_limit() {
+    let uri = chunked_server(bytes_each(br#"[{"id":1,"name":"a"}]"#), End::Complete).await;
+    let client = common::fast_builder(&uri)
+        .read_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut rows = client
+        .get("x")
+        .send_stream()
+        .await
+        .unwrap()
+        .json_array::<Row>();
+    let (got, err) = drain(&mut rows).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        got,
+        vec![Row {
+            id: 1,
+            name: "a".into()
+        }]
+    );
+}
+
 // ------------------------------------------------------------ memory
 
 /// Live heap bytes of the whole process (allocated minus freed).
@@ -638,6 +694,79 @@ async fn sse_the_servers_retry_delay_is_honoured() {
         "reconnected after {gap:?}"
     );
     assert!(gap < Duration::from_secs(5), "reconnected after {gap:?}");
+}
+
+#[tokio::test]
+async fn sse_the_callers_last_event_id_is_kept_until_an_event_sets_another() {
+    let seen = heads();
+    let log = std::sync::Arc::clone(&seen);
+    let uri = common::raw_server_with_head(move |n, head, mut stream| {
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            log.lock().unwrap().push(head);
+            match n {
+                // Heartbeats only, then the connection drops.
+                0 => {
+                    let _ = stream.write_all(SSE_HEAD).await;
+                    let _ = write_chunk(&mut stream, b": ping\n\n").await;
+                    drop(stream);
+                }
+                1 => {
+                    let _ = stream.write_all(SSE_HEAD).await;
+                    let _ = write_chunk(&mut stream, b"id: 1001\ndata: next\n\n").await;
+                    drop(stream);
+                }
+                _ => answer_status(&mut stream, "204 No Content").await,
+            }
+        }
+    })
+    .await;
+    let mut events = sse_client(&uri)
+        .get("events")
+        .header("Last-Event-ID", "1000")
+        .send_events()
+        .await
+        .unwrap();
+    assert_eq!(events.last_event_id(), Some("1000"));
+    let (got, err) = collect_events(&mut events).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.len(), 1);
+    let ids = last_event_ids(&seen);
+    let want = [Some("1000"), Some("1000"), Some("1001")];
+    assert_eq!(ids, want.map(|id| id.map(str::to_owned)));
+}
+
+#[tokio::test]
+async fn sse_a_retry_of_zero_backs_off_when_reconnects_bring_no_event() {
+    const EMPTY: usize = 4;
+    let uri = common::raw_server_with_head(move |n, _, mut stream| async move {
+        if n < EMPTY {
+            // A clean, empty stream that asks for an immediate reconnect.
+            let _ = stream.write_all(SSE_HEAD_CLOSE).await;
+            let _ = write_chunk(&mut stream, b"retry: 0\n\n").await;
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        } else {
+            answer_status(&mut stream, "204 No Content").await;
+        }
+    })
+    .await;
+    let policy = resilient_http::RetryPolicy::exponential()
+        .max_attempts(3)
+        .initial_backoff(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(100))
+        .jitter(false);
+    let client = common::fast_builder(&uri).retry(policy).build().unwrap();
+    let started = std::time::Instant::now();
+    let mut events = client.get("events").send_events().await.unwrap();
+    let (got, err) = collect_events(&mut events).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(got.is_empty());
+    assert_eq!(events.reconnects(), EMPTY as u64);
+    // The first reconnect at once (the server's delay), each later one
+    // after the 100 ms backoff: at least 300 ms in all.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[tokio::test]
