@@ -706,7 +706,9 @@ impl ApiClientBuilder {
     }
 
     /// Redirects followed per attempt (default 10; 0 follows none). A 3xx that is
-    /// not followed is an [`ErrorKind::Client`](crate::ErrorKind::Client) error.
+    /// not followed is an [`ErrorKind::Client`](crate::ErrorKind::Client) error;
+    /// which redirects to another origin are never followed is in README's
+    /// security section.
     pub fn max_redirects(mut self, n: usize) -> Self {
         self.max_redirects = n;
         self

@@ -9,11 +9,17 @@
 //!   another credential header (`x-api-key`, ...) is not redirected to another
 //!   origin at all: the pipeline runs such an attempt inside [`guarded`], and
 //!   the policy then stops at the 3xx.
+//! - A request with a body is not sent to another origin by a 307 or 308
+//!   (the redirects that send the body again): its body may be a credential
+//!   (an OAuth2 client secret sent as a form field) or data meant for its
+//!   first server only. The 3xx comes back. A 301, 302 or 303 is followed as
+//!   a GET without the body.
 //! - No `Referer` is sent: the original URL's query may hold credentials.
 
 use futures_util::future::Either;
 use std::future::Future;
 
+use reqwest::StatusCode;
 use reqwest::header::{
     AUTHORIZATION, COOKIE, HeaderMap, HeaderName, PROXY_AUTHORIZATION, WWW_AUTHENTICATE,
 };
@@ -22,9 +28,32 @@ use crate::origin;
 use crate::redact;
 
 tokio::task_local! {
-    /// Set while an attempt whose headers would leak on a cross-origin
-    /// redirect runs.
-    static GUARD: bool;
+    /// Set while an attempt that must not follow some redirects to another
+    /// origin runs.
+    static GUARD: Guard;
+}
+
+/// Which redirects to another origin an attempt must not follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// Its headers carry a credential reqwest would forward: none.
+    Credentials,
+    /// It has a body: none that sends the body again (307, 308).
+    Body,
+}
+
+impl Guard {
+    /// The guard for an attempt whose headers would leak a credential
+    /// (`credentials`) and that has a body (`body`), if it needs one.
+    pub(crate) fn of(credentials: bool, body: bool) -> Option<Self> {
+        if credentials {
+            Some(Self::Credentials)
+        } else if body {
+            Some(Self::Body)
+        } else {
+            None
+        }
+    }
 }
 
 /// The client's redirect policy, following at most `max_redirects`.
@@ -48,12 +77,20 @@ pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
         if from_https && attempt.url().scheme() == "http" {
             return attempt.stop();
         }
-        if GUARD.try_with(|guard| *guard).unwrap_or(false) {
+        if let Ok(guard) = GUARD.try_with(|guard| *guard) {
+            let resends_body = matches!(
+                attempt.status(),
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            );
+            let refused = match guard {
+                Guard::Credentials => true,
+                Guard::Body => resends_body,
+            };
             let same = attempt
                 .previous()
                 .first()
                 .is_none_or(|first| origin::same_origin(first, attempt.url()));
-            if !same {
+            if refused && !same {
                 return attempt.stop();
             }
         }
@@ -61,16 +98,18 @@ pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
     })
 }
 
-/// Runs one attempt so that the policy refuses redirects to another origin
-/// when `guard` is set.
+/// Runs one attempt so that the policy refuses the redirects to another
+/// origin that `guard` names.
 ///
 /// A plain function, not an `async fn`: an `async fn` would keep `attempt`
 /// twice in its state (the argument and the future it awaits).
-pub(crate) fn guarded<F: Future>(guard: bool, attempt: F) -> impl Future<Output = F::Output> {
-    if guard {
-        Either::Left(GUARD.scope(true, attempt))
-    } else {
-        Either::Right(attempt)
+pub(crate) fn guarded<F: Future>(
+    guard: Option<Guard>,
+    attempt: F,
+) -> impl Future<Output = F::Output> {
+    match guard {
+        Some(guard) => Either::Left(GUARD.scope(guard, attempt)),
+        None => Either::Right(attempt),
     }
 }
 

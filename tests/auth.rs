@@ -856,6 +856,36 @@ async fn oauth2_can_send_the_credentials_and_extra_params_in_the_form() {
 }
 
 #[tokio::test]
+async fn oauth2_a_secret_in_the_form_is_not_sent_again_to_another_origin() {
+    // The token endpoint answers 307 to another server: following it would
+    // POST the form, client_secret included, there.
+    let elsewhere = token_endpoint(token_answer(
+        json!({"access_token": "stolen", "token_type": "Bearer"}),
+    ))
+    .await;
+    let auth =
+        token_endpoint(ResponseTemplate::new(307).insert_header("location", token_url(&elsewhere)))
+            .await;
+    let api = ok_server().await;
+    let client = fast_builder(&api.uri())
+        .token_provider(
+            OAuth2ClientCredentials::new(token_url(&auth), CLIENT_ID, CLIENT_SECRET)
+                .credentials_in_body(),
+        )
+        .build()
+        .unwrap();
+
+    let err = client.get("orders/1").send().await.unwrap_err();
+
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "the form went to the other origin"
+    );
+    assert!(api.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn oauth2_expires_in_sets_the_token_lifetime() {
     // (expires_in, time passed, token requests expected after a second call)
     for (expires_in, passed, fetches) in [

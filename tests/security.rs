@@ -269,6 +269,71 @@ async fn a_client_with_api_key_headers_follows_a_redirect_on_the_same_host() {
     client.get("start").send().await.unwrap();
 }
 
+/// A server that answers `/start` with `status`, `location: target`.
+async fn redirecting_with(status: u16, target: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/start"))
+        .respond_with(ResponseTemplate::new(status).insert_header("location", target))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn a_body_is_not_sent_again_to_another_origin_by_a_307_or_308() {
+    for status in [307, 308] {
+        let other = MockServer::start().await;
+        Mock::given(path("/landing"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&other)
+            .await;
+        let origin = redirecting_with(status, &format!("{}/landing", other.uri())).await;
+        let client = fast_builder(&origin.uri()).build().unwrap();
+
+        let err = client
+            .post("start")
+            .body("client_secret=s3cr3t")
+            .send()
+            .await
+            .unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::Client, "{status}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+    }
+}
+
+#[tokio::test]
+async fn a_body_follows_a_307_on_the_same_origin_and_a_303_anywhere_as_a_get() {
+    let server = MockServer::start().await;
+    Mock::given(path("/start"))
+        .respond_with(ResponseTemplate::new(307).insert_header("location", "/landing"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("same"))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+    let resp = client.post("start").body("x=1").send().await.unwrap();
+    assert_eq!(resp.text().unwrap(), "same");
+    let body_seen = server.received_requests().await.unwrap()[1].body.clone();
+    assert_eq!(body_seen, b"x=1", "a 307 sends the body again");
+
+    let other = MockServer::start().await;
+    Mock::given(path("/landing"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("other"))
+        .mount(&other)
+        .await;
+    let origin = redirecting_with(303, &format!("{}/landing", other.uri())).await;
+    let client = fast_builder(&origin.uri()).build().unwrap();
+    let resp = client.post("start").body("x=1").send().await.unwrap();
+    assert_eq!(resp.text().unwrap(), "other");
+    let landed = &other.received_requests().await.unwrap()[0];
+    assert_eq!(landed.method.as_str(), "GET");
+    assert!(landed.body.is_empty(), "a 303 drops the body");
+}
+
 /// A server where `/r/n` redirects to `/r/n-1` and `/r/0` answers 200.
 async fn redirect_chain() -> MockServer {
     let server = MockServer::start().await;

@@ -127,6 +127,7 @@ impl ApiClient {
         let read_timeout = self.inner.read_timeout;
         let idle = (read_timeout < limit).then_some(read_timeout);
         let http = target.and_then(Instance::http).unwrap_or(&self.inner.http);
+        let guard = redirect::Guard::of(guard, request.body().is_some());
         let attempt = self.attempt(request, http, sent_to, stream, allow, idle);
         span.in_span(tokio::time::timeout(
             limit,
