@@ -11,7 +11,7 @@
 //!   the policy then stops at the 3xx.
 //! - A request with a body is not sent to another origin by a 307 or 308
 //!   (the redirects that send the body again): its body may be a credential
-//!   (an OAuth2 client secret sent as a form field) or data meant for its
+//!   (a client secret sent as a form field) or data meant for its
 //!   first server only. The 3xx comes back. A 301, 302 or 303 is followed as
 //!   a GET without the body.
 //! - No `Referer` is sent: the original URL's query may hold credentials.
