@@ -410,6 +410,38 @@ async fn the_token_renewed_after_a_401_serves_the_next_calls() {
     assert_eq!(provider.fetches(), 2);
 }
 
+#[tokio::test]
+async fn a_refused_token_is_dropped_even_when_the_call_cannot_be_sent_again() {
+    let server = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer t-1"))
+        .respond_with(ResponseTemplate::new(401))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let provider = Numbered::new(None);
+    let client = client_with(&server, provider.clone());
+    // A streamed upload larger than its replay buffer: not sent again.
+    let parts = (0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1024])));
+
+    let err = client
+        .put("upload")
+        .body_stream(futures_util::stream::iter(parts), 16)
+        .send()
+        .await
+        .unwrap_err();
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(err.attempts(), 1);
+    // The next call does not send the refused token again.
+    assert_eq!(authorizations(&server).await, ["Bearer t-1", "Bearer t-2"]);
+    assert_eq!(provider.fetches(), 2);
+}
+
 // ------------------------------------------------------------ provider failure
 
 #[tokio::test]

@@ -796,16 +796,19 @@ impl ApiClient {
                             // A streamed body past its replay buffer cannot be sent again.
                             let replayable = replay.replayable();
                             if let (Some(auth), Some((_, generation))) = (auth, &credential)
-                                && replayable.is_ok()
                                 && err.status() == Some(StatusCode::UNAUTHORIZED)
-                                && !std::mem::replace(&mut reauthorized, true)
+                                && !reauthorized
                             {
-                                // The token was refused: drop it, and try once more
-                                // with a new one, at once.
+                                // The token was refused: drop it (other calls must not
+                                // send it again), and try once more with a new one, at
+                                // once, if the body can be sent again.
                                 auth.reject(*generation);
-                                Stats::retry(&ctx.method, "401");
-                                last = Some(err);
-                                continue;
+                                if replayable.is_ok() {
+                                    reauthorized = true;
+                                    Stats::retry(&ctx.method, "401");
+                                    last = Some(err);
+                                    continue;
+                                }
                             }
                             let (delay, withdrawal) = match self.retry_delay(
                                 policy,
