@@ -60,6 +60,8 @@ pub enum LoadBalance {
     RoundRobin,
     /// Each endpoint in proportion to its weight, interleaved smoothly (the
     /// nginx algorithm: weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`).
+    /// A resolver's refresh does not restart the rotation: the endpoints that
+    /// stay (same URL and address) keep their place in it.
     WeightedRoundRobin,
     /// The less loaded of two endpoints chosen at random ("power of two
     /// choices"), where load is the number of attempts in flight divided by
@@ -357,7 +359,9 @@ impl Drop for InFlight<'_> {
 #[derive(Debug)]
 pub(crate) struct EndpointSet {
     instances: Vec<Arc<Instance>>,
-    /// Smooth weighted round robin's current weights, one per instance.
+    /// Smooth weighted round robin's current weights, one per instance;
+    /// carried over by [`build`](Self::build) for the endpoints that stay, so
+    /// a refresh does not restart the rotation.
     wrr: Mutex<Vec<i64>>,
     /// Why the set is empty (the resolver's last error), if it is.
     pub(crate) empty_because: Option<Arc<str>>,
@@ -406,7 +410,9 @@ impl EndpointSet {
     }
 
     /// A set of the endpoints `list` (validated, duplicates merged), keeping
-    /// the state (and transport) of those already in `previous`. An endpoint
+    /// the state (and transport) of those already in `previous`, and the
+    /// smooth weighted round robin's current weight of every endpoint (same
+    /// URL and address) still there, even if its weight changed. An endpoint
     /// whose transport cannot be built is left out, with a WARN.
     pub(crate) fn build(
         list: Vec<Parsed>,
@@ -439,10 +445,27 @@ impl EndpointSet {
                 ),
             }
         }
-        let n = instances.len();
+        // Smooth weighted round robin carries on where `previous` was for the
+        // endpoints that stay (same URL and address); the others start at 0.
+        // Read last, once the transports are built: picks made meanwhile on
+        // `previous` count.
+        let wrr = {
+            let current = previous.wrr.lock().unwrap_or_else(PoisonError::into_inner);
+            instances
+                .iter()
+                .map(|i| {
+                    previous
+                        .instances
+                        .iter()
+                        .position(|p| p.base == i.base && p.address == i.address)
+                        .and_then(|k| current.get(k).copied())
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
         Self {
             instances,
-            wrr: Mutex::new(vec![0; n]),
+            wrr: Mutex::new(wrr),
             empty_because: None,
             pending: false,
         }
@@ -741,6 +764,53 @@ mod tests {
             picks(&s, LoadBalance::WeightedRoundRobin, 7),
             [0, 0, 1, 0, 2, 0, 0]
         );
+    }
+
+    /// The same endpoints, rebuilt from `s` as a refresh does.
+    fn refreshed(s: &EndpointSet) -> EndpointSet {
+        let list = s
+            .instances
+            .iter()
+            .map(|i| parsed(i.base.as_str(), i.weight, None))
+            .collect();
+        EndpointSet::build(list, s, None, &Transport::default())
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_carries_on_across_refreshes() {
+        // One call per refresh, equal weights: each endpoint in turn, not
+        // the first one every time.
+        let mut s = set(&[1, 1, 1]);
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[picks(&s, LoadBalance::WeightedRoundRobin, 1)[0]] += 1;
+            s = refreshed(&s);
+        }
+        assert_eq!(counts, [10, 10, 10]);
+        // Two calls per refresh: the very sequence of an unrefreshed set.
+        let mut s = set(&[5, 1, 1]);
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            seen.extend(picks(&s, LoadBalance::WeightedRoundRobin, 2));
+            s = refreshed(&s);
+        }
+        let unrefreshed = picks(&set(&[5, 1, 1]), LoadBalance::WeightedRoundRobin, 14);
+        assert_eq!(seen, unrefreshed);
+    }
+
+    #[test]
+    fn a_changed_set_keeps_the_rotation_of_the_endpoints_that_stay() {
+        let s = set(&[1, 1, 1]);
+        assert_eq!(picks(&s, LoadBalance::WeightedRoundRobin, 1), [0]);
+        assert_eq!(*s.wrr.lock().unwrap(), [-2, 1, 1]);
+        // h1 goes, a new endpoint comes first, h0 changes its weight.
+        let list = vec![
+            parsed("http://new.test/", 1, None),
+            parsed("http://h2.test/", 1, None),
+            parsed("http://h0.test/", 2, None),
+        ];
+        let next = EndpointSet::build(list, &s, None, &Transport::default());
+        assert_eq!(*next.wrr.lock().unwrap(), [0, 1, -2]);
     }
 
     #[test]

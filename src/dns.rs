@@ -27,9 +27,13 @@ use crate::discovery::{ResolveError, ResolveFuture, Resolver};
 ///   every address is an endpoint on `port`, weight 1.
 /// - [`srv(name)`](Self::srv) reads the SRV records of `name`
 ///   (`_http._tcp.orders.internal`): each record's target is resolved to its
-///   addresses, each an endpoint on the record's port with the record's
-///   weight (0 counts as 1). Only the records of the lowest priority are
-///   used (the others are backups).
+///   addresses, each an endpoint on the record's port. The record's weight
+///   (0 counts as 1) is split across its target's addresses (at least 1
+///   each), so a target's share of the calls is its record's weight, however
+///   many addresses it has. Only the records of the lowest priority are
+///   used; the others are backups, in priority order (RFC 2782): the next
+///   priority's records are used when no target of the ones before has an
+///   address.
 ///
 /// Every endpoint's URL names the service, not its address:
 /// `http://orders.internal:8080/` for `new("orders.internal", 8080)`, and for
@@ -103,6 +107,13 @@ impl DnsResolver {
     /// Endpoints from the SRV records of `name`
     /// (`_http._tcp.orders.internal`): port and weight from each record,
     /// addresses from its target. See [`DnsResolver`] for the URLs.
+    ///
+    /// The weight of a record is its target's: split across the target's
+    /// addresses (as evenly as integers allow, at least 1 each). Only the
+    /// lowest priority is used while one of its targets has an address;
+    /// when none has, the next priority's records are (RFC 2782 order), and
+    /// so on. Records of a priority with addresses hide every higher one,
+    /// even if their endpoints fail: backups take over only from the DNS.
     ///
     /// # Examples
     ///
@@ -259,32 +270,42 @@ impl DnsResolver {
                 _ => None,
             })
             .collect();
-        let first = records.iter().map(|srv| srv.priority).min();
         let host = service_host(name);
+        let mut priorities: Vec<u16> = records.iter().map(|srv| srv.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
         let mut endpoints = Vec::new();
-        for srv in records.iter().filter(|srv| Some(srv.priority) == first) {
-            let ips = match resolver.lookup_ip(srv.target.clone()).await {
-                Ok(ips) => ips,
-                // A target without addresses (an instance gone) is skipped;
-                // any other failure keeps the client's list.
-                Err(e) if e.is_no_records_found() => {
-                    tracing::debug!(
-                        target: "resilient_http::discovery",
-                        target_name = %srv.target,
-                        "skipping an SRV target without addresses"
-                    );
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            valid_until = valid_until.min(ips.valid_until());
-            let url = self.url_of(host, srv.port);
-            let weight = u32::from(srv.weight.max(1));
-            endpoints.extend(ips.iter().map(|ip| {
-                Endpoint::new(url.as_str())
-                    .weight(weight)
-                    .address(SocketAddr::new(ip, srv.port))
-            }));
+        // The lowest priority with an address (RFC 2782): the others are
+        // backups, used when every target of the ones before has none.
+        for priority in priorities {
+            for srv in records.iter().filter(|srv| srv.priority == priority) {
+                let ips = match resolver.lookup_ip(srv.target.clone()).await {
+                    Ok(ips) => ips,
+                    // A target without addresses (an instance gone) is skipped;
+                    // any other failure keeps the client's list.
+                    Err(e) if e.is_no_records_found() => {
+                        tracing::debug!(
+                            target: "resilient_http::discovery",
+                            target_name = %srv.target,
+                            "skipping an SRV target without addresses"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                valid_until = valid_until.min(ips.valid_until());
+                let url = self.url_of(host, srv.port);
+                let ips: Vec<_> = ips.iter().collect();
+                let weights = split_weight(srv.weight, ips.len());
+                endpoints.extend(ips.into_iter().zip(weights).map(|(ip, weight)| {
+                    Endpoint::new(url.as_str())
+                        .weight(weight)
+                        .address(SocketAddr::new(ip, srv.port))
+                }));
+            }
+            if !endpoints.is_empty() {
+                break;
+            }
         }
         Ok((endpoints, valid_until))
     }
@@ -295,6 +316,21 @@ impl DnsResolver {
         let host = host.trim_end_matches('.');
         format!("{scheme}://{host}:{port}{}", self.base_path)
     }
+}
+
+/// The weights of a target's `n` addresses: its SRV record's `weight` (0
+/// counts as 1) split as evenly as integers allow, the first ones taking the
+/// remainder, at least 1 each. So the target's share is its record's weight
+/// (more only when it has more addresses than weight).
+fn split_weight(weight: u16, n: usize) -> impl Iterator<Item = u32> {
+    let weight = u32::from(weight.max(1));
+    // More addresses than u32::MAX: each gets at least 1 anyway.
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    let (each, rest) = (weight / n32, weight % n32);
+    (0..n).map(move |k| {
+        let extra = u32::from(u32::try_from(k).unwrap_or(u32::MAX) < rest);
+        (each + extra).max(1)
+    })
 }
 
 /// The service's name in an SRV name: without its leading `_service` and
@@ -336,6 +372,19 @@ mod tests {
         );
         assert_eq!(service_host("orders.internal"), "orders.internal");
         assert_eq!(service_host("_lonely"), "_lonely");
+    }
+
+    #[test]
+    fn a_records_weight_is_split_across_its_targets_addresses() {
+        let split = |w, n| split_weight(w, n).collect::<Vec<_>>();
+        assert_eq!(split(10, 3), [4, 3, 3]);
+        assert_eq!(split(6, 2), [3, 3]);
+        assert_eq!(split(5, 1), [5]);
+        // At least 1 each, and 0 counts as 1.
+        assert_eq!(split(1, 3), [1, 1, 1]);
+        assert_eq!(split(0, 2), [1, 1]);
+        assert_eq!(split(u16::MAX, 2), [32768, 32767]);
+        assert!(split(7, 0).is_empty());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::limit::{LocalLimiter, RateLimit};
 use crate::redact;
 use crate::stats::{ClientStats, Stats};
-use crate::timeout::Deadline;
+use crate::timeout::{Deadline, TimeoutPhase};
 
 /// The default time budget of one call to Redis.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(5);
@@ -216,7 +216,10 @@ impl RedisLimiter {
     /// The time budget of one call to Redis (default 5 ms, and never past
     /// the call's deadline). A call that takes longer is decided by the
     /// [`StoreFallback`]; three in a row skip Redis for
-    /// [`open_duration`](Self::open_duration).
+    /// [`open_duration`](Self::open_duration). A call whose deadline leaves
+    /// less than this budget and runs out while Redis answers ends with
+    /// [`TimeoutPhase::Total`](crate::TimeoutPhase::Total) instead: not a
+    /// Redis failure, no fallback.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -232,7 +235,9 @@ impl RedisLimiter {
     /// The limit on connecting to Redis (default 1 s). Connections are made
     /// in the background: only the first calls of a client wait for the
     /// first one (within their deadline); later calls use the fallback
-    /// while a reconnection is under way.
+    /// while a reconnection is under way. A connection cut short by its
+    /// runtime shutting down (a client used across `#[tokio::test]`s) is
+    /// made again by the next call.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -450,6 +455,39 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// Held by the task making the connection: if the task is dropped before it
+/// recorded its outcome (`done`), puts `Connecting` back to `Idle` and wakes
+/// the calls waiting for the connection, so the next call connects again.
+/// Nothing is counted as a store error: the task was cancelled, Redis did not
+/// fail.
+struct ConnectGuard {
+    limiter: SharedLimiter,
+    done: bool,
+}
+
+impl ConnectGuard {
+    /// The task recorded its outcome: nothing left to undo.
+    fn disarm(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for ConnectGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let inner = &*self.limiter.inner;
+        {
+            let mut conn = lock(&inner.conn);
+            if matches!(&*conn, Conn::Connecting) {
+                *conn = Conn::Idle;
+            }
+        }
+        inner.connected.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// Which way a call to Redis failed, as logs and metrics name it.
 #[derive(Debug, Clone, Copy)]
 enum StoreError {
@@ -598,7 +636,10 @@ impl SharedLimiter {
         let Some(mut conn) = self.connection(deadline, gate).await else {
             return self.fallback(deadline, wait, None).await;
         };
-        let budget = inner.timeout.min(deadline.remaining());
+        let left = deadline.remaining();
+        let budget = inner.timeout.min(left);
+        // A budget cut short by the caller's deadline says nothing of Redis.
+        let deadline_bound = left < inner.timeout;
         // The longest wait for a reserved permit: what is left once this
         // round trip's budget is spent, so the wait ends before the deadline.
         let max_wait_us = if wait {
@@ -637,6 +678,10 @@ impl SharedLimiter {
                 self.drop_connection();
                 return self.failed(StoreError::Connection, deadline, wait).await;
             }
+            // The caller's deadline ran out, not Redis's time: the call's
+            // timeout, and no store error (which could make every call use
+            // the fallback). The connection stays.
+            Err(_elapsed) if deadline_bound => return Err(Error::timeout(TimeoutPhase::Total)),
             Err(_elapsed) => return self.failed(StoreError::Timeout, deadline, wait).await,
         };
         if lock(&inner.health).success() {
@@ -734,9 +779,15 @@ impl SharedLimiter {
     }
 
     fn spawn_connect(&self) {
-        let this = self.clone();
+        // Moved into the task before it first runs, so that a task dropped
+        // unfinished (even never polled: its runtime shut down) lets the next
+        // call connect again instead of waiting on `Connecting` for good.
+        let mut guard = ConnectGuard {
+            limiter: self.clone(),
+            done: false,
+        };
         tokio::spawn(async move {
-            let inner = &*this.inner;
+            let inner = &*guard.limiter.inner;
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(inner.connect_timeout))
                 .set_response_timeout(None);
@@ -766,6 +817,7 @@ impl SharedLimiter {
                 }
             }
             inner.connected.send_modify(|n| *n = n.wrapping_add(1));
+            guard.disarm();
         });
     }
 
@@ -897,6 +949,46 @@ mod tests {
         }
         let too_fast = RateLimit::per_second(2_000_000);
         assert!(SharedLimiter::new(&too_fast, &ok, fallback).is_err());
+    }
+
+    #[test]
+    fn a_connection_task_dropped_unfinished_lets_the_next_call_connect() {
+        // Nothing listens on the port: a connection fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let store = RedisLimiter::new(format!("redis://127.0.0.1:{port}/"), "k")
+            .connect_timeout(Duration::from_secs(10));
+        let limit = RateLimit::per_second(100);
+        let limiter = SharedLimiter::new(&limit, &store, StoreFallback::Allow).unwrap();
+        let deadline = Deadline::after(Duration::from_secs(30));
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        {
+            // A call on a first runtime starts the connection; the runtime
+            // shuts down before the connecting task ever runs (as a client
+            // used by two #[tokio::test]s sees).
+            let first = runtime();
+            let _entered = first.enter();
+            let mut call = std::pin::pin!(limiter.connection(&deadline, Gate::Closed));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            assert!(matches!(*lock(&limiter.inner.conn), Conn::Connecting));
+        }
+        assert!(matches!(*lock(&limiter.inner.conn), Conn::Idle));
+        assert_eq!(lock(&limiter.inner.health).failures, 0, "not a store error");
+
+        // The next call, on another runtime, connects again (and fails).
+        let second = runtime();
+        let got = second.block_on(limiter.connection(&deadline, Gate::Closed));
+        assert!(got.is_none());
+        assert!(matches!(*lock(&limiter.inner.conn), Conn::Idle));
+        assert_eq!(lock(&limiter.inner.health).failures, 1, "Redis was tried");
     }
 
     #[test]

@@ -342,6 +342,115 @@ async fn srv_records_give_each_endpoint_its_port_and_weight() {
     );
 }
 
+#[tokio::test]
+async fn an_srv_records_weight_is_split_across_its_targets_addresses() {
+    // Target a: three addresses on one port; target b: one address. Same
+    // record weight, so the same share each.
+    let (pa, a_servers) = servers_on_one_port(&[ip(2), ip(3), ip(4)]).await;
+    let b = server_at(at(5, 0), 200).await;
+    let pb = b.address().port();
+    let dns = DnsServer::start(60).await;
+    dns.set_a("a.orders.test", &[ip(2), ip(3), ip(4)]);
+    dns.set_a("b.orders.test", &[ip(5)]);
+    let srv = |weight, port, target| Srv {
+        priority: 10,
+        weight,
+        port,
+        target,
+    };
+    dns.set_srv(
+        "_http._tcp.orders.test",
+        &[srv(3, pa, "a.orders.test"), srv(3, pb, "b.orders.test")],
+    );
+    let client = builder(DnsResolver::srv("_http._tcp.orders.test").nameserver(dns.addr))
+        .load_balance(LoadBalance::WeightedRoundRobin)
+        .build()
+        .unwrap();
+
+    call_many(&client, 60).await;
+
+    let mut weights: Vec<(SocketAddr, u32)> = client
+        .endpoints()
+        .iter()
+        .map(|e| (e.address.unwrap(), e.weight))
+        .collect();
+    weights.sort();
+    assert_eq!(
+        weights,
+        [
+            (at(2, pa), 1),
+            (at(3, pa), 1),
+            (at(4, pa), 1),
+            (at(5, pb), 3)
+        ]
+    );
+    let mut servers = a_servers;
+    servers.push(b);
+    assert_eq!(counts(&servers).await, [10, 10, 10, 30]);
+}
+
+#[tokio::test]
+async fn srv_backups_are_used_in_priority_order_when_the_first_have_no_address() {
+    let backup = server_at(at(4, 0), 200).await;
+    let last = server_at(at(5, 0), 200).await;
+    let (pc, pd) = (backup.address().port(), last.address().port());
+    let dns = DnsServer::start(3600).await;
+    // The targets of priority 10 are gone (empty answers).
+    dns.set_a("a.orders.test", &[]);
+    dns.set_a("b.orders.test", &[]);
+    dns.set_a("c.orders.test", &[ip(4)]);
+    dns.set_a("d.orders.test", &[ip(5)]);
+    let srv = |priority, port, target| Srv {
+        priority,
+        weight: 1,
+        port,
+        target,
+    };
+    dns.set_srv(
+        "_http._tcp.orders.test",
+        &[
+            srv(30, pd, "d.orders.test"),
+            srv(10, pc, "a.orders.test"),
+            srv(20, pc, "c.orders.test"),
+            srv(10, pd, "b.orders.test"),
+        ],
+    );
+    let client = builder(DnsResolver::srv("_http._tcp.orders.test").nameserver(dns.addr))
+        .resolver_refresh(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+
+    call_many(&client, 4).await;
+
+    assert_eq!(addresses(&client), [at(4, pc)]);
+    assert_eq!(counts(&[backup, last]).await, [4, 0]);
+    // A target of priority 10 back: the backups are left.
+    dns.set_a("b.orders.test", &[ip(5)]);
+    assert_eq!(client.refresh_endpoints().await.unwrap(), 1);
+    assert_eq!(addresses(&client), [at(5, pd)]);
+}
+
+// ------------------------------------------------------------ refreshes and balancing
+
+#[tokio::test]
+async fn weighted_round_robin_carries_on_across_refreshes() {
+    let (port, servers, dns) = headless(&[2, 3, 4], 3600).await;
+    let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
+        .load_balance(LoadBalance::WeightedRoundRobin)
+        .resolver_refresh(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert_eq!(client.refresh_endpoints().await.unwrap(), 3);
+
+    // Fewer calls per refresh (one) than the weights' sum (three).
+    for _ in 0..30 {
+        call_many(&client, 1).await;
+        assert_eq!(client.refresh_endpoints().await.unwrap(), 3);
+    }
+
+    assert_eq!(counts(&servers).await, [10, 10, 10]);
+}
+
 // ------------------------------------------------------------ failures
 
 #[tokio::test]

@@ -473,6 +473,49 @@ async fn a_redis_that_stops_answering_triggers_the_fallback_within_the_budget() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_deadline_shorter_than_the_budget_is_not_a_redis_failure() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let server = stub().await;
+    let client = ApiClient::builder()
+        .base_url(server.uri())
+        .no_retry()
+        .rate_limit(
+            RateLimit::per_second(1000)
+                .shared(RedisLimiter::new(redis.url(), "short").timeout(Duration::from_secs(5)))
+                .on_store_error(StoreFallback::Reject),
+        )
+        .build()
+        .unwrap();
+    client.get("x").send().await.unwrap();
+    assert_eq!(client.stats().shared_permits, 1);
+
+    // Redis stops answering; each caller's 50 ms run out long before the
+    // 5 s budget: the call times out, and Redis is not held to blame.
+    redis.signal("-STOP");
+    for _ in 0..5 {
+        let err = client
+            .get("x")
+            .timeout(Duration::from_millis(50))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Total), "{err}");
+    }
+    let stats = client.stats();
+    assert_eq!(stats.shared_store_errors, 0, "{stats:?}");
+    assert_eq!(stats.shared_fallbacks, 0, "{stats:?}");
+
+    // Redis answers again: calls still go through it, not the fallback.
+    redis.signal("-CONT");
+    client.get("x").send().await.unwrap();
+    let stats = client.stats();
+    assert_eq!(stats.shared_permits, 2, "{stats:?}");
+    assert_eq!(stats.shared_fallbacks, 0, "{stats:?}");
+}
+
 // ---------------------------------------------------------------- leasing and the first connection
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
