@@ -16,7 +16,7 @@ use resilient_http::{
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::{fast_builder, received, until};
+use common::{Sequence, fast_builder, received, until};
 
 /// Moves tokio's clock (the cache's) forward by `by` at once, then lets it
 /// run again; I/O keeps real time.
@@ -709,5 +709,201 @@ async fn a_404_drops_the_entry_so_no_later_outage_serves_it() {
         Some(StatusCode::SERVICE_UNAVAILABLE),
         "{down}"
     );
+    assert_eq!(client.stats().cache_stale, 0);
+}
+
+#[tokio::test]
+async fn a_write_s_invalidation_holds_after_many_later_writes() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/profile"))
+        .respond_with(Sequence::new([
+            ok("before the write", "max-age=600"),
+            ok("after the write", "max-age=600"),
+        ]))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("profile").send().await.unwrap();
+
+    client.put("profile").send().await.unwrap();
+    // As many writes to other URLs as the cache holds entries, and more.
+    for i in 0..150 {
+        client.post(format!("items/{i}")).send().await.unwrap();
+    }
+
+    let read = client.get("profile").send().await.unwrap();
+    assert_eq!(read.text().unwrap(), "after the write");
+    assert_eq!(read.attempts(), 1);
+}
+
+#[tokio::test]
+async fn a_304_with_no_store_answers_from_the_entry_and_drops_it() {
+    let server = MockServer::start().await;
+    Mock::given(header("if-none-match", "\"v1\""))
+        .respond_with(
+            ResponseTemplate::new(304)
+                .insert_header("etag", "\"v1\"")
+                .insert_header("cache-control", "no-store"),
+        )
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/doc"))
+        .respond_with(ok("the doc", "max-age=60").insert_header("etag", "\"v1\""))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("doc").send().await.unwrap();
+    pass_time(secs(61)).await;
+
+    let revalidated = client.get("doc").send().await.unwrap();
+    assert_eq!(revalidated.status(), 200);
+    assert_eq!(revalidated.text().unwrap(), "the doc");
+    assert_eq!(client.stats().cache_entries, 0, "not stored again");
+
+    client.get("doc").send().await.unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        !requests[2].headers.contains_key("if-none-match"),
+        "no entry left to revalidate"
+    );
+}
+
+#[tokio::test]
+async fn a_304_that_is_not_public_drops_a_credentialed_entry() {
+    let server = MockServer::start().await;
+    Mock::given(header("if-none-match", "\"v1\""))
+        .respond_with(
+            ResponseTemplate::new(304)
+                .insert_header("etag", "\"v1\"")
+                .insert_header("cache-control", "private, max-age=60"),
+        )
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/me"))
+        .respond_with(ok("mine", "public, max-age=60").insert_header("etag", "\"v1\""))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100))
+        .bearer_auth("static-token")
+        .build()
+        .unwrap();
+    client.get("me").send().await.unwrap();
+    assert_eq!(client.stats().cache_entries, 1, "public: stored");
+    pass_time(secs(61)).await;
+
+    let revalidated = client.get("me").send().await.unwrap();
+    assert_eq!(revalidated.text().unwrap(), "mine");
+    assert_eq!(client.stats().cache_entries, 0, "private now: dropped");
+
+    let again = client.get("me").send().await.unwrap();
+    assert_eq!(again.attempts(), 1, "not answered from a private entry");
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    assert!(!requests[2].headers.contains_key("if-none-match"));
+}
+
+#[tokio::test]
+async fn a_304_after_a_redirect_answers_with_the_entry_s_body() {
+    let server = MockServer::start().await;
+    Mock::given(path("/doc"))
+        .respond_with(ok("the doc", "max-age=1").insert_header("etag", "\"v1\""))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/doc"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/doc/v1"))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(path("/doc/v1"))
+        .and(header("if-none-match", "\"v1\""))
+        .respond_with(ResponseTemplate::new(304).insert_header("etag", "\"v1\""))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("doc").send().await.unwrap();
+    pass_time(secs(2)).await;
+
+    let resp = client.get("doc").send().await.unwrap();
+
+    assert_eq!(resp.status(), 200, "the caller sent no conditional request");
+    assert_eq!(resp.text().unwrap(), "the doc");
+    assert_eq!(received(&server).await, 3);
+    assert_eq!(client.stats().cache_revalidations, 1);
+}
+
+#[tokio::test]
+async fn a_304_without_age_makes_the_entry_fresh_for_its_full_max_age() {
+    let server = MockServer::start().await;
+    Mock::given(header("if-none-match", "\"v1\""))
+        .respond_with(
+            ResponseTemplate::new(304)
+                .insert_header("etag", "\"v1\"")
+                .insert_header("cache-control", "max-age=60"),
+        )
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/report"))
+        .respond_with(
+            ok("the report", "max-age=60")
+                .insert_header("etag", "\"v1\"")
+                .insert_header("age", "50"),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("report").send().await.unwrap();
+    pass_time(secs(11)).await; // 61 s old
+    let revalidated = client.get("report").send().await.unwrap();
+    assert_eq!(revalidated.text().unwrap(), "the report");
+
+    pass_time(secs(30)).await; // 30 s after the 304
+    let again = client.get("report").send().await.unwrap();
+
+    assert_eq!(again.attempts(), 0, "fresh for 60 s from the 304");
+    assert_eq!(received(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_pragma_no_cache_request_is_not_answered_stale_while_revalidating() {
+    let server = MockServer::start().await;
+    let swr = "max-age=60, stale-while-revalidate=600";
+    Mock::given(path("/feed"))
+        .respond_with(Sequence::new([ok("v1", swr), ok("v2", swr), ok("v3", swr)]))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("feed").send().await.unwrap();
+    let no_cache = || client.get("feed").header("pragma", "no-cache").send();
+
+    // Fresh: not stale, so never answered as stale.
+    let resp = no_cache().await.unwrap();
+    assert!(!resp.is_stale());
+    assert_eq!((resp.text().unwrap().as_str(), resp.attempts()), ("v2", 1));
+
+    // Stale, within its stale-while-revalidate window.
+    pass_time(secs(61)).await;
+    let resp = no_cache().await.unwrap();
+    assert!(!resp.is_stale());
+    assert_eq!((resp.text().unwrap().as_str(), resp.attempts()), ("v3", 1));
+
+    assert_eq!(received(&server).await, 3);
     assert_eq!(client.stats().cache_stale, 0);
 }

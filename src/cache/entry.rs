@@ -27,6 +27,8 @@ pub(super) struct Directives {
     pub(super) no_stale: bool,
     /// `public`: may be stored for a request with credentials.
     pub(super) public: bool,
+    /// `no-store`: may not be stored.
+    pub(super) no_store: bool,
 }
 
 impl Directives {
@@ -55,6 +57,8 @@ impl Directives {
                 found.no_stale = true;
             } else if name.eq_ignore_ascii_case("public") {
                 found.public = true;
+            } else if name.eq_ignore_ascii_case("no-store") {
+                found.no_store = true;
             }
         }
         found
@@ -107,8 +111,6 @@ pub(crate) struct Entry {
     pub(super) keep: Option<Duration>,
     /// A background refresh of it is in flight.
     pub(super) refreshing: AtomicBool,
-    /// When it was stored (a write to its URL after this drops it).
-    pub(super) stored_at: Instant,
 }
 
 impl Entry {
@@ -122,10 +124,12 @@ impl Entry {
         now <= self.fresh_until || self.staleness(now) <= self.windows.if_error
     }
 
-    /// Whether it may answer at once at `now` while it is refreshed.
+    /// Whether it may answer at once at `now` while it is refreshed: it is
+    /// stale, by no more than its window. (A fresh entry the request will
+    /// not take, `no-cache`, is revalidated, never served as stale.)
     pub(super) fn serves_while_revalidating(&self, now: Instant) -> bool {
-        !self.windows.while_revalidate.is_zero()
-            && self.staleness(now) <= self.windows.while_revalidate
+        let staleness = self.staleness(now);
+        !staleness.is_zero() && staleness <= self.windows.while_revalidate
     }
 
     /// Claims its background refresh; false when one is in flight.
@@ -185,7 +189,8 @@ mod tests {
         assert!(d.public && !d.no_stale);
         let d = Directives::of(&cc("stale-if-error=soon, must-revalidate"));
         assert_eq!(d.stale_if_error, None);
-        assert!(d.no_stale && !d.public);
+        assert!(d.no_stale && !d.public && !d.no_store);
+        assert!(Directives::of(&cc("No-Store")).no_store);
     }
 
     #[test]

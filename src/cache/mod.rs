@@ -37,9 +37,10 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 /// - a stale entry with an `ETag` or `Last-Modified` is revalidated: the
 ///   call sends `If-None-Match` / `If-Modified-Since`, and a
 ///   `304 Not Modified` refreshes the entry and answers with its body, which
-///   is not downloaded again;
-/// - a request's own `Cache-Control` (`no-cache`, `max-age=0`, `no-store`)
-///   is honoured; a request with its own conditional or `Range` headers, a
+///   is not downloaded again (a 304 whose headers no longer let the entry be
+///   stored, such as `no-store`, answers with it and drops it);
+/// - a request's own `Cache-Control` (`no-cache`, `max-age=0`, `no-store`),
+///   or `Pragma: no-cache`, is honoured; a request with its own conditional or `Range` headers, a
 ///   streamed call ([`send_stream`](crate::RequestBuilder::send_stream),
 ///   [`send_events`](crate::RequestBuilder::send_events)), any other method,
 ///   and a call with [`no_cache`](crate::RequestBuilder::no_cache) bypass the

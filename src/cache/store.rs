@@ -14,7 +14,7 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePoli
 use moka::policy::EvictionPolicy;
 use reqwest::header::{
     AGE, CACHE_CONTROL, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VARY,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, VARY,
 };
 use reqwest::{Method, StatusCode, Version};
 use tokio::time::Instant;
@@ -110,6 +110,24 @@ pub(crate) struct Pending {
     entry: Option<Arc<Entry>>,
     /// A background refresh: a failure answers no one.
     refresh: bool,
+    /// `304` is an answer to the call only because the cache allowed it
+    /// (for its validators); the caller did not.
+    not_modified_by_cache: bool,
+}
+
+impl Pending {
+    /// Says that the cache, not the caller, made `304` an answer to the
+    /// call (it added `304` to the call's allowed statuses).
+    pub(crate) fn allowed_not_modified(&mut self) {
+        self.not_modified_by_cache = true;
+    }
+
+    /// Whether a `304` answer to the call is one no one asked for: only the
+    /// cache allowed it, and there is no entry to answer with. The caller
+    /// gets it as the error it would be without the cache.
+    pub(crate) fn refuses_not_modified(&self) -> bool {
+        self.not_modified_by_cache && self.entry.is_none()
+    }
 }
 
 /// The one background refresh of an entry; released when dropped.
@@ -178,9 +196,6 @@ pub(crate) struct Store {
     varies: moka::sync::Cache<Primary, Arc<[HeaderName]>>,
     /// Two keyed hashers: 128 bits of credential identity.
     hashers: [RandomState; 2],
-    /// When each URL was last written to through the client (RFC 9111
-    /// section 4.4): its entries stored before then answer nothing.
-    writes: moka::sync::Cache<Arc<str>, Instant>,
     clock: Clock,
     bytes: Arc<AtomicU64>,
     hits: AtomicU64,
@@ -215,6 +230,8 @@ impl Store {
             })
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(Keep)
+            // A write drops its URL's entries (`written`).
+            .support_invalidation_closures()
             .eviction_listener(move |_, entry: Arc<Entry>, _| {
                 evicted.fetch_sub(entry.bytes, Ordering::Relaxed);
             })
@@ -223,15 +240,10 @@ impl Store {
             .max_capacity(max_entries)
             .eviction_policy(EvictionPolicy::lru())
             .build();
-        let writes = moka::sync::Cache::builder()
-            .max_capacity(max_entries)
-            .eviction_policy(EvictionPolicy::lru())
-            .build();
         Self {
             settings,
             entries,
             varies,
-            writes,
             hashers: [RandomState::new(), RandomState::new()],
             clock: Clock::new(),
             bytes,
@@ -271,15 +283,14 @@ impl Store {
             return Lookup::Bypass;
         };
         let (now, system) = self.clock.now();
-        let entry = self
-            .find(&primary, &parts.headers)
-            .filter(|entry| !self.overwritten(&primary.url, entry));
+        let entry = self.find(&primary, &parts.headers);
         let mut pending = Pending {
             primary,
             request: parts,
             credentialed,
             entry: None,
             refresh,
+            not_modified_by_cache: false,
         };
         let Some(entry) = entry else {
             return Lookup::Fetch(pending, HeaderMap::new());
@@ -288,7 +299,10 @@ impl Store {
             BeforeRequest::Fresh(fresh) => Lookup::Hit(answer_from(&entry, fresh.headers)),
             BeforeRequest::Stale { matches: false, .. } => Lookup::Fetch(pending, HeaderMap::new()),
             BeforeRequest::Stale { request: out, .. } => {
-                let asks = pending.request.headers.contains_key(CACHE_CONTROL);
+                // The request's own `no-cache` (RFC 9111 section 5.4: `Pragma`
+                // counts when there is no `Cache-Control`) or other directive.
+                let asks = pending.request.headers.contains_key(CACHE_CONTROL)
+                    || pragma_no_cache(&pending.request.headers);
                 if !refresh && !asks && entry.serves_while_revalidating(now) {
                     let claim = entry
                         .claim_refresh()
@@ -310,7 +324,9 @@ impl Store {
     /// After a call that went out got `answer`: a 304 refreshes the entry
     /// and answers with it; another answer is stored if it may be.
     /// `redirected`: the answer is another URL's (a redirect was followed),
-    /// never stored under this one.
+    /// never stored under this one; a 304 from there (to the validators
+    /// the redirect carried) answers with the entry as it is, which it does
+    /// not refresh.
     pub(crate) fn complete(
         &self,
         pending: &Pending,
@@ -319,12 +335,14 @@ impl Store {
     ) -> (Answer, Outcome) {
         if answer.status == StatusCode::NOT_MODIFIED
             && let Some(entry) = &pending.entry
-            && !redirected
         {
-            return (
-                self.revalidated(pending, entry, &answer),
-                Outcome::Revalidated,
-            );
+            let answer = if redirected {
+                let (_, system) = self.clock.now();
+                stale_answer(entry, system)
+            } else {
+                self.revalidated(pending, entry, &answer)
+            };
+            return (answer, Outcome::Revalidated);
         }
         if !redirected {
             self.store(pending, &answer);
@@ -333,8 +351,10 @@ impl Store {
     }
 
     /// A call with an unsafe method (`POST`, `PUT`, `DELETE`, ...) to `url`
-    /// succeeded: the entries of `url` stored until now answer nothing more
-    /// (RFC 9111 section 4.4).
+    /// succeeded: the entries of `url` stored until now (every method,
+    /// credential and `Vary` variant) are dropped (RFC 9111 section 4.4).
+    /// They are gone from the next lookup on; moka frees them in its
+    /// housekeeping.
     pub(crate) fn written(&self, url: &Url) {
         let mut url = url.clone();
         // As the entries' keys: no user info, no fragment.
@@ -342,15 +362,15 @@ impl Store {
             return;
         }
         url.set_fragment(None);
-        let (now, _) = self.clock.now();
-        self.writes.insert(url.as_str().into(), now);
-    }
-
-    /// Whether a write to `url` came after `entry` was stored.
-    fn overwritten(&self, url: &Arc<str>, entry: &Entry) -> bool {
-        self.writes
-            .get(url)
-            .is_some_and(|written| entry.stored_at <= written)
+        let url: Arc<str> = url.as_str().into();
+        let dropped = self
+            .entries
+            .invalidate_entries_if(move |key, _| key.primary.url == url);
+        if dropped.is_err() {
+            // Closures are supported (see `new`); should that ever change,
+            // dropping too much is safe, serving a written URL's entry not.
+            self.entries.invalidate_all();
+        }
     }
 
     /// After a call that went out failed with `err`: the stale entry that
@@ -360,12 +380,7 @@ impl Store {
         if matches!(err.status(), Some(StatusCode::NOT_FOUND | StatusCode::GONE))
             && pending.entry.is_some()
         {
-            let names = self.varies.get(&pending.primary);
-            let variant = names.map_or(0, |names| self.variant(&names, &pending.request.headers));
-            self.entries.invalidate(&Key {
-                primary: pending.primary.clone(),
-                variant,
-            });
+            self.remove(pending);
             return None;
         }
         let entry = pending.entry.as_ref().filter(|_| !pending.refresh)?;
@@ -475,6 +490,17 @@ impl Store {
         })
     }
 
+    /// Drops the entry a pending call was looked up with (its variant, by
+    /// the header names its resource varies on).
+    fn remove(&self, pending: &Pending) {
+        let names = self.varies.get(&pending.primary);
+        let variant = names.map_or(0, |names| self.variant(&names, &pending.request.headers));
+        self.entries.invalidate(&Key {
+            primary: pending.primary.clone(),
+            variant,
+        });
+    }
+
     fn variant(&self, names: &[HeaderName], headers: &HeaderMap) -> u64 {
         if names.is_empty() {
             return 0;
@@ -537,7 +563,6 @@ impl Store {
                 url: answer.url.clone(),
                 windows,
                 refreshing: AtomicBool::new(false),
-                stored_at: now,
             },
         );
     }
@@ -561,9 +586,20 @@ impl Store {
         self.entries.insert(key, Arc::new(entry));
     }
 
-    /// A 304 for `entry`: the entry with the 304's headers, stored again.
+    /// A 304 for `entry`: the entry with the 304's headers, stored again if
+    /// it still may be (else dropped: the call is answered from it all the
+    /// same).
     fn revalidated(&self, pending: &Pending, entry: &Arc<Entry>, answer: &Answer) -> Answer {
         let mut headers = answer.headers.clone();
+        // The 304 is as old as its own `Age` says: without one, it is new,
+        // and the stored response's `Age` must not carry over into the
+        // refreshed entry's freshness.
+        if !headers.contains_key(AGE) {
+            headers.insert(AGE, HeaderValue::from(0u32));
+        }
+        // The policy merges only the headers the stored response has: the
+        // 304's own `no-store` is read here.
+        let no_store = Directives::of(&headers).no_store;
         // The 304 answered this entry's validators, even if it did not
         // repeat them.
         if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
@@ -586,8 +622,18 @@ impl Store {
         let fresh = policy.time_to_live(system);
         let mut headers = parts.headers;
         headers.remove(AGE);
+        let directives = Directives::of(&headers);
+        let names = vary_names(&headers);
+        // As `store` decides for a new response.
+        let refused = no_store
+            || !policy.is_storable()
+            || (pending.credentialed && !directives.public && !self.settings.store_credentialed);
+        let (false, Some(names)) = (refused, names) else {
+            self.remove(pending);
+            return answer_from(entry, headers);
+        };
         let windows = Windows::of(
-            Directives::of(&headers),
+            directives,
             self.settings.stale_if_error,
             self.settings.stale_while_revalidate,
         );
@@ -603,9 +649,7 @@ impl Store {
             url: entry.url.clone(),
             windows,
             refreshing: AtomicBool::new(false),
-            stored_at: now,
         };
-        let names = vary_names(&headers).unwrap_or_default();
         self.insert(pending, &names, refreshed);
         answer_from(entry, headers)
     }
@@ -627,6 +671,16 @@ fn stale_answer(entry: &Entry, system: SystemTime) -> Answer {
     let mut headers = entry.headers.clone();
     headers.insert(AGE, HeaderValue::from(entry.policy.age(system).as_secs()));
     answer_from(entry, headers)
+}
+
+/// Whether a request says `Pragma: no-cache` (RFC 9111 section 5.4).
+fn pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
 }
 
 /// A response as the policy reads it. An `Age` beyond `u32::MAX` seconds
