@@ -111,6 +111,8 @@ pub(crate) struct Entry {
     pub(super) keep: Option<Duration>,
     /// A background refresh of it is in flight.
     pub(super) refreshing: AtomicBool,
+    /// When it was stored: a write to its URL after then outdates it.
+    pub(super) stored_at: Instant,
 }
 
 impl Entry {

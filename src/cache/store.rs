@@ -5,12 +5,13 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use reqwest::header::{
     AGE, CACHE_CONTROL, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE,
@@ -196,6 +197,14 @@ pub(crate) struct Store {
     varies: moka::sync::Cache<Primary, Arc<[HeaderName]>>,
     /// Two keyed hashers: 128 bits of credential identity.
     hashers: [RandomState; 2],
+    /// When each URL was last written to through the client (RFC 9111
+    /// section 4.4): its entries stored before then answer nothing. A
+    /// marker pushed out by newer ones raises `written_floor` to its time.
+    writes: moka::sync::Cache<Arc<str>, Instant>,
+    /// Entries stored at or before this answer nothing: the time of the
+    /// latest write whose marker was pushed out of `writes`. Outdating too
+    /// many entries is safe; serving one written over is not.
+    written_floor: Arc<Mutex<Option<Instant>>>,
     clock: Clock,
     bytes: Arc<AtomicU64>,
     hits: AtomicU64,
@@ -230,8 +239,6 @@ impl Store {
             })
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(Keep)
-            // A write drops its URL's entries (`written`).
-            .support_invalidation_closures()
             .eviction_listener(move |_, entry: Arc<Entry>, _| {
                 evicted.fetch_sub(entry.bytes, Ordering::Relaxed);
             })
@@ -240,10 +247,26 @@ impl Store {
             .max_capacity(max_entries)
             .eviction_policy(EvictionPolicy::lru())
             .build();
+        let written_floor: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let floor = Arc::clone(&written_floor);
+        let writes = moka::sync::Cache::builder()
+            .max_capacity(max_entries)
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(move |_, written: Instant, cause| {
+                // Pushed out (not replaced by a newer write to its URL): every
+                // entry stored before it is outdated.
+                if cause == RemovalCause::Size {
+                    let mut floor = floor.lock().unwrap_or_else(PoisonError::into_inner);
+                    *floor = Some(floor.map_or(written, |f| f.max(written)));
+                }
+            })
+            .build();
         Self {
             settings,
             entries,
             varies,
+            writes,
+            written_floor,
             hashers: [RandomState::new(), RandomState::new()],
             clock: Clock::new(),
             bytes,
@@ -283,7 +306,9 @@ impl Store {
             return Lookup::Bypass;
         };
         let (now, system) = self.clock.now();
-        let entry = self.find(&primary, &parts.headers);
+        let entry = self
+            .find(&primary, &parts.headers)
+            .filter(|entry| !self.overwritten(&primary.url, entry));
         let mut pending = Pending {
             primary,
             request: parts,
@@ -352,9 +377,9 @@ impl Store {
 
     /// A call with an unsafe method (`POST`, `PUT`, `DELETE`, ...) to `url`
     /// succeeded: the entries of `url` stored until now (every method,
-    /// credential and `Vary` variant) are dropped (RFC 9111 section 4.4).
-    /// They are gone from the next lookup on; moka frees them in its
-    /// housekeeping.
+    /// credential and `Vary` variant) answer nothing more (RFC 9111 section
+    /// 4.4). One marker per URL, O(1); when markers are pushed out by newer
+    /// ones, every entry stored before the pushed-out write is outdated.
     pub(crate) fn written(&self, url: &Url) {
         let mut url = url.clone();
         // As the entries' keys: no user info, no fragment.
@@ -362,15 +387,22 @@ impl Store {
             return;
         }
         url.set_fragment(None);
-        let url: Arc<str> = url.as_str().into();
-        let dropped = self
-            .entries
-            .invalidate_entries_if(move |key, _| key.primary.url == url);
-        if dropped.is_err() {
-            // Closures are supported (see `new`); should that ever change,
-            // dropping too much is safe, serving a written URL's entry not.
-            self.entries.invalidate_all();
-        }
+        let (now, _) = self.clock.now();
+        self.writes.insert(url.as_str().into(), now);
+    }
+
+    /// Whether a write to `url` (or one whose marker was pushed out) came
+    /// after `entry` was stored.
+    fn overwritten(&self, url: &Arc<str>, entry: &Entry) -> bool {
+        let floor = *self
+            .written_floor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        floor.is_some_and(|floor| entry.stored_at <= floor)
+            || self
+                .writes
+                .get(url)
+                .is_some_and(|written| entry.stored_at <= written)
     }
 
     /// After a call that went out failed with `err`: the stale entry that
@@ -563,6 +595,7 @@ impl Store {
                 url: answer.url.clone(),
                 windows,
                 refreshing: AtomicBool::new(false),
+                stored_at: now,
             },
         );
     }
@@ -649,6 +682,7 @@ impl Store {
             url: entry.url.clone(),
             windows,
             refreshing: AtomicBool::new(false),
+            stored_at: now,
         };
         self.insert(pending, &names, refreshed);
         answer_from(entry, headers)
