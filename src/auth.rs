@@ -27,6 +27,10 @@ use crate::timeout::Deadline;
 /// (or a tenth of its lifetime, if shorter).
 const REFRESH_AHEAD: Duration = Duration::from_secs(30);
 
+/// After a refresh ahead of expiry failed, the next one is tried no sooner
+/// than this (the token is still valid; each try makes one call wait).
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
 /// A bearer token and when it expires. Its value never appears in `Debug`.
 ///
 /// # Examples
@@ -145,6 +149,8 @@ pub(crate) struct TokenCache {
     completed: AtomicU64,
     /// The number (in `completed`) of the last fetch, if it failed, and why.
     failure: Mutex<Option<(u64, Arc<str>)>>,
+    /// No refresh ahead of expiry before this (one failed just now).
+    refresh_not_before: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for TokenCache {
@@ -168,6 +174,7 @@ impl TokenCache {
             fetches: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failure: Mutex::new(None),
+            refresh_not_before: Mutex::new(None),
         }
     }
 
@@ -196,13 +203,26 @@ impl TokenCache {
             }
             if usable {
                 // Due for a refresh: one call fetches, the others go on with
-                // the valid token.
-                let Ok(_fetching) = self.fetching.try_lock() else {
+                // the valid token; none for a moment after a failed one.
+                let not_before = self.refresh_not_before.lock();
+                let not_before = *not_before.unwrap_or_else(PoisonError::into_inner);
+                let resting = not_before.is_some_and(|t| now < t);
+                let fetching = if resting {
+                    None
+                } else {
+                    self.fetching.try_lock().ok()
+                };
+                let Some(_fetching) = fetching else {
                     return Ok((c.header.clone(), c.generation));
                 };
                 return match self.fetch(deadline).await {
                     Ok(fresh) => Ok(fresh),
                     Err(err) => {
+                        *self
+                            .refresh_not_before
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) =
+                            Instant::now().checked_add(REFRESH_RETRY);
                         tracing::warn!(
                             target: "resilient_http::auth",
                             error = %err,

@@ -312,6 +312,45 @@ async fn a_failed_refresh_keeps_the_still_valid_token() {
 }
 
 #[tokio::test]
+async fn after_a_failed_refresh_the_next_is_tried_a_second_later_not_by_every_call() {
+    let server = ok_server().await;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&fetches);
+    let client = fast_builder(&server.uri())
+        .token_provider(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    // Refreshed from 90 s on (10% ahead).
+                    Ok(Token::new("t-1").expires_in(Duration::from_secs(100)))
+                } else {
+                    Err::<Token, BoxError>("vault sealed".into())
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    client.get("x").send().await.unwrap();
+    pass_time(Duration::from_secs(91)).await;
+
+    client.get("x").send().await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "a refresh was tried");
+    for _ in 0..3 {
+        client.get("x").send().await.unwrap();
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "not by every call");
+    pass_time(Duration::from_millis(1500)).await;
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        3,
+        "tried again a second later"
+    );
+    assert_eq!(authorizations(&server).await, ["Bearer t-1"; 6]);
+}
+
+#[tokio::test]
 async fn an_expired_token_is_not_sent_but_fetched_again_first() {
     let server = ok_server().await;
     let provider = Numbered::new(Some(Duration::from_secs(20)));
