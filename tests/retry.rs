@@ -496,3 +496,57 @@ async fn each_retry_is_traced_and_the_span_counts_resends() {
         assert!(done.contains(field), "{field} missing in {done}");
     }
 }
+
+/// A signer that fails the second time it signs, and only then.
+struct FailsSecond(std::sync::atomic::AtomicUsize);
+
+impl resilient_http::RequestSigner for FailsSecond {
+    fn sign<'a>(
+        &'a self,
+        _req: &'a mut resilient_http::SignRequest<'_>,
+    ) -> resilient_http::SignFuture<'a> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if n == 2 {
+                Err("the key store is sealed".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_retry_that_is_never_sent_gives_its_budget_back() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    // One retry in the budget's window.
+    let policy = RetryPolicy::exponential()
+        .max_attempts(2)
+        .initial_backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(1))
+        .jitter(false)
+        .budget(
+            RetryBudget::ratio(0.0)
+                .min_per_second(1)
+                .window(Duration::from_secs(1)),
+        );
+    let client = fast_builder(&server.uri())
+        .retry(policy)
+        .signer(FailsSecond(std::sync::atomic::AtomicUsize::new(0)))
+        .build()
+        .unwrap();
+
+    // Its retry takes the budget, then its signer fails: nothing is sent.
+    let first = client.get("x").send().await.unwrap_err();
+    let second = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(first.kind(), ErrorKind::Rejected, "{first:?}");
+    assert_eq!(first.attempts(), 1);
+    assert_eq!(second.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(second.attempts(), 2, "the budget had its retry back");
+    assert_eq!(received(&server).await, 3);
+}

@@ -225,3 +225,31 @@ async fn per_call_timeout_longer_than_the_client_total_lets_a_slow_call_finish()
     assert_eq!(without_override.timeout_phase(), Some(TimeoutPhase::Total));
     assert!(resp.status().is_success());
 }
+
+#[tokio::test]
+async fn an_attempt_after_a_slow_token_fetch_still_ends_at_the_total_deadline() {
+    // The token takes 1.2 s; the server answers 1.2 s after the request. The
+    // call's 2 s are over at 2 s, before the answer at 2.4 s.
+    let server = MockServer::start().await;
+    Mock::given(path("/x"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1200)))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri())
+        .retry(RetryPolicy::none())
+        .total_timeout(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(10))
+        .token_provider(|| async {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            Ok::<_, resilient_http::BoxError>(resilient_http::Token::new("t"))
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+
+    let err = client.get("x").send().await.unwrap_err();
+
+    assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Total), "{err:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2300), "{took:?}");
+}

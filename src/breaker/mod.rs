@@ -576,6 +576,12 @@ impl Breaker {
         transition.0
     }
 
+    /// Whether it is closed, as it stands (no transition is made or
+    /// reported).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.packed.load(Ordering::Acquire) & 3 == TAG_CLOSED
+    }
+
     /// Time until an open breaker admits a probe; `None` unless open.
     pub(crate) fn open_for(&self, now: Instant) -> Option<Duration> {
         if self.packed.load(Ordering::Acquire) & 3 != TAG_OPEN {

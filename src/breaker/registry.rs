@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use url::Url;
 
-use super::{Breaker, CircuitBreakerConfig, CircuitState};
+use super::{Breaker, CircuitBreakerConfig};
 use crate::origin::{Forgettable, PerOrigin};
 
 /// The breakers of one client, one per endpoint (scheme, host, port).
@@ -16,8 +16,11 @@ pub(crate) struct Breakers {
 }
 
 impl Forgettable for Breaker {
-    fn idle(&self, now: Instant) -> bool {
-        self.state(now) == CircuitState::Closed
+    fn idle(&self, _now: Instant) -> bool {
+        // Read as it stands, without the changes time alone makes: asking
+        // `state` here could report a transition (and run the user's
+        // callback) under the registry's lock.
+        self.is_closed()
     }
 }
 
@@ -43,8 +46,9 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::Verdict;
+    use crate::breaker::{CircuitState, Verdict};
     use crate::origin::MAX_ORIGINS;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn fail(b: &Breaker, now: Instant) {
         b.try_acquire(now).unwrap().record(Verdict::Failure, now);
@@ -71,5 +75,44 @@ mod tests {
             CircuitState::Open,
             "an open breaker is never forgotten"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgetting_idle_breakers_reports_no_state_change() {
+        // Reporting one would run the user's callback under the registry's
+        // lock (a callback asking the client for a circuit state deadlocks).
+        let changes = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&changes);
+        let breakers = Breakers::new(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_duration(std::time::Duration::from_secs(1))
+                .on_state_change(move |_| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }),
+            None,
+        );
+        let tripped = Url::parse("http://tripped.example:1/").unwrap();
+        fail(&breakers.for_url(&tripped), Instant::now());
+        assert_eq!(changes.load(Ordering::SeqCst), 1, "closed -> open");
+        // Its open time is over: the next look at its state half-opens it.
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+
+        for i in 0..2 * MAX_ORIGINS {
+            let url = Url::parse(&format!("http://h{i}.example/")).unwrap();
+            drop(breakers.for_url(&url));
+        }
+
+        assert_eq!(
+            changes.load(Ordering::SeqCst),
+            1,
+            "no report while forgetting"
+        );
+        assert_eq!(
+            breakers.for_url(&tripped).state(Instant::now()),
+            CircuitState::HalfOpen,
+            "kept, and half-open when asked"
+        );
+        assert_eq!(changes.load(Ordering::SeqCst), 2);
     }
 }

@@ -587,9 +587,6 @@ impl ApiClient {
                         Ok(admitted) => {
                             waited += admitted.waited;
                             ctx.waited("rate", admitted.waited, waited);
-                            if let Some(w) = pending.take() {
-                                Withdrawal::spend(w);
-                            }
                             admitted
                         }
                         Err(err) => {
@@ -631,7 +628,13 @@ impl ApiClient {
                         // The trace context: after the hooks, before the signer.
                         let attempt_span =
                             crate::otel::AttemptSpan::start(&mut request, attempt_no);
-                        let mut now = now;
+                        // A token fetch since admission took time: the attempt's
+                        // limit counts from when it is sent.
+                        let mut now = if credential.is_some() {
+                            Instant::now()
+                        } else {
+                            now
+                        };
                         if let Some(signer) = &inner.signer {
                             // Last before sending: the signer sees every header and the body.
                             let mut signed = SignRequest::new(&mut request, attempt_no);
@@ -656,10 +659,20 @@ impl ApiClient {
                         }
                         (request, guard_redirects, attempt_span, now)
                     };
+                    let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
+                    if limit.is_zero() {
+                        // No time left to send it: the call's timeout, not an
+                        // attempt, and nothing the endpoint did (its permit goes
+                        // back unused, as does a retry's budget withdrawal).
+                        break 'call Error::timeout(phase);
+                    }
+                    // The retry is sent: its budget withdrawal is spent.
+                    if let Some(w) = pending.take() {
+                        Withdrawal::spend(w);
+                    }
                     let flight = target.map(|i| i.start());
                     attempts = attempt_no;
                     inner.stats.attempt(&ctx.method, attempts);
-                    let (limit, phase) = deadline.attempt_limit_at(now, inner.attempt_timeout);
                     let sketch = if records {
                         Some(self.sketch(target, &ctx.url))
                     } else {
