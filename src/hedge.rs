@@ -26,7 +26,12 @@ pub(crate) const MAX_HEDGES: u32 = 10;
 /// status the call allowed); the attempts still in flight are cancelled:
 /// their connections dropped, their circuit-breaker permits released, and
 /// nothing recorded against their endpoints. A retryable failure of one
-/// attempt does not end the call while another is still in flight.
+/// attempt does not end the call while another is still in flight; nor does
+/// a final failure of a write (a `PUT`, `DELETE` or idempotent `POST`: its
+/// hedge may find done what the first attempt did, a `404` or a `409`): no
+/// more hedges are sent, and that failure is the answer only if no attempt
+/// still in flight succeeds. A read's final failure (a `GET`'s `404`) ends
+/// the call at once.
 ///
 /// The delay is either fixed ([`Hedging::fixed`]) or a percentile of the
 /// endpoint's recent latencies ([`Hedging::percentile`]; until the endpoint

@@ -404,6 +404,56 @@ async fn a_final_answer_ends_the_race() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_writes_hedge_that_finds_it_done_does_not_hide_the_first_attempts_answer() {
+    // The first DELETE is slow but deletes; its hedge, sent after 50 ms,
+    // finds the item gone (404). The call's answer is the first's 200.
+    let server = Server::start(|_, attempt| {
+        if attempt == 1 {
+            answer(300, 200)
+        } else {
+            answer(0, 404)
+        }
+    })
+    .await;
+    let client = builder(&server.url)
+        .hedging(Hedging::fixed(ms(50)).max_hedges(2))
+        .build()
+        .unwrap();
+
+    let resp = client.delete("items/7").send().await.unwrap();
+
+    assert_eq!(resp.status(), 200);
+    // One hedge only: no more once one failed for good.
+    assert_eq!(server.requests().len(), 2, "{:?}", server.requests());
+    assert_eq!(resp.attempts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writes_final_error_is_the_answer_when_no_attempt_succeeds() {
+    let server = Server::start(|_, attempt| {
+        if attempt == 1 {
+            answer(300, 409)
+        } else {
+            answer(0, 404)
+        }
+    })
+    .await;
+    let client = builder(&server.url)
+        .hedging(Hedging::fixed(ms(50)))
+        .build()
+        .unwrap();
+
+    let started = Instant::now();
+    let err = client.delete("items/7").send().await.unwrap_err();
+
+    // The first final failure (the hedge's 404), after waiting for the other.
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(404));
+    assert!(started.elapsed() >= ms(300), "{:?}", started.elapsed());
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_attempts_release_their_permits_and_are_not_failures() {
     let server = Server::start(first_slow).await;
     // One failure would open this breaker; one call at a time.

@@ -169,6 +169,10 @@ impl ApiClient {
         flights.push(start(first, attempts, 0));
         let mut timer: Option<Pin<Box<Sleep>>> = Some(Box::pin(tokio::time::sleep_until(due)));
         let mut sent = 0u32;
+        // A write's final error while other attempts run: theirs may still
+        // be the answer (the first attempt did the write, its hedge found it
+        // done: a 404, a 409). Kept, and returned if none answers.
+        let mut held: Option<Raced<'b>> = None;
         let span = race.ctx.span;
         // Bounded: each turn ends a flight or sends a hedge (at most
         // `max_hedges`), and each flight ends by its timeout.
@@ -268,14 +272,30 @@ impl ApiClient {
                             if retryable && !flights.is_empty() {
                                 continue;
                             }
-                            drop(flights);
-                            return Raced {
+                            let raced = Raced {
                                 outcome: Err(err),
                                 url: flight.url,
                                 target: flight.target,
                                 hedge: flight.hedge,
                                 sent,
                                 attempts,
+                            };
+                            // Nor does a write's final failure: no more hedges,
+                            // and the first such failure is the answer only if
+                            // no attempt still running succeeds.
+                            if !race.ctx.method.is_safe() && !flights.is_empty() {
+                                timer = None;
+                                held.get_or_insert(raced);
+                                continue;
+                            }
+                            drop(flights);
+                            return match held {
+                                Some(first) => Raced {
+                                    sent,
+                                    attempts,
+                                    ..first
+                                },
+                                None => raced,
                             };
                         }
                     }
