@@ -24,7 +24,8 @@ use crate::timeout::Deadline;
 /// queue is below `log10(limit)`, and shrinks it as fast while the queue is
 /// above twice that. A timeout, a 503 or a 429 is a drop: the limit is cut
 /// by 10% at once, once per round trip (additive increase, multiplicative
-/// decrease). The limit stays within
+/// decrease). A call's own total deadline running out is not a drop (a
+/// caller in a hurry says nothing of the dependency). The limit stays within
 /// [`floor`](Self::floor) and [`ceiling`](Self::ceiling), and only grows while
 /// calls use at least half of it.
 ///
@@ -160,7 +161,8 @@ struct Vegas {
 pub(crate) enum Signal {
     /// Answered in this time.
     Rtt(Duration),
-    /// A timeout, a 503 or a 429: the dependency is past its capacity.
+    /// A timeout (not the call's own deadline), a 503 or a 429: the
+    /// dependency is past its capacity.
     Drop,
 }
 

@@ -444,6 +444,26 @@ async fn the_adaptive_limit_falls_on_503s_and_rises_while_answers_stay_fast() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_callers_own_short_deadline_does_not_cut_the_adaptive_limit() {
+    let (url, server) = capacity_server().await;
+    let client = adaptive_client(&url, AdaptiveConcurrency::default().initial(20));
+
+    // The server answers in 1 s; these calls give up after 100 ms.
+    for _ in 0..10 {
+        let err = client
+            .get("slow")
+            .timeout(Duration::from_millis(100))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+    }
+
+    assert_eq!(client.concurrency_limit(), Some(20));
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn calls_above_the_adaptive_limit_wait_within_their_deadline() {
     let (url, server) = capacity_server().await;
     let client = adaptive_client(&url, AdaptiveConcurrency::default().initial(1).ceiling(1));

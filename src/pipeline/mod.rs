@@ -1209,12 +1209,14 @@ fn cut_by(refusal: &Error) -> Option<CutBy> {
 
 /// What an attempt's outcome says about the dependency's capacity, for the
 /// adaptive concurrency limit: its time when answered, a drop on a timeout,
-/// a 503 or a 429, nothing otherwise.
+/// a 503 or a 429, nothing otherwise. The caller's own deadline (a total
+/// timeout) says nothing of the dependency: a call with a short `timeout`,
+/// or one that queued for a slot, would otherwise cut the limit for all.
 fn capacity_signal(outcome: &Result<Got, Error>, took: Duration) -> Option<Signal> {
     match outcome {
         Ok(_) => Some(Signal::Rtt(took)),
         Err(err)
-            if err.is_timeout()
+            if (err.is_timeout() && err.timeout_phase() != Some(TimeoutPhase::Total))
                 || matches!(
                     err.status(),
                     Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
