@@ -194,7 +194,17 @@ impl RateLimit {
 
     pub(crate) fn validate(&self) -> Result<Quota, Error> {
         let (count, period, burst) = self.parts()?;
-        let quota = Quota::with_period(period / count)
+        let interval = period / count;
+        // The limiter holds `interval × (burst − 1)` in nanoseconds as a u64.
+        let span = u64::try_from(interval.as_nanos())
+            .ok()
+            .and_then(|ns| ns.checked_mul(u64::from(burst - 1)));
+        if span.is_none() {
+            return Err(Error::config(
+                "rate limit: the burst is too large for the rate",
+            ));
+        }
+        let quota = Quota::with_period(interval)
             .ok_or_else(|| Error::config("rate limit: the rate is too high"))?;
         // Non-zero: checked by `parts`.
         Ok(NonZeroU32::new(burst).map_or(quota, |b| quota.allow_burst(b)))

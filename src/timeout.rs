@@ -81,7 +81,7 @@ pub(crate) struct Deadline {
 }
 
 /// Far enough in the future to mean "never", small enough not to overflow.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Deadline {
     /// A deadline `total` from now (saturating: a huge duration means "about never").

@@ -14,6 +14,7 @@ use reqwest::header::HeaderValue;
 use crate::error::Error;
 use crate::proxy::ProxySettings;
 use crate::redirect;
+use crate::timeout::NEVER;
 use crate::tls::TlsSettings;
 
 /// The settings every `reqwest::Client` of one client is built with.
@@ -40,7 +41,9 @@ impl Transport {
             HeaderValue::from_static(concat!("resilient-http/", env!("CARGO_PKG_VERSION")))
         });
         let mut b = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
+            // Capped at "about never": the transport adds them to instants,
+            // which a configured `u64::MAX` seconds would overflow.
+            .connect_timeout(self.connect_timeout.min(NEVER))
             .user_agent(user_agent)
             // The original URL's query may hold credentials.
             .referer(false)
@@ -53,9 +56,9 @@ impl Transport {
         if let Some(n) = self.pool_max_idle_per_host {
             b = b.pool_max_idle_per_host(n);
         }
-        b = b.pool_idle_timeout(self.pool_idle_timeout);
+        b = b.pool_idle_timeout(self.pool_idle_timeout.min(NEVER));
         if let Some(t) = self.tcp_keepalive {
-            b = b.tcp_keepalive(t);
+            b = b.tcp_keepalive(t.min(NEVER));
         }
         if self.http2_prior_knowledge {
             b = b.http2_prior_knowledge();

@@ -596,6 +596,23 @@ fn debug_never_shows_the_bearer_token_or_other_secrets() {
     assert!(!client.contains("s3cret"), "{client}");
 }
 
+#[cfg(feature = "etcd")]
+#[test]
+fn debug_never_shows_the_password_of_the_etcd_url() {
+    let config = parse(
+        r#"
+        [etcd]
+        url = "http://root:pw-s3cret@127.0.0.1:2379"
+        prefix = "/services/orders/"
+        "#,
+    );
+
+    let shown = format!("{config:?} {config:#?}");
+
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("127.0.0.1:2379"), "{shown}");
+}
+
 #[test]
 fn debug_hides_a_base_url_that_does_not_parse() {
     let config = parse("base_url = \"http://svc:pw-s3cret@[bad/\"");

@@ -533,3 +533,22 @@ fn a_max_concurrency_beyond_what_a_semaphore_holds_is_a_config_error() {
         assert!(err.to_string().contains("max_concurrency"), "{err}");
     }
 }
+
+#[test]
+fn a_burst_too_large_for_the_rate_is_a_config_error() {
+    for burst in [400_000_000, u32::MAX] {
+        let err = ApiClient::builder()
+            .base_url("http://127.0.0.1:1/")
+            .rate_limit(RateLimit::per_minute(1).burst(burst))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{burst}");
+        assert!(err.to_string().contains("burst"), "{err}");
+    }
+    // A large burst for a fast rate is fine.
+    ApiClient::builder()
+        .base_url("http://127.0.0.1:1/")
+        .rate_limit(RateLimit::per_second(1_000).burst(1_000_000))
+        .build()
+        .unwrap();
+}

@@ -868,7 +868,7 @@ impl EndpointEntry {
 
 /// [`ApiClientConfig::etcd`]: where the instances are registered.
 #[cfg(feature = "etcd")]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
     /// The etcd client URL, `http://127.0.0.1:2379`.
@@ -878,6 +878,18 @@ pub struct EtcdSection {
     /// The path put after `host:port` values (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_path: Option<String>,
+}
+
+/// The URL's password is never shown.
+#[cfg(feature = "etcd")]
+impl fmt::Debug for EtcdSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSection")
+            .field("url", &redact::raw_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("base_path", &self.base_path)
+            .finish()
+    }
 }
 
 /// [`ApiClientConfig::dns`]: the DNS records that name the instances, either
