@@ -51,8 +51,14 @@ impl fmt::Debug for ProxySettings {
 impl ProxySettings {
     /// Applies the policy to the transport's builder: reqwest's own reading of
     /// the environment is always off, and replaced by ours (with the loopback
-    /// exception).
-    pub(crate) fn apply(&self, b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, Error> {
+    /// exception). `direct`: host names the transport pins to loopback
+    /// addresses (`tls_server_name` on `https://127.0.0.1`), which are
+    /// loopback too.
+    pub(crate) fn apply(
+        &self,
+        b: reqwest::ClientBuilder,
+        direct: &[&str],
+    ) -> Result<reqwest::ClientBuilder, Error> {
         let mut b = b.no_proxy();
         if self.off {
             if self.url.is_some() {
@@ -61,13 +67,23 @@ impl ProxySettings {
             return Ok(b);
         }
         let mut rules = vec![LOOPBACK.to_owned()];
+        rules.extend(direct.iter().map(|&name| name.to_owned()));
         rules.extend(self.bypass.iter().cloned());
+        // `*` bypasses everything: no proxy (reqwest's rules match `*`
+        // against names only, not IP addresses).
+        let everything = |list: &str| list.split(',').any(|rule| rule.trim() == "*");
+        if self.bypass.iter().any(|rule| everything(rule)) {
+            return Ok(b);
+        }
         if let Some(raw) = &self.url {
             let url = parse("proxy", raw)?;
             return Ok(b.proxy(with_rules(reqwest::Proxy::all(url), &rules)?));
         }
         let env = Environment::read();
         if let Some(no) = env.no_proxy {
+            if everything(&no) {
+                return Ok(b);
+            }
             rules.push(no);
         }
         if let Some(raw) = env.https {

@@ -62,7 +62,8 @@ use crate::error::Error;
 pub struct ClientStats {
     /// Calls that ended (succeeded or failed; cancelled ones are not counted).
     pub calls: u64,
-    /// Calls that ended with a 2xx response.
+    /// Calls that ended with an answer: a 2xx, or a status the call allowed
+    /// (`allow_status`, the `404` of `get_json_opt`).
     pub succeeded: u64,
     /// Calls that ended with an error.
     pub failed: u64,

@@ -63,14 +63,22 @@ impl Transport {
         if self.http2_prior_knowledge {
             b = b.http2_prior_knowledge();
         }
+        // Names pinned to loopback addresses are loopback: never proxied.
+        let mut direct = Vec::new();
         for (host, addresses) in &self.resolve {
             b = b.resolve_to_addrs(host, addresses);
+            if !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback()) {
+                direct.push(host.as_str());
+            }
         }
         if let Some((host, address)) = pin {
             b = b.resolve(host, address);
+            if address.ip().is_loopback() {
+                direct.push(host);
+            }
         }
         b = self.tls.apply(b, self.http2_prior_knowledge)?;
-        b = self.proxy.apply(b)?;
+        b = self.proxy.apply(b, &direct)?;
         b.build()
             .map_err(|e| Error::config_from("could not build the HTTP transport", e))
     }

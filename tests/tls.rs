@@ -811,6 +811,26 @@ async fn loopback_and_bypassed_names_never_go_through_the_proxy() {
 }
 
 #[tokio::test]
+async fn a_server_name_pinned_to_a_loopback_address_is_not_proxied() {
+    // https://127.0.0.1 called as orders.test: still loopback, so direct
+    // (through the proxy, the proxy would resolve the name itself).
+    let ca = Ca::new("orders CA");
+    let server = orders_test_server(&ca).await;
+    let proxy = ConnectProxy::start(None).await;
+    let client = fast_builder(&server.url())
+        .tls_root_certificate_pem(ca.pem())
+        .tls_server_name("orders.test")
+        .proxy(proxy.url())
+        .build()
+        .unwrap();
+
+    let resp = client.get("x").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "orders.test");
+    assert_eq!(proxy.seen(), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn proxy_credentials_are_sent_to_the_proxy_and_never_shown() {
     let ca = Ca::new("orders CA");
     let server = orders_test_server(&ca).await;
