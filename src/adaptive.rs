@@ -18,7 +18,9 @@ use crate::timeout::Deadline;
 /// The limiter is TCP Vegas applied to calls (as in Netflix's
 /// concurrency-limits): it smooths attempt times (an exponential average
 /// over about 20 attempts), keeps the lowest smoothed time as the time with
-/// no queue (measured afresh every 30 s), estimates how many calls wait in
+/// no queue (measured afresh every 30 s, from the mean of the first 10
+/// attempt times, so that one fast answer does not set it; the limit holds
+/// while they are measured), estimates how many calls wait in
 /// the dependency's queue (`limit × (1 − rtt_min / rtt)`), and grows the
 /// limit by `log10(limit)` per round trip (of `limit` attempts) while that
 /// queue is below `log10(limit)`, and shrinks it as fast while the queue is
@@ -125,6 +127,7 @@ impl AdaptiveConcurrency {
                 ceiling: self.ceiling,
                 rtt_min: None,
                 rtt_avg: None,
+                warm: 0,
                 hold_until: None,
                 probe_at: now + PROBE,
             }),
@@ -142,6 +145,11 @@ const PROBE: Duration = Duration::from_secs(30);
 /// The weight of one attempt time in the smoothed time (about the last 20).
 const SMOOTHING: f64 = 0.05;
 
+/// Attempt times averaged, after a start or a probe, before the no-queue
+/// time is taken from them: one fast answer (a health check, a 304) must not
+/// set it.
+const WARMUP: u32 = 10;
+
 #[derive(Debug)]
 struct Vegas {
     limit: f64,
@@ -149,8 +157,11 @@ struct Vegas {
     ceiling: usize,
     /// The lowest smoothed response time since the last probe.
     rtt_min: Option<f64>,
-    /// The smoothed response time, in seconds.
+    /// The smoothed response time, in seconds (while warming up, the mean
+    /// so far).
     rtt_avg: Option<f64>,
+    /// Times averaged since the start or the last probe, up to [`WARMUP`].
+    warm: u32,
     /// Until when further drops are part of the one that cut the limit.
     hold_until: Option<Instant>,
     probe_at: Instant,
@@ -183,9 +194,23 @@ impl Vegas {
                 if now >= self.probe_at {
                     self.rtt_min = None;
                     self.rtt_avg = None;
+                    self.warm = 0;
                     self.probe_at = now + PROBE;
                 }
                 let sample = rtt.as_secs_f64();
+                if self.warm < WARMUP {
+                    // The mean of the first times; no decision until there
+                    // are enough of them.
+                    self.warm += 1;
+                    let mean = self
+                        .rtt_avg
+                        .map_or(sample, |a| a + (sample - a) / f64::from(self.warm));
+                    self.rtt_avg = Some(mean);
+                    if self.warm == WARMUP {
+                        self.rtt_min = Some(mean);
+                    }
+                    return limit;
+                }
                 let avg = self
                     .rtt_avg
                     .map_or(sample, |a| a + SMOOTHING * (sample - a));
@@ -388,6 +413,22 @@ mod tests {
         assert!(a.limit() >= settled, "{} < {settled}", a.limit());
     }
 
+    #[test]
+    fn one_fast_answer_after_a_probe_does_not_set_the_no_queue_time() {
+        // Typical answers take 200 ms; right after each probe comes one of
+        // 2 ms (a health check). The limit, in use, must not shrink for it.
+        let (a, now) = vegas(20);
+        a.in_flight.store(20, Ordering::Relaxed);
+        for k in 0..4u32 {
+            let at = now + (PROBE + ms(1)) * k;
+            a.observe(Signal::Rtt(ms(2)), at);
+            for _ in 0..100 {
+                a.observe(Signal::Rtt(ms(200)), at);
+            }
+        }
+        assert!(a.limit() >= 20, "{}", a.limit());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn calls_above_the_limit_wait_for_a_slot_within_the_deadline() {
         let a = Arc::new(
@@ -435,9 +476,10 @@ mod tests {
         let (one, _) = a.acquire(&d).await.unwrap();
         assert!(a.acquire(&Deadline::after(ms(10))).await.is_err());
         drop(one);
-        // A higher limit adds slots back.
+        // A higher limit adds slots back (after the first times, which only
+        // measure).
         a.in_flight.store(1, Ordering::Relaxed);
-        for _ in 0..5 {
+        for _ in 0..WARMUP + 5 {
             a.observe(Signal::Rtt(ms(5)), Instant::now());
         }
         assert!(a.limit() >= 2);
