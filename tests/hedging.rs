@@ -454,6 +454,45 @@ async fn a_writes_final_error_is_the_answer_when_no_attempt_succeeds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hedge_its_signer_refuses_takes_no_rate_permit() {
+    let server = Server::start(|_, attempt| {
+        if attempt == 1 {
+            answer(200, 200)
+        } else {
+            answer(0, 200)
+        }
+    })
+    .await;
+    // Hedges (attempt 2 and on) cannot be signed.
+    fn sign<'a>(req: &'a mut resilient_http::SignRequest<'_>) -> resilient_http::SignFuture<'a> {
+        let hedge = req.attempt() > 1;
+        Box::pin(async move {
+            if hedge {
+                Err("no key for hedges".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+    let client = builder(&server.url)
+        .hedging(Hedging::fixed(ms(50)))
+        .rate_limit(
+            resilient_http::RateLimit::per_second(1)
+                .burst(2)
+                .fail_fast(),
+        )
+        .signer(sign)
+        .build()
+        .unwrap();
+
+    client.get("x").send().await.unwrap();
+    // The second permit is still there: the refused hedge did not take it.
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(server.requests().len(), 2, "{:?}", server.requests());
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_attempts_release_their_permits_and_are_not_failures() {
     let server = Server::start(first_slow).await;
     // One failure would open this breaker; one call at a time.

@@ -306,10 +306,11 @@ impl ApiClient {
 
     /// Sends hedge number `hedge`, if everything allows it now: attempts
     /// left, an endpoint that takes it at once (other than `avoid` when
-    /// possible), the retry budget, a free rate permit, a token, the signer.
-    /// `None` when any refuses: no hedge is sent and nothing is spent.
-    /// (The token and the signer are awaited with the other attempts
-    /// unpolled; a cached token costs nothing.)
+    /// possible), the retry budget, a token, the signer, a free rate permit
+    /// (last: it cannot be given back). `None` when any refuses: no hedge is
+    /// sent and nothing is spent. (The token and the signer are awaited with
+    /// the other attempts unpolled, so for at most the hedge delay; a cached
+    /// token costs nothing.)
     async fn hedge<'b>(
         &self,
         race: &Race<'_, 'b>,
@@ -337,12 +338,15 @@ impl ApiClient {
                 Some(w)
             }
         };
-        if !inner.limits.try_rate() {
-            tracing::debug!(target: "resilient_http::hedge", "no hedge: no rate permit free");
-            return None;
-        }
+        // The other attempts are not polled meanwhile: bounded by the delay.
+        let bound = race.delay.min(race.deadline.remaining());
         let credential = match race.auth {
-            Some(auth) => Some(auth.credential(race.deadline).await.ok()?),
+            Some(auth) => Some(
+                tokio::time::timeout(bound, auth.credential(race.deadline))
+                    .await
+                    .ok()?
+                    .ok()?,
+            ),
             None => None,
         };
         let url = match (target, race.routed) {
@@ -363,11 +367,15 @@ impl ApiClient {
         if let Some(signer) = &inner.signer {
             let mut signed = SignRequest::new(&mut request, number);
             let signing = signer.sign(&mut signed);
-            match tokio::time::timeout(race.deadline.remaining(), signing).await {
+            match tokio::time::timeout(bound, signing).await {
                 Ok(Ok(())) => {}
                 _ => return None,
             }
             guard = guard || redirect::would_leak(request.headers());
+        }
+        if !inner.limits.try_rate() {
+            tracing::debug!(target: "resilient_http::hedge", "no hedge: no rate permit free");
+            return None;
         }
         if let Some(w) = withdrawal {
             w.spend();
