@@ -455,14 +455,6 @@ async fn a_writes_final_error_is_the_answer_when_no_attempt_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hedge_its_signer_refuses_takes_no_rate_permit() {
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(200, 200)
-        } else {
-            answer(0, 200)
-        }
-    })
-    .await;
     // Hedges (attempt 2 and on) cannot be signed.
     fn sign<'a>(req: &'a mut resilient_http::SignRequest<'_>) -> resilient_http::SignFuture<'a> {
         let hedge = req.attempt() > 1;
@@ -474,6 +466,14 @@ async fn a_hedge_its_signer_refuses_takes_no_rate_permit() {
             }
         })
     }
+    let server = Server::start(|_, attempt| {
+        if attempt == 1 {
+            answer(200, 200)
+        } else {
+            answer(0, 200)
+        }
+    })
+    .await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)))
         .rate_limit(
