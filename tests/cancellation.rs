@@ -95,7 +95,8 @@ async fn trip_and_half_open(client: &ApiClient, server: &FaultServer) {
     server.set_mode(Mode::CloseAfterAccept);
     let err = client.get("trip").send().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Retryable, "{err:?}");
-    assert_eq!(client.circuit_state(), CircuitState::Open);
+    // Open (or, 50 ms on, half-open already on a slow machine): not closed.
+    assert_ne!(client.circuit_state(), CircuitState::Closed);
     wait_for_circuit(client, CircuitState::HalfOpen).await;
 }
 

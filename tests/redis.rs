@@ -273,8 +273,10 @@ async fn run_phase(client: &ApiClient, tasks: usize, run: Duration, deadline: Du
                 let start = tokio::time::Instant::now();
                 let result = client.get("x").timeout(deadline).send().await;
                 let took = start.elapsed();
+                // Generous slack for a loaded machine: a call that ignored
+                // its deadline would take far longer.
                 assert!(
-                    took < deadline + Duration::from_millis(150),
+                    took < deadline + Duration::from_secs(1),
                     "a call took {took:?}, its deadline is {deadline:?}"
                 );
                 match result {
@@ -445,12 +447,15 @@ async fn a_redis_that_stops_answering_triggers_the_fallback_within_the_budget() 
     redis.signal("-STOP");
     let mut slow = 0;
     for _ in 0..20 {
+        let errors = client.stats().shared_store_errors;
         let start = tokio::time::Instant::now();
         client.get("x").send().await.unwrap();
         let took = start.elapsed();
-        // The budget, plus the call itself and scheduling slack.
-        assert!(took < budget + Duration::from_millis(100), "{took:?}");
-        if took >= budget {
+        // The budget, plus the call itself and (generous) scheduling slack:
+        // nothing waits for the stopped Redis beyond its budget.
+        assert!(took < budget + Duration::from_secs(1), "{took:?}");
+        // A call that asked Redis and timed out.
+        if client.stats().shared_store_errors > errors {
             slow += 1;
         }
     }
@@ -536,9 +541,10 @@ async fn a_lease_takes_several_permits_per_round_trip() {
         .build()
         .unwrap();
     client.get("x").send().await.unwrap();
-    // Four permits taken (400 ms of quota) for one call.
+    // Four permits taken (400 ms of quota) for one call; two would be 200 ms
+    // at most (the time since the call only lowers it).
     let ahead = redis.tat("lease").unwrap().saturating_sub(redis.time_us());
-    assert!((300_000..=400_000).contains(&ahead), "{ahead} µs");
+    assert!((200_001..=400_000).contains(&ahead), "{ahead} µs");
     // The next three calls use the lease: Redis is not asked.
     for _ in 0..3 {
         client.get("x").send().await.unwrap();
@@ -605,17 +611,12 @@ async fn a_shared_limit_from_the_config_reaches_redis() {
     // it answers again; on_store_error: a local limit of 5/s, burst 2.
     redis.signal("-CONT");
     let before = client.stats();
-    let start = Instant::now();
     let mut ok = 0;
     for _ in 0..10 {
         if client.get("x").send().await.is_ok() {
             ok += 1;
         }
     }
-    assert!(
-        start.elapsed() < Duration::from_millis(250),
-        "Redis was asked"
-    );
     let after = client.stats();
     assert_eq!(after.shared_permits, before.shared_permits, "{after:?}");
     assert_eq!(after.shared_fallbacks - before.shared_fallbacks, 10);
