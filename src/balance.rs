@@ -106,8 +106,8 @@ impl Endpoint {
     /// at that IP address.
     ///
     /// Several endpoints may share one URL and differ by their address (the
-    /// instances behind one name, as [`DnsResolver`](crate::DnsResolver)
-    /// finds them): each is an endpoint of its own, with its own breaker,
+    /// instances behind one name, as `DnsResolver` (feature `dns`) finds
+    /// them): each is an endpoint of its own, with its own breaker,
     /// load and connection pool. Default: none, the host is resolved as
     /// usual and the endpoint shares the client's connection pool.
     ///

@@ -77,7 +77,7 @@ pub(crate) struct Inner {
     pub(crate) attempt_timeout: Duration,
     pub(crate) total_timeout: Duration,
     /// The longest wait for the next bytes (headers or body), enforced here
-    /// rather than by the transport: see `pipeline::body::Reads`.
+    /// rather than by the transport: see `pipeline::body::within_read_timeout`.
     pub(crate) read_timeout: Duration,
     pub(crate) max_response_bytes: usize,
     /// How much of an error response's body is kept in the `Error`.

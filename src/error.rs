@@ -48,8 +48,10 @@ pub enum ErrorKind {
     /// The request was refused by the server as the client's fault (4xx), or a
     /// redirect was not followed.
     Client,
-    /// Refused locally before anything was sent: an open circuit breaker, a rate
-    /// limit or a concurrency limit that cannot be met within the deadline.
+    /// Refused locally before anything was sent: an open circuit breaker, a
+    /// server pushback pause, a rate limit or a concurrency limit that cannot
+    /// be met within the deadline, no token (`Auth`), a failed signer, or no
+    /// endpoint (the table above has the reasons).
     Rejected,
     /// A successful response whose body could not be used as asked.
     Decode,

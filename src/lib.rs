@@ -53,8 +53,8 @@
 //!    `Bytes` so it can be replayed); with
 //!    [request coalescing](ApiClientBuilder::coalesce_requests), a GET or
 //!    HEAD identical to one in flight waits for that call's answer instead
-//!    of going on; with a [`Cache`](ApiClientBuilder::cache) (feature
-//!    `cache`), a GET or HEAD that a fresh entry answers ends here, with no
+//!    of going on; with a `Cache` (feature `cache`,
+//!    `ApiClientBuilder::cache`), a GET or HEAD that a fresh entry answers ends here, with no
 //!    I/O, and a stale entry's validators are added to the request;
 //! 2. a concurrency permit is taken, held for the whole call, never waiting
 //!    past the deadline;
@@ -140,9 +140,9 @@
 //!
 //! One breaker per endpoint (scheme, host, port), shared by clones. Once open,
 //! calls fail at once for 10 s; then one probe tests the endpoint. The default
-//! tells an outage from a flaky dependency: a dead endpoint opens it within 20
-//! failed attempts or 1 s, a dependency that fails at random (up to 30%) does
-//! not, at any call rate. The trip rules, their defaults and the arithmetic
+//! tells an outage from a flaky dependency: a dead endpoint opens it after 20
+//! failed attempts and 1 s (or at the 30th failure, if sooner), a dependency
+//! that fails at random (up to 30%) does not, at any call rate. The trip rules, their defaults and the arithmetic
 //! behind that promise are on [`CircuitBreakerConfig`].
 //!
 //! Server pushback is shared the same way: a 429 or 503 with `Retry-After`
@@ -161,8 +161,7 @@
 //! [`endpoints`](ApiClientBuilder::endpoints) replaces `base_url` for a
 //! service with several instances; [`LoadBalance`] spreads attempts, open
 //! circuit breakers eject an instance, and a retry goes to another one. A
-//! [`Resolver`] (or [`EtcdResolver`](crate::ApiClientBuilder::resolver), feature
-//! `etcd`; `DnsResolver`, feature `dns`, one endpoint per address of a name)
+//! [`Resolver`] (or `EtcdResolver`, feature `etcd`; `DnsResolver`, feature `dns`, one endpoint per address of a name)
 //! keeps the list current; [`ApiClient::endpoints`] reports each one.
 //!
 //! # Degrading gracefully
@@ -218,14 +217,14 @@
 //! `error.type`; `coalesced` for a call that
 //! [shared](ApiClientBuilder::coalesce_requests) another's request,
 //! `served_by = "fallback"` for one a [fallback](ApiClientBuilder::fallback)
-//! answered, and with a [`Cache`](ApiClientBuilder::cache), `cache`: what
+//! answered, and with a `Cache` (feature `cache`), `cache`: what
 //! answered), DEBUG events per attempt and retry (targets
 //! `resilient_http`, `resilient_http::retry`, `resilient_http::limit`), breaker
 //! changes under `resilient_http::breaker` (WARN when opening), and a WARN when
 //! a call finally fails with a `Server` or `Retryable` error. Everything is
 //! emitted on the caller's task, but for the background refresh of a cache
 //! entry (stale-while-revalidate), which runs on a task of its own in a span
-//! that follows from the caller's (see [`Cache`](ApiClientBuilder::cache)).
+//! that follows from the caller's (see `Cache`, feature `cache`).
 //!
 //! With the feature `opentelemetry`, each attempt is also a span of its own,
 //! `http.client.attempt`, at INFO: an OpenTelemetry CLIENT span named after

@@ -97,7 +97,7 @@ pub struct ClientStats {
     /// Redis for a later time).
     pub shared_waits: u64,
     /// Calls a shared rate limit decided without Redis, by its
-    /// [`StoreFallback`](crate::StoreFallback): Redis failed, was too slow,
+    /// `StoreFallback` (feature `redis`): Redis failed, was too slow,
     /// or was being skipped after failures.
     pub shared_fallbacks: u64,
     /// Calls to Redis that failed or took longer than their time budget
@@ -119,7 +119,7 @@ pub struct ClientStats {
     /// `failed`, unless coalesced.
     pub fallbacks: u64,
     /// Calls a fresh cache entry answered, with no I/O (feature `cache`;
-    /// see [`Cache`](crate::Cache) for the `cache_*` counters).
+    /// see `Cache` for the `cache_*` counters).
     pub cache_hits: u64,
     /// Calls that asked the cache and were not answered from it (the
     /// cache's background refreshes included: each is a call of its own).

@@ -217,7 +217,8 @@ pub struct ApiClientConfig {
     /// Idle connections kept per host (default: reqwest's, unbounded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_max_idle_per_host: Option<usize>,
-    /// How long an idle pooled connection is kept (default: reqwest's, `"90s"`).
+    /// How long an idle pooled connection is kept (default `"4s"`: see
+    /// [`ApiClientBuilder::pool_idle_timeout`]).
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub pool_idle_timeout: Option<Duration>,
     /// TCP keepalive interval on pooled connections (default off).

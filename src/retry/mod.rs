@@ -29,7 +29,9 @@ pub(crate) use budget::{Budget, Withdrawal};
 /// retried; POST and PATCH only with an
 /// [`idempotency_key`](crate::RequestBuilder::idempotency_key), with
 /// [`idempotent(true)`](crate::RequestBuilder::idempotent), or when the failure
-/// proves that nothing reached the server (a connect failure).
+/// proves that the server did not process it (a connect failure, a local
+/// refusal, an HTTP/2 stream refused or cut by a `GOAWAY` before it was
+/// processed).
 ///
 /// The delay before retry *n* is exponential (`initial_backoff * 2^(n-1)`, from
 /// `backon`'s schedule), capped at `max_backoff`, and with jitter on it is drawn
