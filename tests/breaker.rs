@@ -12,8 +12,8 @@ use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState, ErrorKind, R
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-// Long enough that a few calls on a loaded machine finish well inside it.
-const OPEN_FOR: Duration = Duration::from_millis(500);
+// Far longer than any run of calls; passed on the paused clock.
+const OPEN_FOR: Duration = Duration::from_secs(30);
 
 fn breaker() -> CircuitBreakerConfig {
     CircuitBreakerConfig::default()
@@ -43,9 +43,12 @@ async fn trip(client: &ApiClient, times: usize) {
     }
 }
 
-/// Waits for the open duration to pass (a timer, not a condition to poll).
+/// Passes the open duration on the paused clock (the breaker's time is
+/// tokio's), then lets real time run again for the server's I/O.
 async fn wait_out_open_duration() {
-    tokio::time::sleep(OPEN_FOR + Duration::from_millis(50)).await;
+    tokio::time::pause();
+    tokio::time::advance(OPEN_FOR + Duration::from_millis(1)).await;
+    tokio::time::resume();
 }
 
 #[tokio::test]
@@ -353,9 +356,15 @@ async fn half_open_admits_no_more_probes_than_configured() {
             .chain([ResponseTemplate::new(200).set_delay(Duration::from_millis(300))]),
     );
     serve(&server, &seq).await;
-    let client = client(&server, breaker().half_open_max_calls(2));
+    // A multi-thread runtime cannot pause its clock: a short real open
+    // duration, waited out with a timer.
+    let open_for = Duration::from_millis(500);
+    let client = client(
+        &server,
+        breaker().open_duration(open_for).half_open_max_calls(2),
+    );
     trip(&client, 3).await;
-    wait_out_open_duration().await;
+    tokio::time::sleep(open_for + Duration::from_millis(50)).await;
 
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
