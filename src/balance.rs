@@ -819,6 +819,53 @@ mod tests {
         assert_eq!(picks(&s, LoadBalance::RoundRobin, 6), [0, 1, 2, 0, 1, 2]);
     }
 
+    /// Seeded model of the least-outstanding picks with nothing in flight:
+    /// every pick is a tie, won by the first of a weighted random pair, so
+    /// each of 3 equal endpoints gets Binomial(3000, 1/3) picks: mean 1000,
+    /// sd 25.8. The bounds are 5 sd (a fair draw falls outside them with
+    /// probability under 1e-6); with the seed the run is fixed.
+    #[test]
+    fn least_outstanding_spreads_idle_picks_like_a_fair_draw_seeded() {
+        fastrand::seed(7);
+        let s = set(&[1, 1, 1]);
+        let mut counts = [0usize; 3];
+        for i in picks(&s, LoadBalance::LeastOutstanding, 3000) {
+            counts[i] += 1;
+        }
+        for n in counts {
+            assert!((871..=1129).contains(&n), "{counts:?}");
+        }
+    }
+
+    /// Seeded model of 8 callers in a closed loop (each pick holds its
+    /// endpoint until the oldest of 8 calls ends) over weights 3 and 1: the
+    /// lighter of the pair per unit of weight wins, so the in-flight split,
+    /// and with it the traffic, settles near 3:1 (6 of 8 on the heavy one).
+    /// Ignoring weights would give 1:1.
+    #[test]
+    fn least_outstanding_keeps_a_weighted_split_of_calls_in_flight_seeded() {
+        fastrand::seed(11);
+        let s = set(&[3, 1]);
+        let rr = AtomicUsize::new(0);
+        let now = Instant::now();
+        let mut held = std::collections::VecDeque::new();
+        let mut heavy = 0;
+        for _ in 0..4000 {
+            let (inst, _) = s
+                .pick(LoadBalance::LeastOutstanding, &rr, now, None)
+                .unwrap();
+            if Arc::ptr_eq(inst, &s.instances[0]) {
+                heavy += 1;
+            }
+            held.push_back(inst.start());
+            if held.len() > 8 {
+                held.pop_front();
+            }
+        }
+        // 3:1 is 3000 of 4000.
+        assert!((2800..=3200).contains(&heavy), "heavy got {heavy} of 4000");
+    }
+
     #[test]
     fn least_outstanding_prefers_the_idle_instance() {
         let s = set(&[1, 1]);
