@@ -26,8 +26,9 @@ use crate::timeout::Deadline;
 /// queue is below `log10(limit)`, and shrinks it as fast while the queue is
 /// above twice that. A timeout, a 503 or a 429 is a drop: the limit is cut
 /// by 10% at once, once per round trip (additive increase, multiplicative
-/// decrease). A call's own total deadline running out is not a drop (a
-/// caller in a hurry says nothing of the dependency). The limit stays within
+/// decrease). A call's own total deadline running out is a drop only when
+/// the attempt had waited at least twice the usual answer time (a caller in
+/// a hurry says nothing of the dependency; a dependency that hangs does). The limit stays within
 /// [`floor`](Self::floor) and [`ceiling`](Self::ceiling), and only grows while
 /// calls use at least half of it.
 ///
@@ -172,8 +173,8 @@ struct Vegas {
 pub(crate) enum Signal {
     /// Answered in this time.
     Rtt(Duration),
-    /// A timeout (not the call's own deadline), a 503 or a 429: the
-    /// dependency is past its capacity.
+    /// A timeout (the call's own deadline only past twice the usual answer
+    /// time), a 503 or a 429: the dependency is past its capacity.
     Drop,
 }
 
@@ -191,7 +192,9 @@ impl Vegas {
                 limit * 0.9
             }
             Signal::Rtt(rtt) => {
-                if now >= self.probe_at {
+                // A probe starts once the last warmup is done: with fewer than
+                // `WARMUP` answers per probe period, it would never end.
+                if now >= self.probe_at && self.warm >= WARMUP {
                     self.rtt_min = None;
                     self.rtt_avg = None;
                     self.warm = 0;
@@ -208,6 +211,8 @@ impl Vegas {
                     self.rtt_avg = Some(mean);
                     if self.warm == WARMUP {
                         self.rtt_min = Some(mean);
+                        // The period it holds starts now, measured.
+                        self.probe_at = now + PROBE;
                     }
                     return limit;
                 }
@@ -259,6 +264,14 @@ impl Adaptive {
     /// The limit now.
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
+    }
+
+    /// The dependency's usual answer time (smoothed), once measured.
+    pub(crate) fn typical_rtt(&self) -> Option<Duration> {
+        let vegas = self.vegas.lock().unwrap_or_else(PoisonError::into_inner);
+        vegas
+            .rtt_avg
+            .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 3600.0)))
     }
 
     /// Takes a slot, waiting (in turn) at most until the deadline.
@@ -427,6 +440,18 @@ mod tests {
             }
         }
         assert!(a.limit() >= 20, "{}", a.limit());
+    }
+
+    #[test]
+    fn the_measuring_ends_even_with_few_answers_per_probe_period() {
+        // One answer every 4 s (7 per 30 s period), as fast as ever: after
+        // its 10 measured times the limit grows again.
+        let (a, now) = vegas(4);
+        for k in 0..40u32 {
+            a.in_flight.store(a.limit(), Ordering::Relaxed);
+            a.observe(Signal::Rtt(ms(50)), now + Duration::from_secs(4) * k);
+        }
+        assert!(a.limit() > 4, "{}", a.limit());
     }
 
     #[tokio::test(start_paused = true)]

@@ -190,6 +190,15 @@ impl TokenCache {
             .clone()
     }
 
+    /// The usable token as it stands, without fetching one (a hedge's: it
+    /// must not wait for, or start, a fetch).
+    pub(crate) fn current(&self) -> Option<Credential> {
+        let now = Instant::now();
+        self.cached()
+            .filter(|c| c.expires_at.is_none_or(|t| now < t))
+            .map(|c| (c.header, c.generation))
+    }
+
     /// The header for the next attempt, fetching a token if there is no
     /// usable one (within the call's deadline).
     pub(crate) async fn credential(&self, deadline: &Deadline) -> Result<Credential, Error> {

@@ -51,7 +51,11 @@ pub(crate) const MAX_HEDGES: u32 = 10;
 ///   no hedge), so a slow dependency cannot double its load;
 /// - a hedge goes to another endpoint than the attempt it races when the
 ///   client has several, and never to one whose breaker is open or that a
-///   server paused; when none can take it at once, none is sent.
+///   server paused; when none can take it at once, none is sent;
+/// - a hedge carries the client's current token and never fetches one (no
+///   valid token cached, no hedge), and is not sent when the
+///   [signer](crate::ApiClientBuilder::signer) takes longer than the hedge
+///   delay.
 ///
 /// [`ApiResponse::attempts`](crate::ApiResponse::attempts) counts hedges,
 /// [`ApiResponse::hedged`](crate::ApiResponse::hedged) says a hedge won, and

@@ -82,14 +82,14 @@ pub(crate) fn policy(max_redirects: usize) -> reqwest::redirect::Policy {
                 attempt.status(),
                 StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
             );
-            let refused = match guard {
-                Guard::Credentials => true,
-                Guard::Body => resends_body,
+            // Credentials travel with every hop: compared with where the
+            // request started. The body only through 307/308 hops, and a
+            // 301/302/303 before dropped it: compared with this hop's origin.
+            let (refused, from) = match guard {
+                Guard::Credentials => (true, attempt.previous().first()),
+                Guard::Body => (resends_body, attempt.previous().last()),
             };
-            let same = attempt
-                .previous()
-                .first()
-                .is_none_or(|first| origin::same_origin(first, attempt.url()));
+            let same = from.is_none_or(|from| origin::same_origin(from, attempt.url()));
             if refused && !same {
                 return attempt.stop();
             }

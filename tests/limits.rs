@@ -364,7 +364,7 @@ async fn a_streamed_response_read_to_its_end_gives_its_permit_back() {
 // on the same clock.
 
 /// A keep-alive server on 127.0.0.1: `/busy` gets 503 at once, `/slow` 200
-/// after 1 s, anything else 200 after 10 ms.
+/// after 1 s, `/hang` 200 after a minute, anything else 200 after 10 ms.
 async fn capacity_server() -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -380,6 +380,7 @@ async fn capacity_server() -> (String, tokio::task::JoinHandle<()>) {
                     let (delay, status) = match path.as_str() {
                         "/busy" => (0, 503),
                         "/slow" => (1_000, 200),
+                        "/hang" => (60_000, 200),
                         _ => (10, 200),
                     };
                     tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -444,22 +445,36 @@ async fn the_adaptive_limit_falls_on_503s_and_rises_while_answers_stay_fast() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_callers_own_short_deadline_does_not_cut_the_adaptive_limit() {
+async fn a_callers_own_short_deadline_does_not_cut_the_adaptive_limit_but_a_hang_does() {
     let (url, server) = capacity_server().await;
     let client = adaptive_client(&url, AdaptiveConcurrency::default().initial(20));
+    // The usual answer time: 1 s.
+    for _ in 0..10 {
+        client.get("slow").send().await.unwrap();
+    }
+    assert_eq!(client.concurrency_limit(), Some(20));
 
-    // The server answers in 1 s; these calls give up after 100 ms.
+    // Callers that give up after 500 ms, sooner than the usual answer.
     for _ in 0..10 {
         let err = client
             .get("slow")
-            .timeout(Duration::from_millis(100))
+            .timeout(Duration::from_millis(500))
             .send()
             .await
             .unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
     }
+    assert_eq!(client.concurrency_limit(), Some(20), "no drop");
 
-    assert_eq!(client.concurrency_limit(), Some(20));
+    // A hang: 5 s deadlines, five times the usual answer, run out.
+    let err = client
+        .get("hang")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(client.concurrency_limit(), Some(18), "a drop");
     server.abort();
 }
 

@@ -334,6 +334,27 @@ async fn a_body_follows_a_307_on_the_same_origin_and_a_303_anywhere_as_a_get() {
     assert!(landed.body.is_empty(), "a 303 drops the body");
 }
 
+#[tokio::test]
+async fn after_a_303_drops_the_body_a_307_on_the_new_origin_is_followed() {
+    // POST a/start -> 303 b/items (now a GET, no body) -> 307 b/items/ : the
+    // 307 stays on b's origin, so no body leaves for another one.
+    let b = MockServer::start().await;
+    Mock::given(path("/items"))
+        .respond_with(ResponseTemplate::new(307).insert_header("location", "/items/"))
+        .mount(&b)
+        .await;
+    Mock::given(path("/items/"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("items"))
+        .mount(&b)
+        .await;
+    let a = redirecting_with(303, &format!("{}/items", b.uri())).await;
+    let client = fast_builder(&a.uri()).build().unwrap();
+
+    let resp = client.post("start").body("x=1").send().await.unwrap();
+
+    assert_eq!(resp.text().unwrap(), "items");
+}
+
 /// A server where `/r/n` redirects to `/r/n-1` and `/r/0` answers 200.
 async fn redirect_chain() -> MockServer {
     let server = MockServer::start().await;

@@ -91,8 +91,9 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 /// `POST`, `PUT`, `PATCH`, `DELETE`, ...) that succeeds drops the entries of
 /// its URL stored before it (RFC 9111 section 4.4; writes by others are only
 /// seen when the entry goes stale). The cache remembers the last
-/// `max_entries` URLs written to; when more are written, every entry stored
-/// before the forgotten write is outdated too, which can only cost hits. A
+/// `16 × max_entries` URLs written to; when more are written, every entry
+/// stored before the forgotten write is outdated too, which can only cost
+/// hits. A
 /// `404` or `410` drops the entry it
 /// revalidated. The cache is asked when the call is first polled: a call
 /// built and dropped unpolled asks it nothing.

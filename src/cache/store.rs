@@ -5,8 +5,8 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -189,6 +189,17 @@ impl Clock {
     }
 }
 
+/// Write markers kept per entry the cache may hold (see `Store::writes`).
+const WRITE_MARKERS_PER_ENTRY: u64 = 16;
+
+/// `t` as nanoseconds after `start`, plus one (so that 0 means "none"),
+/// saturating.
+fn since(start: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(start).as_nanos())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
 /// A client's response cache.
 pub(crate) struct Store {
     settings: Cache,
@@ -202,9 +213,11 @@ pub(crate) struct Store {
     /// marker pushed out by newer ones raises `written_floor` to its time.
     writes: moka::sync::Cache<Arc<str>, Instant>,
     /// Entries stored at or before this answer nothing: the time of the
-    /// latest write whose marker was pushed out of `writes`. Outdating too
-    /// many entries is safe; serving one written over is not.
-    written_floor: Arc<Mutex<Option<Instant>>>,
+    /// latest write whose marker was pushed out of `writes`, in nanoseconds
+    /// after `clock`'s start plus one (0: none). Outdating too many entries
+    /// is safe; serving one written over is not. An atomic: every lookup
+    /// reads it.
+    written_floor: Arc<AtomicU64>,
     clock: Clock,
     bytes: Arc<AtomicU64>,
     hits: AtomicU64,
@@ -247,17 +260,20 @@ impl Store {
             .max_capacity(max_entries)
             .eviction_policy(EvictionPolicy::lru())
             .build();
-        let written_floor: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let floor = Arc::clone(&written_floor);
+        let clock = Clock::new();
+        let written_floor = Arc::new(AtomicU64::new(0));
+        let (floor, start) = (Arc::clone(&written_floor), clock.instant);
+        // Markers are small (a URL and a time): 16 per entry, so that writes
+        // to many URLs rarely push one out.
+        let markers = max_entries.saturating_mul(WRITE_MARKERS_PER_ENTRY);
         let writes = moka::sync::Cache::builder()
-            .max_capacity(max_entries)
+            .max_capacity(markers)
             .eviction_policy(EvictionPolicy::lru())
             .eviction_listener(move |_, written: Instant, cause| {
                 // Pushed out (not replaced by a newer write to its URL): every
                 // entry stored before it is outdated.
                 if cause == RemovalCause::Size {
-                    let mut floor = floor.lock().unwrap_or_else(PoisonError::into_inner);
-                    *floor = Some(floor.map_or(written, |f| f.max(written)));
+                    floor.fetch_max(since(start, written), Ordering::AcqRel);
                 }
             })
             .build();
@@ -268,7 +284,7 @@ impl Store {
             writes,
             written_floor,
             hashers: [RandomState::new(), RandomState::new()],
-            clock: Clock::new(),
+            clock,
             bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -394,11 +410,8 @@ impl Store {
     /// Whether a write to `url` (or one whose marker was pushed out) came
     /// after `entry` was stored.
     fn overwritten(&self, url: &Arc<str>, entry: &Entry) -> bool {
-        let floor = *self
-            .written_floor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        floor.is_some_and(|floor| entry.stored_at <= floor)
+        let floor = self.written_floor.load(Ordering::Acquire);
+        (floor != 0 && since(self.clock.instant, entry.stored_at) <= floor)
             || self
                 .writes
                 .get(url)

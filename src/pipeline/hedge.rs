@@ -308,9 +308,9 @@ impl ApiClient {
     /// left, an endpoint that takes it at once (other than `avoid` when
     /// possible), the retry budget, a token, the signer, a free rate permit
     /// (last: it cannot be given back). `None` when any refuses: no hedge is
-    /// sent and nothing is spent. (The token and the signer are awaited with
-    /// the other attempts unpolled, so for at most the hedge delay; a cached
-    /// token costs nothing.)
+    /// sent and nothing is spent. (Only a cached token is used; the signer
+    /// is awaited with the other attempts unpolled, so for at most the hedge
+    /// delay.)
     async fn hedge<'b>(
         &self,
         race: &Race<'_, 'b>,
@@ -338,17 +338,14 @@ impl ApiClient {
                 Some(w)
             }
         };
-        // The other attempts are not polled meanwhile: bounded by the delay.
-        let bound = race.delay.min(race.deadline.remaining());
+        // The token as it stands: a hedge never waits for, or starts, a
+        // fetch (the other attempts are not polled meanwhile).
         let credential = match race.auth {
-            Some(auth) => Some(
-                tokio::time::timeout(bound, auth.credential(race.deadline))
-                    .await
-                    .ok()?
-                    .ok()?,
-            ),
+            Some(auth) => Some(auth.current()?),
             None => None,
         };
+        // Nor does it wait for a signer longer than the hedge delay.
+        let bound = race.delay.min(race.deadline.remaining());
         let url = match (target, race.routed) {
             (Some(instance), Some(path)) => instance
                 .url_for(&path.path, race.query, path.allow_escape)

@@ -771,8 +771,11 @@ impl ApiClient {
                     };
                     let now = Instant::now();
                     if let Some(adaptive) = inner.limits.adaptive()
-                        && let Some(signal) =
-                            capacity_signal(&outcome, now.saturating_duration_since(started))
+                        && let Some(signal) = capacity_signal(
+                            &outcome,
+                            now.saturating_duration_since(started),
+                            adaptive.typical_rtt(),
+                        )
                         && !(ctx.hedged && matches!(signal, Signal::Rtt(_)))
                     {
                         // (A hedge's answer is not timed from its own start: no sample.)
@@ -1210,17 +1213,27 @@ fn cut_by(refusal: &Error) -> Option<CutBy> {
 /// What an attempt's outcome says about the dependency's capacity, for the
 /// adaptive concurrency limit: its time when answered, a drop on a timeout,
 /// a 503 or a 429, nothing otherwise. The caller's own deadline (a total
-/// timeout) says nothing of the dependency: a call with a short `timeout`,
-/// or one that queued for a slot, would otherwise cut the limit for all.
-fn capacity_signal(outcome: &Result<Got, Error>, took: Duration) -> Option<Signal> {
+/// timeout) is a drop only when the attempt had waited at least twice the
+/// `typical` answer time: a call with a short `timeout`, or one that queued
+/// for a slot, would otherwise cut the limit for all, while a dependency that
+/// hangs must still cut it when every caller's deadline is short.
+fn capacity_signal(
+    outcome: &Result<Got, Error>,
+    took: Duration,
+    typical: Option<Duration>,
+) -> Option<Signal> {
     match outcome {
         Ok(_) => Some(Signal::Rtt(took)),
+        Err(err) if err.is_timeout() => {
+            let in_a_hurry = err.timeout_phase() == Some(TimeoutPhase::Total)
+                && typical.is_some_and(|t| took < t.saturating_mul(2));
+            (!in_a_hurry).then_some(Signal::Drop)
+        }
         Err(err)
-            if (err.is_timeout() && err.timeout_phase() != Some(TimeoutPhase::Total))
-                || matches!(
-                    err.status(),
-                    Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
-                ) =>
+            if matches!(
+                err.status(),
+                Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+            ) =>
         {
             Some(Signal::Drop)
         }
