@@ -419,3 +419,37 @@ async fn opening_is_a_warn_event_and_closing_an_info_event() {
         .unwrap_or_else(|| panic!("no close event in:\n{text}"));
     assert!(closed.contains("INFO"), "{closed}");
 }
+
+#[tokio::test]
+async fn a_calls_own_short_timeout_does_not_open_the_breaker_but_the_clients_does() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+    // Calls in a hurry: their own 50 ms, shorter than the attempt timeout.
+    let hurried = client(&server, breaker());
+    for _ in 0..5 {
+        let err = hurried
+            .get("x")
+            .timeout(Duration::from_millis(50))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+    }
+    assert_eq!(hurried.circuit_state(), CircuitState::Closed);
+
+    // The same deadline set for the whole client: the endpoint is too slow.
+    let strict = fast_builder(&server.uri())
+        .no_retry()
+        .total_timeout(Duration::from_millis(50))
+        .circuit_breaker(breaker())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let err = strict.get("x").send().await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+    }
+    assert_eq!(strict.circuit_state(), CircuitState::Open);
+}

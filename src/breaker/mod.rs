@@ -130,6 +130,14 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 /// first attempt asked for after that is refused, even if the run reached its
 /// count earlier.
 ///
+/// A failed attempt is one that ended `Retryable` or `Server`, with two
+/// exceptions that say nothing of the endpoint: a request it refused
+/// unprocessed (an HTTP/2 stream refused or cut by a `GOAWAY`), and an
+/// attempt cut by the deadline of a call that set its own
+/// [`timeout`](crate::RequestBuilder::timeout), shorter than the client's
+/// `attempt_timeout` (one code path in a hurry must not open the breaker for
+/// every caller; a client-wide `total_timeout` still counts).
+///
 /// # What the default configuration promises
 ///
 /// The default tells an outage from a flaky dependency:

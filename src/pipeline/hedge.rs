@@ -256,7 +256,7 @@ impl ApiClient {
                         }
                         Err(err) => {
                             if let Some(p) = flight.permit {
-                                p.record(verdict(&err), now);
+                                p.record(verdict(&err, race.ctx.hurried), now);
                             }
                             attempt_failed(flight.number, &err);
                             if let Some(pause) = race.route.pause_of(flight.target) {

@@ -177,6 +177,8 @@ impl Finish for Streamed {
 }
 
 /// What the pipeline knows of the call, for its error context and span.
+// Independent facts about one call, not a state in disguise.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct CallContext<'a> {
     method: Method,
     url: Url,
@@ -191,6 +193,9 @@ pub(crate) struct CallContext<'a> {
     read_timeout: Duration,
     /// The answer came from a hedge.
     hedged: bool,
+    /// The call set its own total timeout, shorter than the client's attempt
+    /// timeout: an attempt its deadline cut says nothing of the endpoint.
+    hurried: bool,
     /// The answer is a stale cache entry.
     #[cfg(feature = "cache")]
     stale: bool,
@@ -485,6 +490,7 @@ impl ApiClient {
                 placeholder: routed.is_some(),
                 read_timeout: inner.read_timeout,
                 hedged: false,
+                hurried: timeout.is_some_and(|t| t < inner.attempt_timeout),
                 #[cfg(feature = "cache")]
                 stale: false,
             };
@@ -808,7 +814,7 @@ impl ApiClient {
                         }
                         Err(err) => {
                             if let Some(p) = permit {
-                                p.record(verdict(&err), now);
+                                p.record(verdict(&err, ctx.hurried), now);
                             }
                             if !raced {
                                 attempt_failed(attempts, &err);
@@ -1189,9 +1195,14 @@ type Deferred<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 
 /// What a failed attempt says about its endpoint: the kind decides, except
 /// that a stream the server refused or dropped unprocessed (HTTP/2 flow
-/// control, a graceful shutdown) is not ill health.
-fn verdict(err: &Error) -> Verdict {
-    if err.reason() == ErrorReason::Unprocessed {
+/// control, a graceful shutdown) is not ill health, nor is the deadline of a
+/// `hurried` call (its own `timeout`, shorter than the client's attempt
+/// timeout) running out: one code path in a hurry must not open the breaker
+/// for every caller. A client-wide `total_timeout` still counts: a hanging
+/// endpoint must open it.
+fn verdict(err: &Error, hurried: bool) -> Verdict {
+    let own_deadline = hurried && err.timeout_phase() == Some(TimeoutPhase::Total);
+    if err.reason() == ErrorReason::Unprocessed || own_deadline {
         Verdict::Neutral
     } else {
         Verdict::of(err.kind())
