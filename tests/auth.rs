@@ -284,9 +284,12 @@ async fn a_token_due_for_refresh_is_fetched_by_one_call_while_others_keep_using_
     );
 }
 
-#[tokio::test]
-async fn a_failed_refresh_keeps_the_still_valid_token() {
-    let server = ok_server().await;
+/// A client whose provider gives `t-1`, valid for `lifetime`, then fails
+/// every later fetch; and the count of fetches.
+fn one_token_then_failures(
+    server: &MockServer,
+    lifetime: Duration,
+) -> (ApiClient, Arc<AtomicUsize>) {
     let fetches = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&fetches);
     let client = fast_builder(&server.uri())
@@ -294,7 +297,7 @@ async fn a_failed_refresh_keeps_the_still_valid_token() {
             let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 if n == 1 {
-                    Ok(Token::new("t-1").expires_in(Duration::from_secs(20)))
+                    Ok(Token::new("t-1").expires_in(lifetime))
                 } else {
                     Err::<Token, BoxError>("vault sealed".into())
                 }
@@ -302,6 +305,13 @@ async fn a_failed_refresh_keeps_the_still_valid_token() {
         })
         .build()
         .unwrap();
+    (client, fetches)
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_still_valid_token() {
+    let server = ok_server().await;
+    let (client, fetches) = one_token_then_failures(&server, Duration::from_secs(20));
     client.get("x").send().await.unwrap();
     pass_time(Duration::from_secs(19)).await;
 
@@ -314,22 +324,8 @@ async fn a_failed_refresh_keeps_the_still_valid_token() {
 #[tokio::test]
 async fn after_a_failed_refresh_the_next_is_tried_a_second_later_not_by_every_call() {
     let server = ok_server().await;
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&fetches);
-    let client = fast_builder(&server.uri())
-        .token_provider(move || {
-            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                if n == 1 {
-                    // Refreshed from 90 s on (10% ahead).
-                    Ok(Token::new("t-1").expires_in(Duration::from_secs(100)))
-                } else {
-                    Err::<Token, BoxError>("vault sealed".into())
-                }
-            }
-        })
-        .build()
-        .unwrap();
+    // Refreshed from 90 s on (10% ahead).
+    let (client, fetches) = one_token_then_failures(&server, Duration::from_secs(100));
     client.get("x").send().await.unwrap();
     pass_time(Duration::from_secs(91)).await;
 

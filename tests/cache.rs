@@ -40,6 +40,28 @@ fn ok(body: &str, cache_control: &str) -> ResponseTemplate {
         .set_body_string(body)
 }
 
+/// A server whose `path` answers `entry` (with `ETag: "v1"`), and whose
+/// revalidation of it (`If-None-Match: "v1"`) answers `not_modified` (a 304,
+/// with the same `ETag`).
+async fn revalidating_server(
+    path_: &str,
+    entry: ResponseTemplate,
+    not_modified: ResponseTemplate,
+) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(header("if-none-match", "\"v1\""))
+        .respond_with(not_modified.insert_header("etag", "\"v1\""))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path(path_))
+        .respond_with(entry.insert_header("etag", "\"v1\""))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
 /// A server that answers one GET of `at` with `first`, and 503 to every
 /// request after it; the client `client` builds reads `at` once, then 2 s
 /// pass.
@@ -89,21 +111,12 @@ async fn a_fresh_response_answers_again_without_a_request() {
 
 #[tokio::test]
 async fn a_stale_entry_is_revalidated_and_a_304_reuses_its_body() {
-    let server = MockServer::start().await;
-    Mock::given(header("if-none-match", "\"v1\""))
-        .respond_with(
-            ResponseTemplate::new(304)
-                .insert_header("etag", "\"v1\"")
-                .insert_header("cache-control", "max-age=60"),
-        )
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/report"))
-        .respond_with(ok("the report", "max-age=60").insert_header("etag", "\"v1\""))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = revalidating_server(
+        "/report",
+        ok("the report", "max-age=60"),
+        ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"),
+    )
+    .await;
     let client = cached(&server, Cache::in_memory(100)).build().unwrap();
     client.get("report").send().await.unwrap();
     pass_time(secs(61)).await;
@@ -748,21 +761,12 @@ async fn a_write_s_invalidation_holds_after_many_later_writes() {
 
 #[tokio::test]
 async fn a_304_with_no_store_answers_from_the_entry_and_drops_it() {
-    let server = MockServer::start().await;
-    Mock::given(header("if-none-match", "\"v1\""))
-        .respond_with(
-            ResponseTemplate::new(304)
-                .insert_header("etag", "\"v1\"")
-                .insert_header("cache-control", "no-store"),
-        )
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/doc"))
-        .respond_with(ok("the doc", "max-age=60").insert_header("etag", "\"v1\""))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = revalidating_server(
+        "/doc",
+        ok("the doc", "max-age=60"),
+        ResponseTemplate::new(304).insert_header("cache-control", "no-store"),
+    )
+    .await;
     let client = cached(&server, Cache::in_memory(100)).build().unwrap();
     client.get("doc").send().await.unwrap();
     pass_time(secs(61)).await;
@@ -783,21 +787,12 @@ async fn a_304_with_no_store_answers_from_the_entry_and_drops_it() {
 
 #[tokio::test]
 async fn a_304_that_is_not_public_drops_a_credentialed_entry() {
-    let server = MockServer::start().await;
-    Mock::given(header("if-none-match", "\"v1\""))
-        .respond_with(
-            ResponseTemplate::new(304)
-                .insert_header("etag", "\"v1\"")
-                .insert_header("cache-control", "private, max-age=60"),
-        )
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/me"))
-        .respond_with(ok("mine", "public, max-age=60").insert_header("etag", "\"v1\""))
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = revalidating_server(
+        "/me",
+        ok("mine", "public, max-age=60"),
+        ResponseTemplate::new(304).insert_header("cache-control", "private, max-age=60"),
+    )
+    .await;
     let client = cached(&server, Cache::in_memory(100))
         .bearer_auth("static-token")
         .build()
@@ -850,25 +845,12 @@ async fn a_304_after_a_redirect_answers_with_the_entry_s_body() {
 
 #[tokio::test]
 async fn a_304_without_age_makes_the_entry_fresh_for_its_full_max_age() {
-    let server = MockServer::start().await;
-    Mock::given(header("if-none-match", "\"v1\""))
-        .respond_with(
-            ResponseTemplate::new(304)
-                .insert_header("etag", "\"v1\"")
-                .insert_header("cache-control", "max-age=60"),
-        )
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/report"))
-        .respond_with(
-            ok("the report", "max-age=60")
-                .insert_header("etag", "\"v1\"")
-                .insert_header("age", "50"),
-        )
-        .with_priority(2)
-        .mount(&server)
-        .await;
+    let server = revalidating_server(
+        "/report",
+        ok("the report", "max-age=60").insert_header("age", "50"),
+        ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"),
+    )
+    .await;
     let client = cached(&server, Cache::in_memory(100)).build().unwrap();
     client.get("report").send().await.unwrap();
     pass_time(secs(11)).await; // 61 s old

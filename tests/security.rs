@@ -193,14 +193,9 @@ async fn accepting_invalid_certificates_is_explicit_and_warns() {
     assert!(text.contains("certificate verification is OFF"), "{text}");
 }
 
-/// A server that redirects `/start` to `target`.
+/// A server that redirects `/start` to `target` (302).
 async fn redirecting_to(target: &str) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(path("/start"))
-        .respond_with(ResponseTemplate::new(302).insert_header("location", target))
-        .mount(&server)
-        .await;
-    server
+    redirecting_with(302, target).await
 }
 
 #[tokio::test]

@@ -111,24 +111,6 @@ pub(crate) struct Pending {
     entry: Option<Arc<Entry>>,
     /// A background refresh: a failure answers no one.
     refresh: bool,
-    /// `304` is an answer to the call only because the cache allowed it
-    /// (for its validators); the caller did not.
-    not_modified_by_cache: bool,
-}
-
-impl Pending {
-    /// Says that the cache, not the caller, made `304` an answer to the
-    /// call (it added `304` to the call's allowed statuses).
-    pub(crate) fn allowed_not_modified(&mut self) {
-        self.not_modified_by_cache = true;
-    }
-
-    /// Whether a `304` answer to the call is one no one asked for: only the
-    /// cache allowed it, and there is no entry to answer with. The caller
-    /// gets it as the error it would be without the cache.
-    pub(crate) fn refuses_not_modified(&self) -> bool {
-        self.not_modified_by_cache && self.entry.is_none()
-    }
 }
 
 /// The one background refresh of an entry; released when dropped.
@@ -331,7 +313,6 @@ impl Store {
             credentialed,
             entry: None,
             refresh,
-            not_modified_by_cache: false,
         };
         let Some(entry) = entry else {
             return Lookup::Fetch(pending, HeaderMap::new());

@@ -3,10 +3,7 @@
 //! got, and asked again after the loop for a stale entry (stale-if-error).
 //! The rules are [`crate::cache`]'s.
 
-use std::time::SystemTime;
-
 use reqwest::StatusCode;
-use reqwest::header::RETRY_AFTER;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -14,7 +11,6 @@ use super::{Buffer, Call, CallContext, Finish, Got};
 use crate::cache::{Answer, Lookup, Outcome, Pending, RefreshClaim, Store};
 use crate::client::ApiClient;
 use crate::error::Error;
-use crate::retry::parse_retry_after;
 
 /// How a call uses the client's cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -64,14 +60,13 @@ impl ApiClient {
                 }
                 Before::Answer(Box::new((got(answer), Outcome::Stale)))
             }
-            Lookup::Fetch(mut pending, conditional) => {
+            Lookup::Fetch(pending, conditional) => {
                 if !conditional.is_empty() {
                     call.request.headers_mut().extend(conditional);
                     if !call.plan.allow.contains(&StatusCode::NOT_MODIFIED) {
                         let mut allow = std::mem::take(&mut call.plan.allow).into_vec();
                         allow.push(StatusCode::NOT_MODIFIED);
                         call.plan.allow = allow.into_boxed_slice();
-                        pending.allowed_not_modified();
                     }
                 }
                 Before::Fetch(Box::new(pending))
@@ -133,32 +128,6 @@ impl ApiClient {
         let (answer, outcome) = store.complete(pending, answer, redirected);
         record(store, outcome, ctx);
         self::got(answer)
-    }
-
-    /// An attempt's answer, before anything else reads it: a `304` that
-    /// only the cache allowed, with no entry to answer it, is the error it
-    /// would have been without the cache (the caller never sent a
-    /// conditional request).
-    pub(super) fn screen_not_modified(pending: &Pending, got: Got) -> Result<Got, Error> {
-        match got {
-            Got::Buffered {
-                status: StatusCode::NOT_MODIFIED,
-                headers,
-                body,
-                ..
-            } if pending.refuses_not_modified() => {
-                let retry_after = headers
-                    .get(RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                Err(Error::from_response(
-                    StatusCode::NOT_MODIFIED,
-                    headers,
-                    body,
-                    retry_after,
-                ))
-            }
-            got => Ok(got),
-        }
     }
 
     /// After the loop: a stale entry that may answer the failed call

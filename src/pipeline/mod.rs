@@ -768,13 +768,6 @@ impl ApiClient {
                         }
                         (outcome, permit, false, target)
                     };
-                    #[cfg(feature = "cache")]
-                    let outcome = match &cached {
-                        Some(pending) => {
-                            outcome.and_then(|got| Self::screen_not_modified(pending, got))
-                        }
-                        None => outcome,
-                    };
                     let now = Instant::now();
                     if let Some(adaptive) = inner.limits.adaptive()
                         && let Some(signal) = capacity_signal(
