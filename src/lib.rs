@@ -114,7 +114,8 @@
 //! 64 KiB by default; [`Error::body_json`] decodes it), `Retry-After`,
 //! the number of attempts, the elapsed time and the redacted URL. Its `Display`
 //! is one log line; secrets (Authorization, cookies, API-key headers, URL
-//! passwords and password-less user names, credential-like query values)
+//! passwords and password-less user names, credential-like query values,
+//! URL fragments)
 //! never appear in `Display`, `Debug` or tracing fields.
 //!
 //! # Retries, and why a budget

@@ -25,6 +25,7 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "auth",
         "pass",
         "pwd",
+        "jwt",
     ];
     const PARTS: &[&str] = &[
         "api-key",
@@ -38,6 +39,9 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "credential",
         "signature",
         "private",
+        // OAuth's client_assertion, SAML's assertion: bearer credentials.
+        "assertion",
+        "hmac",
     ];
     // Header names are lowercase already: allocate only for other input.
     let lower: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -72,8 +76,6 @@ pub(crate) fn mark_sensitive(name: &HeaderName, value: &mut HeaderValue) {
     }
 }
 
-/// A copy of `url` that is safe to print: no password, credential-looking
-/// query values replaced by `REDACTED`. Borrows when there is nothing to hide.
 /// URL text as given by the user, for `Debug`: redacted like [`url`], and not
 /// shown at all when it does not parse (it may still hold a password).
 pub(crate) fn raw_url(raw: &str) -> String {
@@ -91,15 +93,21 @@ pub(crate) fn record_target(span: &tracing::Span, target: &Url) {
     );
 }
 
+/// A copy of `url` that is safe to print: no password, no fragment,
+/// credential-looking query values replaced by `REDACTED`. Borrows when
+/// there is nothing to hide.
 pub(crate) fn url(url: &Url) -> Cow<'_, Url> {
     let secret_query = url.query_pairs().any(|(name, _)| is_sensitive_name(&name));
     // A user name without a password is often the credential itself (an API
     // key given as the URL's user).
     let lone_user = url.password().is_none() && !url.username().is_empty();
-    if url.password().is_none() && !lone_user && !secret_query {
+    // A fragment is never sent, and OAuth's implicit flow puts tokens in it.
+    let fragment = url.fragment().is_some();
+    if url.password().is_none() && !lone_user && !secret_query && !fragment {
         return Cow::Borrowed(url);
     }
     let mut clean = url.clone();
+    clean.set_fragment(None);
     // Both fail only for URLs that cannot have credentials (no host), which
     // have none.
     let _ = clean.set_password(None);
@@ -179,6 +187,19 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("text/plain"), "{shown}");
+    }
+
+    #[test]
+    fn fragments_and_assertions_are_never_printed() {
+        let raw = Url::parse(
+            "https://h.example/cb?page=2&jwt=S1&client_assertion=S2&x-hmac=S3#access_token=S4",
+        )
+        .unwrap();
+        let text = url(&raw).to_string();
+        for secret in ["S1", "S2", "S3", "S4"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("page=2"), "{text}");
     }
 
     #[test]

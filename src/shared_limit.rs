@@ -743,16 +743,21 @@ impl SharedLimiter {
     ) -> Option<redis::aio::MultiplexedConnection> {
         let inner = &*self.inner;
         let mut changes = inner.connected.subscribe();
-        {
+        let connect = {
             let mut conn = lock(&inner.conn);
             match &*conn {
                 Conn::Ready(c) => return Some(c.clone()),
-                Conn::Connecting => {}
+                Conn::Connecting => false,
                 Conn::Idle => {
                     *conn = Conn::Connecting;
-                    self.spawn_connect();
+                    true
                 }
             }
+        };
+        // Spawned with the lock released: a runtime shutting down drops the
+        // task at once, and its guard takes the lock.
+        if connect {
+            self.spawn_connect();
         }
         // Wait only for the first connection; a probe or a reconnection
         // after failures happens in the background.
@@ -989,6 +994,40 @@ mod tests {
         assert!(got.is_none());
         assert!(matches!(*lock(&limiter.inner.conn), Conn::Idle));
         assert_eq!(lock(&limiter.inner.health).failures, 1, "Redis was tried");
+    }
+
+    #[test]
+    fn a_call_on_a_runtime_shut_down_neither_hangs_nor_waits_for_good() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let store = RedisLimiter::new(format!("redis://127.0.0.1:{port}/"), "k");
+        let limit = RateLimit::per_second(100);
+        let limiter = SharedLimiter::new(&limit, &store, StoreFallback::Allow).unwrap();
+        // A runtime that has shut down drops a task spawned on it at once,
+        // on the spawning thread.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        let (done, finished) = std::sync::mpsc::channel();
+        let call = limiter.clone();
+        std::thread::spawn(move || {
+            let _entered = handle.enter();
+            let deadline = Deadline::after(Duration::from_secs(30));
+            let mut connecting = std::pin::pin!(call.connection(&deadline, Gate::Closed));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = connecting.as_mut().poll(&mut cx);
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the call deadlocked on its own connection lock");
+        // The dropped task left no `Connecting` behind to wait on.
+        assert!(matches!(*lock(&limiter.inner.conn), Conn::Idle));
     }
 
     #[test]
