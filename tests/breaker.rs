@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Sequence, capture_traces, fast_builder, received};
 use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState, ErrorKind, RetryPolicy, Url};
-use wiremock::matchers::any;
+use wiremock::matchers::{any, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 // Far longer than any run of calls; passed on the paused clock.
@@ -421,15 +421,40 @@ async fn opening_is_a_warn_event_and_closing_an_info_event() {
 }
 
 #[tokio::test]
-async fn a_calls_own_short_timeout_does_not_open_the_breaker_but_the_clients_does() {
+async fn a_short_deadline_does_not_open_the_breaker_while_the_endpoint_answers_others() {
     let server = MockServer::start().await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
         .mount(&server)
         .await;
-    // Calls in a hurry: their own 50 ms, shorter than the attempt timeout.
-    let hurried = client(&server, breaker());
+    Mock::given(path("/fast"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = client(&server, breaker());
+    // Each call in a hurry (its own 1 s, shorter than the attempt timeout)
+    // runs while the endpoint answers another call.
     for _ in 0..5 {
+        let hurried = client.get("slow").timeout(Duration::from_secs(1)).send();
+        let (hurried, answered) = tokio::join!(hurried, client.get("fast").send());
+        let err = hurried.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        answered.unwrap();
+    }
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_opens_the_breaker_for_calls_in_a_hurry_too() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    // The call's own deadline, shorter than the attempt timeout: the
+    // endpoint answers nobody while the attempts run.
+    let hurried = client(&server, breaker());
+    for _ in 0..3 {
         let err = hurried
             .get("x")
             .timeout(Duration::from_millis(50))
@@ -438,9 +463,9 @@ async fn a_calls_own_short_timeout_does_not_open_the_breaker_but_the_clients_doe
             .unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
     }
-    assert_eq!(hurried.circuit_state(), CircuitState::Closed);
+    assert_eq!(hurried.circuit_state(), CircuitState::Open);
 
-    // The same deadline set for the whole client: the endpoint is too slow.
+    // The same deadline set for the whole client.
     let strict = fast_builder(&server.uri())
         .no_retry()
         .total_timeout(Duration::from_millis(50))

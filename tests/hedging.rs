@@ -493,6 +493,38 @@ async fn a_hedge_its_signer_refuses_takes_no_rate_permit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn no_hedge_is_sent_when_its_signer_leaves_no_time() {
+    // A hedge's signer takes all that is left of the call's 1 s: due at
+    // 600 ms, it may take min(delay, time left) = 400 ms.
+    fn sign<'a>(req: &'a mut resilient_http::SignRequest<'_>) -> resilient_http::SignFuture<'a> {
+        let hedge = req.attempt() > 1;
+        Box::pin(async move {
+            if hedge {
+                tokio::time::sleep(ms(400)).await;
+            }
+            Ok(())
+        })
+    }
+    let server = Server::start(first_slow).await;
+    let client = builder(&server.url)
+        .hedging(Hedging::fixed(ms(600)))
+        .signer(sign)
+        .build()
+        .unwrap();
+
+    let err = client
+        .get("x")
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(client.stats().hedges, 0, "a hedge with no time was sent");
+    assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_attempts_release_their_permits_and_are_not_failures() {
     let server = Server::start(first_slow).await;
     // One failure would open this breaker; one call at a time.

@@ -133,10 +133,12 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 /// A failed attempt is one that ended `Retryable` or `Server`, with two
 /// exceptions that say nothing of the endpoint: a request it refused
 /// unprocessed (an HTTP/2 stream refused or cut by a `GOAWAY`), and an
-/// attempt cut by the deadline of a call that set its own
-/// [`timeout`](crate::RequestBuilder::timeout), shorter than the client's
-/// `attempt_timeout` (one code path in a hurry must not open the breaker for
-/// every caller; a client-wide `total_timeout` still counts).
+/// attempt cut by the call's deadline before the `attempt_timeout` (the
+/// call's own [`timeout`](crate::RequestBuilder::timeout), a client-wide
+/// `total_timeout`, or what waits left of them) while the endpoint answered
+/// another attempt. One code path in a hurry must not open the breaker for
+/// every caller; an endpoint that answers nobody while such attempts run
+/// (it hangs, or drops packets) counts their timeouts as failures.
 ///
 /// # What the default configuration promises
 ///
@@ -420,6 +422,8 @@ struct Machine {
     /// Whether `trip_at` holds this run's deadline.
     armed: bool,
     window: Window,
+    /// When the endpoint last answered (a success recorded).
+    answered: Option<Instant>,
 }
 
 /// A transition to report once the lock is released.
@@ -472,6 +476,12 @@ pub(crate) enum Verdict {
     Failure,
     /// The attempt proves nothing about the endpoint (it was never sent).
     Neutral,
+    /// The call's own deadline cut the attempt (started at `started`)
+    /// before the attempt timeout: a failure unless the endpoint answered
+    /// another attempt while this one ran. A short deadline against an
+    /// endpoint that answers others says nothing of it; against one that
+    /// answers nobody (it hangs, or drops packets) it is an outage.
+    Cut { started: Instant },
 }
 
 impl Verdict {
@@ -512,6 +522,7 @@ impl Breaker {
                 run_start: now,
                 armed: false,
                 window,
+                answered: None,
             }),
         }
     }
@@ -660,10 +671,20 @@ impl Breaker {
         }
         let transition = {
             let mut m = self.lock();
+            if verdict == Verdict::Success {
+                m.answered = Some(m.answered.map_or(now, |t| t.max(now)));
+            }
             if m.generation != permit.generation {
                 // A result from before the last state change says nothing now.
                 return;
             }
+            let verdict = match verdict {
+                Verdict::Cut { started } if m.answered.is_some_and(|t| t >= started) => {
+                    Verdict::Neutral
+                }
+                Verdict::Cut { .. } => Verdict::Failure,
+                v => v,
+            };
             match (m.state, verdict) {
                 (State::Closed, Verdict::Success) => self.counted(&mut m, now, false),
                 (State::Closed, Verdict::Failure) => self.counted(&mut m, now, true),
@@ -679,7 +700,7 @@ impl Breaker {
                     };
                     None
                 }
-                (State::Closed | State::Open { .. }, _) => None,
+                (State::Closed | State::Open { .. }, _) | (_, Verdict::Cut { .. }) => None,
             }
         };
         self.report(transition);
@@ -845,6 +866,38 @@ mod tests {
         assert_eq!(b.state(t0), CircuitState::Open);
         let wait = b.try_acquire(t0 + Duration::from_secs(4)).unwrap_err();
         assert_eq!(wait, Some(Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_cut_attempt_counts_only_when_the_endpoint_answered_nobody_meanwhile() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let b = Breaker::new("e", cfg());
+        // Another attempt answered while each cut one ran: nothing counts.
+        for k in 0..5 {
+            let cut = b.try_acquire(ms(k * 100)).unwrap();
+            b.try_acquire(ms(k * 100 + 10))
+                .unwrap()
+                .record(Verdict::Success, ms(k * 100 + 20));
+            let started = ms(k * 100);
+            cut.record(Verdict::Cut { started }, ms(k * 100 + 50));
+        }
+        assert_eq!(b.state(ms(500)), CircuitState::Closed);
+        // The last answer came before these started: an outage.
+        for k in 6..9 {
+            let started = ms(k * 100);
+            let cut = b.try_acquire(started).unwrap();
+            cut.record(Verdict::Cut { started }, ms(k * 100 + 50));
+        }
+        assert_eq!(b.state(ms(900)), CircuitState::Open);
+        // A probe the deadline cut with no answer meanwhile reopens it.
+        let later = ms(900) + Duration::from_secs(10);
+        let probe = b.try_acquire(later).unwrap();
+        probe.record(
+            Verdict::Cut { started: later },
+            later + Duration::from_millis(50),
+        );
+        assert_eq!(b.state(later), CircuitState::Open);
     }
 
     #[test]

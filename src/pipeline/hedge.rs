@@ -256,7 +256,7 @@ impl ApiClient {
                         }
                         Err(err) => {
                             if let Some(p) = flight.permit {
-                                p.record(verdict(&err, race.ctx.hurried), now);
+                                p.record(verdict(&err, flight.started), now);
                             }
                             attempt_failed(flight.number, &err);
                             if let Some(pause) = race.route.pause_of(flight.target) {
@@ -306,7 +306,8 @@ impl ApiClient {
 
     /// Sends hedge number `hedge`, if everything allows it now: attempts
     /// left, an endpoint that takes it at once (other than `avoid` when
-    /// possible), the retry budget, a token, the signer, a free rate permit
+    /// possible), the retry budget, a token, the signer, time left after
+    /// it, a free rate permit
     /// (last: it cannot be given back). `None` when any refuses: no hedge is
     /// sent and nothing is spent. (Only a cached token is used; the signer
     /// is awaited with the other attempts unpolled, so for at most the hedge
@@ -370,6 +371,14 @@ impl ApiClient {
             }
             guard = guard || redirect::would_leak(request.headers());
         }
+        // The signer may have taken what was left of the call's time.
+        let started = Instant::now();
+        let (limit, phase) = race
+            .deadline
+            .attempt_limit_at(started, inner.attempt_timeout);
+        if limit.is_zero() {
+            return None;
+        }
         if !inner.limits.try_rate() {
             tracing::debug!(target: "resilient_http::hedge", "no hedge: no rate permit free");
             return None;
@@ -385,10 +394,6 @@ impl ApiClient {
             delay_ms = u64::try_from(race.delay.as_millis()).unwrap_or(u64::MAX),
             "hedge sent"
         );
-        let started = Instant::now();
-        let (limit, phase) = race
-            .deadline
-            .attempt_limit_at(started, inner.attempt_timeout);
         Some(First {
             request,
             permit,

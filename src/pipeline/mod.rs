@@ -193,9 +193,6 @@ pub(crate) struct CallContext<'a> {
     read_timeout: Duration,
     /// The answer came from a hedge.
     hedged: bool,
-    /// The call set its own total timeout, shorter than the client's attempt
-    /// timeout: an attempt its deadline cut says nothing of the endpoint.
-    hurried: bool,
     /// The answer is a stale cache entry.
     #[cfg(feature = "cache")]
     stale: bool,
@@ -490,7 +487,6 @@ impl ApiClient {
                 placeholder: routed.is_some(),
                 read_timeout: inner.read_timeout,
                 hedged: false,
-                hurried: timeout.is_some_and(|t| t < inner.attempt_timeout),
                 #[cfg(feature = "cache")]
                 stale: false,
             };
@@ -807,7 +803,7 @@ impl ApiClient {
                         }
                         Err(err) => {
                             if let Some(p) = permit {
-                                p.record(verdict(&err, ctx.hurried), now);
+                                p.record(verdict(&err, started), now);
                             }
                             if !raced {
                                 attempt_failed(attempts, &err);
@@ -1186,17 +1182,19 @@ fn call_span(call: &Result<Call, Error>) -> tracing::Span {
 /// response cache).
 type Deferred<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 
-/// What a failed attempt says about its endpoint: the kind decides, except
-/// that a stream the server refused or dropped unprocessed (HTTP/2 flow
-/// control, a graceful shutdown) is not ill health, nor is the deadline of a
-/// `hurried` call (its own `timeout`, shorter than the client's attempt
-/// timeout) running out: one code path in a hurry must not open the breaker
-/// for every caller. A client-wide `total_timeout` still counts: a hanging
-/// endpoint must open it.
-fn verdict(err: &Error, hurried: bool) -> Verdict {
-    let own_deadline = hurried && err.timeout_phase() == Some(TimeoutPhase::Total);
-    if err.reason() == ErrorReason::Unprocessed || own_deadline {
+/// What a failed attempt (started at `started`) says about its endpoint:
+/// the kind decides, except that a stream the server refused or dropped
+/// unprocessed (HTTP/2 flow control, a graceful shutdown) is not ill health,
+/// and that an attempt the call's deadline cut (a total timeout: the call's
+/// own `timeout`, a client-wide `total_timeout`, or what waits left of
+/// them) counts only if the endpoint answered no other attempt meanwhile
+/// ([`Verdict::Cut`]): one code path in a hurry must not open the breaker
+/// for every caller, and an endpoint that hangs must open it.
+fn verdict(err: &Error, started: Instant) -> Verdict {
+    if err.reason() == ErrorReason::Unprocessed {
         Verdict::Neutral
+    } else if err.timeout_phase() == Some(TimeoutPhase::Total) {
+        Verdict::Cut { started }
     } else {
         Verdict::of(err.kind())
     }
