@@ -1284,6 +1284,37 @@ async fn upload_a_failing_source_fails_the_call_without_a_retry() {
 }
 
 #[tokio::test]
+async fn upload_a_failing_source_is_not_held_against_the_endpoint() {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let client = common::fast_builder(&server.uri())
+        .retry(common::fast_retry(3))
+        .circuit_breaker(
+            resilient_http::CircuitBreakerConfig::default()
+                .consecutive_failures(3)
+                .open_duration(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    // Callers whose own upload sources fail: nothing the endpoint did.
+    for _ in 0..5 {
+        let mut source = Source::new(8, 1024, Duration::from_millis(1));
+        source.fail_at = Some(3);
+        let err = client
+            .put("upload")
+            .body_stream(source, 64 * 1024)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(!err.is_circuit_open(), "{err}");
+    }
+    assert_eq!(client.circuit_state(), resilient_http::CircuitState::Closed);
+}
+
+#[tokio::test]
 async fn upload_a_post_without_a_key_is_not_retried_even_within_the_buffer() {
     let server = MockServer::start().await;
     Mock::given(any())

@@ -802,17 +802,25 @@ impl ApiClient {
                             return F::finish(got, attempts, elapsed, ctx, slot.take());
                         }
                         Err(err) => {
+                            // A streamed body past its replay buffer cannot be sent again.
+                            let replayable = replay.replayable();
+                            // The caller's own body source failed: nothing the
+                            // endpoint did.
+                            let own_body = matches!(replayable, Err(NoReplay::SourceFailed));
                             if let Some(p) = permit {
-                                p.record(verdict(&err, started), now);
+                                let verdict = if own_body {
+                                    Verdict::Neutral
+                                } else {
+                                    verdict(&err, started)
+                                };
+                                p.record(verdict, now);
                             }
                             if !raced {
                                 attempt_failed(attempts, &err);
-                                if let Some(pause) = route.pause_of(target) {
+                                if let Some(pause) = route.pause_of(target).filter(|_| !own_body) {
                                     self.pushback(pause, &err, &ctx.url, now);
                                 }
                             }
-                            // A streamed body past its replay buffer cannot be sent again.
-                            let replayable = replay.replayable();
                             if let (Some(auth), Some((_, generation))) = (auth, &credential)
                                 && err.status() == Some(StatusCode::UNAUTHORIZED)
                                 && !reauthorized
