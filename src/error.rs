@@ -639,6 +639,9 @@ struct Inner {
     headers: Option<HeaderMap>,
     /// Why the retries stopped before `max_attempts`, when a layer cut them.
     cut: Option<Cut>,
+    /// A redirect led the attempt to another origin, whose failure this is:
+    /// nothing the endpoint the attempt went to did.
+    elsewhere: bool,
 }
 
 /// Retries cut short by a layer other than the policy: how many attempts the
@@ -696,6 +699,7 @@ impl Error {
                 lossy: OnceLock::new(),
                 headers: None,
                 cut: None,
+                elsewhere: false,
             }),
         }
     }
@@ -839,6 +843,18 @@ impl Error {
         Self {
             inner: Box::new((*self.inner).clone()),
         }
+    }
+
+    /// Marks the failure as another origin's (`yes`): a redirect target's.
+    pub(crate) fn with_elsewhere(mut self, yes: bool) -> Self {
+        self.inner.elsewhere = yes;
+        self
+    }
+
+    /// Whether a redirect target on another origin failed, not the endpoint
+    /// the attempt went to.
+    pub(crate) fn is_from_elsewhere(&self) -> bool {
+        self.inner.elsewhere
     }
 
     /// Adds the call's context: method, URL (stored redacted), attempts, elapsed.

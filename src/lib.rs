@@ -147,7 +147,8 @@
 //! behind that promise are on [`CircuitBreakerConfig`].
 //!
 //! Server pushback is shared the same way: a 429 or 503 with `Retry-After`
-//! pauses its endpoint for every call until the time given (capped at
+//! pauses its endpoint (not the one a redirect came from, when another
+//! origin sent it) for every call until the time given (capped at
 //! [`RetryPolicy::max_retry_after`]); calls go to another endpoint, wait within
 //! their deadline, or fail at once ([`Error::is_server_pushback`] says why).
 //!

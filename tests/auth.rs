@@ -694,6 +694,35 @@ async fn the_token_is_not_carried_on_a_redirect_to_another_origin() {
 }
 
 #[tokio::test]
+async fn a_401_from_a_redirect_target_on_another_origin_keeps_the_token() {
+    // The target never got the token (it is not carried there): its 401
+    // says nothing of it, and must not make every call fetch a new one.
+    let other = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&other)
+        .await;
+    let origin = MockServer::start().await;
+    Mock::given(path("/start"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/landing", other.uri())),
+        )
+        .mount(&origin)
+        .await;
+    let provider = Numbered::new(None);
+    let client = client_with(&origin, provider.clone());
+
+    for _ in 0..3 {
+        let err = client.get("start").send().await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED), "{err}");
+    }
+
+    assert_eq!(provider.fetches(), 1);
+    assert_eq!(authorizations(&origin).await, ["Bearer t-1"; 3]);
+}
+
+#[tokio::test]
 async fn every_endpoint_of_an_endpoints_client_gets_the_token() {
     let (a, b) = (ok_server().await, ok_server().await);
     let provider = Numbered::new(None);

@@ -421,6 +421,41 @@ async fn opening_is_a_warn_event_and_closing_an_info_event() {
 }
 
 #[tokio::test]
+async fn a_redirect_targets_failures_are_not_held_against_the_endpoint() {
+    // Downloads redirected to a store on another origin, which is down.
+    let store = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "30"))
+        .mount(&store)
+        .await;
+    let api = MockServer::start().await;
+    Mock::given(path("/file"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", format!("{}/blob", store.uri())),
+        )
+        .mount(&api)
+        .await;
+    Mock::given(path("/health"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&api)
+        .await;
+    let client = client(&api, breaker());
+
+    for _ in 0..5 {
+        let err = client.get("file").send().await.unwrap_err();
+        assert_eq!(
+            err.status(),
+            Some(resilient_http::StatusCode::SERVICE_UNAVAILABLE),
+            "{err}"
+        );
+    }
+
+    // Neither the breaker nor a pushback pause stops calls to the API.
+    assert_eq!(client.circuit_state(), CircuitState::Closed);
+    client.get("health").send().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_short_deadline_does_not_open_the_breaker_while_the_endpoint_answers_others() {
     let server = MockServer::start().await;
     Mock::given(path("/slow"))

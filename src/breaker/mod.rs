@@ -130,9 +130,11 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 /// first attempt asked for after that is refused, even if the run reached its
 /// count earlier.
 ///
-/// A failed attempt is one that ended `Retryable` or `Server`, with two
+/// A failed attempt is one that ended `Retryable` or `Server`, with
 /// exceptions that say nothing of the endpoint: a request it refused
-/// unprocessed (an HTTP/2 stream refused or cut by a `GOAWAY`), and an
+/// unprocessed (an HTTP/2 stream refused or cut by a `GOAWAY`), the failure
+/// of another origin a redirect led to, the failure of the caller's own
+/// upload stream, and an
 /// attempt cut by the call's deadline before the `attempt_timeout` (the
 /// call's own [`timeout`](crate::RequestBuilder::timeout), a client-wide
 /// `total_timeout`, or what waits left of them) while the endpoint answered

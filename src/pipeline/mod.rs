@@ -49,7 +49,7 @@ use crate::fallback::FallbackChoice;
 use crate::hedge::{Hedging, LatencySketch};
 use crate::hook::{HookRequest, SignRequest};
 use crate::limit::Slot;
-use crate::origin::Origin;
+use crate::origin::{Origin, same_origin};
 use crate::pushback::Pause;
 use crate::redact;
 use crate::redirect;
@@ -821,8 +821,10 @@ impl ApiClient {
                                     self.pushback(pause, &err, &ctx.url, now);
                                 }
                             }
+                            // (A redirect target on another origin never got the token.)
                             if let (Some(auth), Some((_, generation))) = (auth, &credential)
                                 && err.status() == Some(StatusCode::UNAUTHORIZED)
+                                && !err.is_from_elsewhere()
                                 && !reauthorized
                             {
                                 // The token was refused: drop it (other calls must not
@@ -1008,10 +1010,12 @@ impl ApiClient {
     /// capped at `max_retry_after`. The call that got it is not delayed twice:
     /// its retry sleeps the same `Retry-After`, by which time the pause is over.
     fn pushback(&self, pause: &Pause, err: &Error, url: &Url, now: Instant) {
-        let pushed = matches!(
-            err.status(),
-            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-        );
+        // Another origin's pushback (a redirect target's) is not the endpoint's.
+        let pushed = !err.is_from_elsewhere()
+            && matches!(
+                err.status(),
+                Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+            );
         let Some(after) = err.retry_after().filter(|_| pushed) else {
             return;
         };
@@ -1119,7 +1123,10 @@ impl ApiClient {
     ) -> impl Future<Output = Result<Got, Error>> + Send + 'a {
         let sent = within_read_timeout(idle, http.execute(request));
         async move {
-            let mut resp = sent.await?.map_err(Error::transport)?;
+            let mut resp = sent.await?.map_err(|e| {
+                let off = e.url().is_some_and(|u| !same_origin(u, sent_to.borrow()));
+                Error::transport(e).with_elsewhere(off)
+            })?;
             redact::mark_response_secrets(resp.headers_mut());
             let status = resp.status();
             if status.is_success() || allow.contains(&status) {
@@ -1139,6 +1146,9 @@ impl ApiClient {
                     url,
                 });
             }
+            // What another origin a redirect led to did is not held against
+            // the endpoint (see `Error::is_from_elsewhere`).
+            let off = !same_origin(resp.url(), sent_to.borrow());
             let headers = std::mem::take(resp.headers_mut());
             let retry_after = headers
                 .get(RETRY_AFTER)
@@ -1146,12 +1156,10 @@ impl ApiClient {
             // Keep a bounded prefix for `body_text` and `body_json`; a broken
             // body does not hide the status.
             let body = read_prefix(resp, self.inner.max_error_body_bytes, idle).await;
-            Err(Error::from_response(
-                status,
-                headers,
-                Bytes::from(body),
-                retry_after,
-            ))
+            Err(
+                Error::from_response(status, headers, Bytes::from(body), retry_after)
+                    .with_elsewhere(off),
+            )
         }
     }
 }
@@ -1193,13 +1201,14 @@ type Deferred<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 /// What a failed attempt (started at `started`) says about its endpoint:
 /// the kind decides, except that a stream the server refused or dropped
 /// unprocessed (HTTP/2 flow control, a graceful shutdown) is not ill health,
-/// and that an attempt the call's deadline cut (a total timeout: the call's
+/// nor is the failure of another origin a redirect led to, and that an
+/// attempt the call's deadline cut (a total timeout: the call's
 /// own `timeout`, a client-wide `total_timeout`, or what waits left of
 /// them) counts only if the endpoint answered no other attempt meanwhile
 /// ([`Verdict::Cut`]): one code path in a hurry must not open the breaker
 /// for every caller, and an endpoint that hangs must open it.
 fn verdict(err: &Error, started: Instant) -> Verdict {
-    if err.reason() == ErrorReason::Unprocessed {
+    if err.reason() == ErrorReason::Unprocessed || err.is_from_elsewhere() {
         Verdict::Neutral
     } else if err.timeout_phase() == Some(TimeoutPhase::Total) {
         Verdict::Cut { started }
