@@ -174,8 +174,9 @@ pub(crate) enum Signal {
     /// Answered in this time.
     Rtt(Duration),
     /// A timeout (the call's own deadline only past twice the usual answer
-    /// time), a 503 or a 429: the dependency is past its capacity.
-    Drop,
+    /// time), a 503 or a 429, after the attempt ran this long: the
+    /// dependency is past its capacity.
+    Drop(Duration),
 }
 
 impl Vegas {
@@ -185,10 +186,15 @@ impl Vegas {
         let log = limit.max(1.0).log10().max(0.5);
         let next = match signal {
             // One cut per round trip: the drops of one burst are one signal.
-            Signal::Drop if self.hold_until.is_some_and(|t| now < t) => limit,
-            Signal::Drop => {
-                let rtt = Duration::from_secs_f64(self.rtt_avg.unwrap_or(0.0).clamp(0.0, 60.0));
-                self.hold_until = Some(now + rtt);
+            Signal::Drop(_) if self.hold_until.is_some_and(|t| now < t) => limit,
+            Signal::Drop(took) => {
+                // Before any answer, the dropped attempt's own time stands
+                // for the round trip.
+                let rtt = self
+                    .rtt_avg
+                    .map_or(took, |avg| Duration::from_secs_f64(avg.clamp(0.0, 60.0)))
+                    .min(Duration::from_secs(60));
+                self.hold_until = now.checked_add(rtt);
                 limit * 0.9
             }
             Signal::Rtt(rtt) => {
@@ -365,21 +371,28 @@ mod tests {
     #[test]
     fn drops_cut_the_limit_by_a_tenth_down_to_the_floor() {
         let (a, now) = vegas(20);
-        a.observe(Signal::Drop, now);
+        a.observe(Signal::Drop(ms(0)), now);
         assert_eq!(a.limit(), 18);
         for k in 1..100 {
-            a.observe(Signal::Drop, now + ms(k));
+            a.observe(Signal::Drop(ms(0)), now + ms(k));
         }
         assert_eq!(a.limit(), 4);
+        // Before any answer, the dropped attempts' own time is the round
+        // trip: a burst of drops at once cuts once.
+        let (a, now) = vegas(20);
+        for k in 0..10 {
+            a.observe(Signal::Drop(ms(30)), now + ms(k));
+        }
+        assert_eq!(a.limit(), 18);
         // The drops of one round trip cut once.
         let (a, now) = vegas(20);
         a.in_flight.store(20, Ordering::Relaxed);
         a.observe(Signal::Rtt(ms(50)), now);
         for k in 0..10 {
-            a.observe(Signal::Drop, now + ms(k));
+            a.observe(Signal::Drop(ms(0)), now + ms(k));
         }
         assert_eq!(a.limit(), 18);
-        a.observe(Signal::Drop, now + ms(60));
+        a.observe(Signal::Drop(ms(0)), now + ms(60));
         assert_eq!(a.limit(), 16);
     }
 
@@ -493,7 +506,7 @@ mod tests {
             held.push(a.acquire(&d).await.unwrap().0);
         }
         for _ in 0..20 {
-            a.observe(Signal::Drop, Instant::now());
+            a.observe(Signal::Drop(Duration::ZERO), Instant::now());
         }
         assert_eq!(a.limit(), 1);
         held.clear();

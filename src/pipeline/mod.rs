@@ -1243,10 +1243,12 @@ fn capacity_signal(
 ) -> Option<Signal> {
     match outcome {
         Ok(_) => Some(Signal::Rtt(took)),
+        // Another origin's (a redirect target's) says nothing of this one.
+        Err(err) if err.is_from_elsewhere() => None,
         Err(err) if err.is_timeout() => {
             let in_a_hurry = err.timeout_phase() == Some(TimeoutPhase::Total)
                 && typical.is_some_and(|t| took < t.saturating_mul(2));
-            (!in_a_hurry).then_some(Signal::Drop)
+            (!in_a_hurry).then_some(Signal::Drop(took))
         }
         Err(err)
             if matches!(
@@ -1254,7 +1256,7 @@ fn capacity_signal(
                 Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
             ) =>
         {
-            Some(Signal::Drop)
+            Some(Signal::Drop(took))
         }
         Err(_) => None,
     }
