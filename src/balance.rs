@@ -318,14 +318,15 @@ impl Instance {
 
     /// The URL for `path` (relative, as given to the request) on this
     /// endpoint under the path rules (`crate::path`), with the query the
-    /// request was built with.
+    /// request was built with. It always has the endpoint's origin, even
+    /// when `allow_escape`: the call carries the client's credentials.
     pub(crate) fn url_for(
         &self,
         path: &str,
         query: Option<&str>,
         allow_escape: bool,
     ) -> Result<Url, Error> {
-        let mut url = crate::path::join(&self.base, path, allow_escape)?;
+        let mut url = crate::path::join_on_endpoint(&self.base, path, allow_escape)?;
         url.set_query(query);
         Ok(url)
     }

@@ -748,6 +748,15 @@ impl ApiClientBuilder {
     /// text from outside. Control characters and `#` stay refused. The rules
     /// are listed at [`ApiClient::request`].
     ///
+    /// On a client with [endpoints](Self::endpoints) or a
+    /// [resolver](Self::resolver), an escape stays on the origin of the
+    /// endpoint each attempt goes to: `..` may climb there, but a path that
+    /// would reach another origin (`//host/x`, or `https:host/x` from an
+    /// `http` endpoint) is a [`Config`](crate::ErrorKind::Config) error and
+    /// nothing is sent, since the client's token and credential-like default
+    /// headers go to its endpoints. Call another host with a full
+    /// `scheme://` URL.
+    ///
     /// # Examples
     ///
     /// ```
