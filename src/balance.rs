@@ -79,8 +79,10 @@ pub enum LoadBalance {
 /// Converts from `&str`, `String` and [`Url`], so
 /// [`endpoints`](crate::ApiClientBuilder::endpoints) takes plain URLs too.
 /// The URL is checked when the client is built (or, from a resolver, when the
-/// set is applied): it must be `http` or `https` with a host; a missing
-/// trailing `/` is added, as for `base_url`.
+/// set is applied) as a [`base_url`](crate::ApiClientBuilder::base_url) is:
+/// `http` or `https` with a host, no query or fragment, and a missing
+/// trailing `/` added. A resolver's endpoint that fails the check is skipped
+/// with a WARN.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     url: String,
