@@ -79,8 +79,10 @@ pub enum LoadBalance {
 /// Converts from `&str`, `String` and [`Url`], so
 /// [`endpoints`](crate::ApiClientBuilder::endpoints) takes plain URLs too.
 /// The URL is checked when the client is built (or, from a resolver, when the
-/// set is applied): it must be `http` or `https` with a host; a missing
-/// trailing `/` is added, as for `base_url`.
+/// set is applied) as a [`base_url`](crate::ApiClientBuilder::base_url) is:
+/// `http` or `https` with a host, no query or fragment, and a missing
+/// trailing `/` added. A resolver's endpoint that fails the check is skipped
+/// with a WARN.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     url: String,
@@ -318,14 +320,15 @@ impl Instance {
 
     /// The URL for `path` (relative, as given to the request) on this
     /// endpoint under the path rules (`crate::path`), with the query the
-    /// request was built with.
+    /// request was built with. It always has the endpoint's origin, even
+    /// when `allow_escape`: the call carries the client's credentials.
     pub(crate) fn url_for(
         &self,
         path: &str,
         query: Option<&str>,
         allow_escape: bool,
     ) -> Result<Url, Error> {
-        let mut url = crate::path::join(&self.base, path, allow_escape)?;
+        let mut url = crate::path::join_on_endpoint(&self.base, path, allow_escape)?;
         url.set_query(query);
         Ok(url)
     }

@@ -230,6 +230,12 @@ impl ApiClientBuilder {
     /// [`ApiClient::request`] for the rules.
     /// Without a base URL every request needs an absolute URL. Credential-like
     /// default headers are only sent to the base URL's origin.
+    ///
+    /// A query or a fragment in the URL (`http://h/v1/?k=1`) is a
+    /// [`Config`](crate::ErrorKind::Config) error from [`build`](Self::build):
+    /// joining a path drops them, so they would silently be missing from
+    /// every request but the one to the base itself. Put a query on each
+    /// request with [`RequestBuilder::query`](crate::RequestBuilder::query).
     pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
         self.base_url = Some(url.as_ref().to_owned());
         self
@@ -242,7 +248,8 @@ impl ApiClientBuilder {
     /// spread; an endpoint whose circuit breaker is open is skipped while
     /// others can take the attempt, and a retry goes to another endpoint when
     /// one is available. Setting both `base_url` and endpoints is a `Config`
-    /// error.
+    /// error, and so is an endpoint URL with a query or a fragment, as for
+    /// [`base_url`](Self::base_url).
     ///
     /// Credential-like default headers go to every endpoint. A request to an
     /// absolute URL goes where it says, not through the balancer.
@@ -748,6 +755,15 @@ impl ApiClientBuilder {
     /// text from outside. Control characters and `#` stay refused. The rules
     /// are listed at [`ApiClient::request`].
     ///
+    /// On a client with [endpoints](Self::endpoints) or a
+    /// [resolver](Self::resolver), an escape stays on the origin of the
+    /// endpoint each attempt goes to: `..` may climb there, but a path that
+    /// would reach another origin (`//host/x`, or `https:host/x` from an
+    /// `http` endpoint) is a [`Config`](crate::ErrorKind::Config) error and
+    /// nothing is sent, since the client's token and credential-like default
+    /// headers go to its endpoints. Call another host with a full
+    /// `scheme://` URL.
+    ///
     /// # Examples
     ///
     /// ```
@@ -982,8 +998,9 @@ impl ApiClientBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for the first invalid
-    /// input: a URL that is not `http`/`https`, an invalid header, a zero
-    /// timeout, `max_attempts(0)`, `max_concurrency(0)`, a budget ratio or
+    /// input: a URL that is not `http`/`https`, a base URL or endpoint with
+    /// a query or a fragment, an invalid header, a zero timeout,
+    /// `max_attempts(0)`, `max_concurrency(0)`, a budget ratio or
     /// failure-rate threshold outside `0.0..=1.0`, `min_calls > window`, a zero
     /// window, a rate of 0, an invalid PEM certificate or key, a
     /// `tls_server_name` that cannot be honoured, an invalid proxy URL, or a

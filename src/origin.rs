@@ -15,8 +15,10 @@ use url::Url;
 use crate::error::Error;
 
 /// Parses a base URL (`what` names the option in errors): `http` or `https`
-/// with a host. A missing trailing `/` is added, so relative paths are joined
-/// under the base path rather than replacing its last segment.
+/// with a host, and no query or fragment (joining a path drops them, so they
+/// would be lost on every request but one). A missing trailing `/` is added,
+/// so relative paths are joined under the base path rather than replacing its
+/// last segment.
 pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
     let mut url =
         Url::parse(raw).map_err(|e| Error::config(format!("invalid {what}")).with_source(e))?;
@@ -33,6 +35,12 @@ pub(crate) fn parse_base(raw: &str, what: &'static str) -> Result<Url, Error> {
     }
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
         return Err(Error::config(format!("{what} must have a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::config(format!(
+            "{what} must not have a query or a fragment, which request paths would drop: \
+             set a query on each request with RequestBuilder::query"
+        )));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
@@ -192,5 +200,19 @@ mod tests {
         assert_eq!(base.as_str(), "http://a.example/api/");
         assert!(parse_base("ftp://a.example/", "base_url").is_err());
         assert!(parse_base("mailto:x@a.example", "base_url").is_err());
+    }
+
+    #[test]
+    fn a_base_with_a_query_or_fragment_is_refused() {
+        for raw in [
+            "http://a.example/api/?k=1",
+            "http://a.example/api?k=1",
+            "http://a.example/api/?",
+            "http://a.example/api/#frag",
+            "http://a.example/api#",
+        ] {
+            let err = parse_base(raw, "base_url").unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config, "{raw:?}");
+        }
     }
 }

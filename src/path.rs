@@ -25,6 +25,12 @@
 //! base's origin and, for a path without a leading `/`, start with the base's
 //! path.
 //!
+//! On an endpoint ([`join_on_endpoint`]) the origin check holds even with
+//! `allow_path_escape`: the client's token and credential-like default
+//! headers go to its endpoints, so a path that would take them to another
+//! origin (`//host/x`, `https:host/x` from an `http` endpoint) is refused;
+//! `..` may still climb within the endpoint's origin.
+//!
 //! A `?` starts the query, so a path may carry one (`users?page=2`). Text from
 //! outside (an id, a name) belongs in [`Segments`], which percent-encodes
 //! `/`, `?`, `#`, `%` and every other character outside RFC 3986's unreserved
@@ -231,6 +237,8 @@ pub(crate) enum Refusal {
     Dot,
     /// The joined URL leaves the base's origin or path.
     Outside,
+    /// The joined URL leaves an endpoint's origin, which no opt-in allows.
+    OtherOrigin,
     /// The URL parser refused it.
     Invalid(url::ParseError),
 }
@@ -272,6 +280,10 @@ impl Refusal {
                 "request path resolves outside the base URL's path \
                  (opt in with allow_path_escape)"
             }
+            Self::OtherOrigin => {
+                "request path leaves the endpoint's origin, which allow_path_escape never \
+                 allows on a client with endpoints (call a full `scheme://` URL instead)"
+            }
             Self::Invalid(_) => "invalid request URL",
         })
     }
@@ -296,6 +308,27 @@ impl From<Refusal> for Error {
 /// `Config`, naming the rule that refused the path.
 pub(crate) fn join(base: &Url, path: &str, allow_escape: bool) -> Result<Url, Error> {
     resolve(base, path, allow_escape).map_err(Error::from)
+}
+
+/// The URL for `path` on an endpoint's URL `base`: [`join`], and the joined
+/// URL must keep `base`'s origin even when `allow_escape` lifts the other
+/// rules, since a routed call carries the client's credentials.
+///
+/// # Errors
+///
+/// `Config`, naming the rule that refused the path.
+pub(crate) fn join_on_endpoint(base: &Url, path: &str, allow_escape: bool) -> Result<Url, Error> {
+    resolve_on_endpoint(base, path, allow_escape).map_err(Error::from)
+}
+
+/// [`join_on_endpoint`] with the reason for a refusal.
+fn resolve_on_endpoint(base: &Url, path: &str, allow_escape: bool) -> Result<Url, Refusal> {
+    let url = resolve(base, path, allow_escape)?;
+    if crate::origin::same_origin(&url, base) {
+        Ok(url)
+    } else {
+        Err(Refusal::OtherOrigin)
+    }
 }
 
 /// `path` as an absolute URL, for a client without a base URL.
@@ -570,6 +603,27 @@ mod tests {
         }
         assert_eq!(resolve(&base, "a#b", true), Err(Refusal::Fragment));
         assert_eq!(resolve(&base, "a\tb", true), Err(Refusal::Control));
+    }
+
+    #[test]
+    fn on_an_endpoint_no_opt_in_leaves_its_origin() {
+        let base = base();
+        for path in ["../admin", "http:foo", "/root", "a\\..\\b"] {
+            let url = resolve_on_endpoint(&base, path, true);
+            assert_eq!(url, Ok(base.join(path).unwrap()), "{path:?}");
+        }
+        for path in [
+            "//evil.example/x",
+            "\\\\evil.example/x",
+            "https:evil.example/x",
+            "http://evil.example/x",
+            "//h:8081/x",
+        ] {
+            let refused = resolve_on_endpoint(&base, path, true);
+            assert_eq!(refused, Err(Refusal::OtherOrigin), "{path:?}");
+        }
+        let err = join_on_endpoint(&base, "//evil.example/x", true).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
     }
 
     #[test]

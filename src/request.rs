@@ -664,7 +664,9 @@ impl RequestBuilder {
     /// Whether this request's path may leave the base URL's path (a `..`
     /// segment, `//host`, a `\`...), overriding the client's
     /// [`allow_path_escape`](crate::ApiClientBuilder::allow_path_escape)
-    /// (default `false`). See [`ApiClient::request`] for the path rules.
+    /// (default `false`). See [`ApiClient::request`] for the path rules, and
+    /// the [client option](crate::ApiClientBuilder::allow_path_escape) for
+    /// what an escape may reach on a client with endpoints.
     ///
     /// # Examples
     ///
@@ -760,6 +762,8 @@ impl RequestBuilder {
         let own_auth = request
             .headers()
             .contains_key(reqwest::header::AUTHORIZATION);
+        // A routed call is sent only on its endpoint's origin: an escaped path
+        // that would leave it is refused per attempt (`Instance::url_for`).
         let foreign = client.apply_default_headers(&mut request, routed.is_some() || on_base);
         // The token goes only to the client's own endpoints, and not over a
         // request's own Authorization header.

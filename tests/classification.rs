@@ -234,6 +234,23 @@ fn non_http_base_urls_are_config_errors_from_build() {
     }
 }
 
+#[test]
+fn a_query_or_fragment_in_a_base_url_or_endpoint_is_a_config_error_from_build() {
+    for base in ["http://127.0.0.1:1/v1/?k=1", "http://127.0.0.1:1/v1/#frag"] {
+        let err = ApiClient::builder().base_url(base).build().unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::Config, "{base:?}");
+    }
+    for endpoint in ["http://127.0.0.1:1/v1/#frag", "http://127.0.0.1:1/v1/?k=1"] {
+        let err = ApiClient::builder()
+            .endpoints(["http://127.0.0.1:2/v1/", endpoint])
+            .build()
+            .unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::Config, "{endpoint:?}");
+    }
+}
+
 #[tokio::test]
 async fn non_http_request_url_is_a_config_error_from_send() {
     let server = MockServer::start().await;

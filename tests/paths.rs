@@ -17,7 +17,7 @@ use std::fmt::Debug;
 use common::{fast_builder, received};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use resilient_http::{ApiClient, ApiClientConfig, Error, ErrorKind, Method, Segments, Url};
+use resilient_http::{ApiClient, ApiClientConfig, Error, ErrorKind, Method, Segments, Token, Url};
 use wiremock::matchers::{any as any_request, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -355,6 +355,51 @@ async fn endpoint_clients_escape_only_when_asked() {
 
     assert_eq!((refused.kind(), refused.attempts()), (ErrorKind::Config, 0));
     assert_eq!(targets(&server).await, ["/admin", "/root"]);
+}
+
+#[tokio::test]
+async fn an_escaped_path_never_takes_an_endpoint_clients_credentials_to_another_origin() {
+    let (server, _) = setup().await;
+    let other = MockServer::start().await;
+    Mock::given(any_request())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&other)
+        .await;
+    let builder = || {
+        ApiClient::builder()
+            .endpoints([format!("{}/v1/", server.uri())])
+            .token_provider(|| async { Ok(Token::new("t0ken")) })
+            .default_header("x-api-key", "k3y")
+    };
+    let client = builder().build().unwrap();
+    let opted = builder().allow_path_escape(true).build().unwrap();
+    let port = other.address().port();
+
+    let per_request = client
+        .get(format!("//127.0.0.1:{port}/x"))
+        .allow_path_escape(true)
+        .send()
+        .await;
+    assert_refused(per_request, &other).await;
+    for path in [
+        format!("//127.0.0.1:{port}/x"),
+        format!("https:127.0.0.1:{port}/x"),
+    ] {
+        assert_refused(opted.get(&path).send().await, &other).await;
+    }
+    // Within the endpoint's origin an escape still goes, credentials and all.
+    opted.get("../v2/users").send().await.unwrap();
+
+    assert_eq!(
+        received(&other).await,
+        0,
+        "nothing may reach the other host"
+    );
+    let seen = server.received_requests().await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].url.path(), "/v2/users");
+    assert!(seen[0].headers.contains_key("authorization"));
+    assert!(seen[0].headers.contains_key("x-api-key"));
 }
 
 // ---------------------------------------------------------------------------
