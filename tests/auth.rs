@@ -985,6 +985,65 @@ async fn oauth2_expires_in_sets_the_token_lifetime() {
 }
 
 #[tokio::test]
+async fn oauth2_expires_in_sent_as_a_string_is_read_as_seconds() {
+    let auth = token_endpoint(token_answer(json!({
+        "access_token": "at-1",
+        "token_type": "Bearer",
+        "expires_in": "3599"
+    })))
+    .await;
+    let api = ok_server().await;
+    let provider = OAuth2ClientCredentials::new(token_url(&auth), CLIENT_ID, CLIENT_SECRET);
+    let client = fast_builder(&api.uri())
+        .token_provider(OAuth2ClientCredentials::new(
+            token_url(&auth),
+            CLIENT_ID,
+            CLIENT_SECRET,
+        ))
+        .build()
+        .unwrap();
+
+    client.get("x").send().await.unwrap();
+    let token = provider.token().await.unwrap();
+
+    assert_eq!(authorizations(&api).await, ["Bearer at-1"]);
+    assert_eq!(token.lifetime(), Some(Duration::from_secs(3599)));
+}
+
+#[tokio::test]
+async fn oauth2_expires_in_is_read_leniently_and_an_unreadable_one_counts_as_absent() {
+    for (expires_in, lifetime) in [
+        (json!(3600), Some(3600)),
+        (json!(" 120 "), Some(120)),
+        (json!(3599.9), Some(3599)),
+        (json!("59.5"), Some(59)),
+        (json!(-5), None),
+        (json!("-5"), None),
+        (json!("soon"), None),
+        (json!(""), None),
+        (json!(null), None),
+        (json!(true), None),
+        (json!({"seconds": 60}), None),
+    ] {
+        let auth = token_endpoint(token_answer(json!({
+            "access_token": "at-1",
+            "token_type": "Bearer",
+            "expires_in": expires_in
+        })))
+        .await;
+        let provider = OAuth2ClientCredentials::new(token_url(&auth), CLIENT_ID, CLIENT_SECRET);
+
+        let token = provider.token().await.unwrap();
+
+        assert_eq!(
+            token.lifetime(),
+            lifetime.map(Duration::from_secs),
+            "expires_in {expires_in}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn oauth2_answers_that_are_not_bearer_tokens_fail_the_call_before_sending() {
     for (case, answer) in [
         (
