@@ -622,6 +622,66 @@ async fn a_provider_that_never_answers_fails_the_call_at_its_deadline() {
     assert_eq!(received(&server).await, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_hung_token_fetch_is_cut_at_the_attempt_timeout_and_holds_up_no_other_call() {
+    // The first fetch never answers, the later ones do. The call that makes
+    // it has no deadline to speak of (as an event stream); a second call
+    // waits for that fetch. fast_builder's attempt_timeout: 2 s.
+    let bound = Duration::from_secs(2);
+    let server = ok_server().await;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(Notify::new());
+    let (counted, started) = (Arc::clone(&fetches), Arc::clone(&entered));
+    let client = fast_builder(&server.uri())
+        .token_provider(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            started.notify_one();
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Token::new(format!("t-{n}")))
+            }
+        })
+        .build()
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let timed = |timeout: Duration| {
+        let call = client.get("x").timeout(timeout).send();
+        tokio::spawn(async move { (call.await, start.elapsed()) })
+    };
+
+    let endless = timed(Duration::MAX);
+    tokio::time::timeout(PROMPT, entered.notified())
+        .await
+        .expect("the first token fetch started");
+    let waiting = timed(Duration::from_secs(60));
+    let ((endless, endless_took), (waiting, waiting_took)) =
+        tokio::time::timeout(Duration::from_secs(10), async {
+            (endless.await.unwrap(), waiting.await.unwrap())
+        })
+        .await
+        .expect("no call is held up behind the hung fetch");
+
+    let endless = endless.unwrap_err();
+    assert_eq!(endless.kind(), ErrorKind::Rejected, "{endless:?}");
+    assert_eq!(endless.attempts(), 0);
+    assert!(
+        endless_took >= bound && endless_took < bound + PROMPT,
+        "{endless_took:?}"
+    );
+    let waiting = waiting.unwrap_err();
+    assert_eq!(waiting.kind(), ErrorKind::Rejected, "{waiting:?}");
+    assert!(waiting_took < bound + PROMPT, "{waiting_took:?}");
+    assert_eq!(received(&server).await, 0);
+
+    // The fetch lock was let go: the next call asks the provider again.
+    tokio::time::resume();
+    client.get("x").send().await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(authorizations(&server).await, ["Bearer t-2"]);
+}
+
 // -------------------------------------------------- where the token does not go
 
 #[tokio::test]
