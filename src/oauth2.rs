@@ -24,10 +24,12 @@ use crate::error::BoxError;
 /// make the [`Token`]. `expires_in` is read leniently: an integer, a numeric
 /// string (`"3599"`, as Azure AD v1 sends it) or a float (truncated) are
 /// seconds; without it, or with anything else there, the token has no set
-/// lifetime and is used until a `401` refuses it. The token endpoint is called through a client of its
-/// own (5 s per attempt, 15 s in all, retried on transient failures), or
-/// through one you configure, with [`client`](Self::client). The secret never
-/// appears in `Debug`, errors or logs.
+/// lifetime and is used until a `401` refuses it.
+///
+/// The token endpoint is called through a client of its own (its settings
+/// are under [`new`](Self::new)), or through one you configure, with
+/// [`client`](Self::client). The secret never appears in `Debug`, errors or
+/// logs.
 ///
 /// # Examples
 ///
@@ -66,6 +68,16 @@ impl fmt::Debug for OAuth2ClientCredentials {
 
 impl OAuth2ClientCredentials {
     /// A provider for `client_id` and `client_secret` at `token_url`.
+    ///
+    /// The token endpoint is called through a client of its own: 5 s per
+    /// attempt, 15 s in all, retried on transient failures, with the
+    /// platform's TLS roots, no client certificate and the environment's
+    /// proxies. It shares none of the settings of the
+    /// client the tokens are for (its `tls_root_certificate_pem`,
+    /// `tls_identity_pem`, `proxy`...). For a token endpoint behind a private
+    /// CA, asking for a client certificate, or reached through a proxy of
+    /// your own, build an [`ApiClient`] with those settings and pass it with
+    /// [`client`](Self::client).
     pub fn new(
         token_url: impl Into<String>,
         client_id: impl Into<String>,
