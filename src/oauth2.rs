@@ -249,7 +249,7 @@ where
     // and non-finite values are screened first.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn whole(secs: f64) -> Option<u64> {
-        (secs.is_finite() && secs >= 0.0).then(|| secs as u64)
+        (secs.is_finite() && secs >= 0.0).then_some(secs as u64)
     }
     Ok(match Option::<Seconds>::deserialize(deserializer)? {
         Some(Seconds::Whole(secs)) => Some(secs),
