@@ -94,6 +94,19 @@ pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, BoxError>> 
 /// rewrites. The client caches the token; the provider is asked only when the
 /// cached one is missing, about to expire, or was refused with a `401`.
 ///
+/// One call at a time fetches; the others keep using the still valid token,
+/// or wait for that fetch when there is none. Each fetch is cut after the
+/// client's [`attempt_timeout`](crate::ApiClientBuilder::attempt_timeout), or
+/// sooner at the deadline of the call that makes it: even a call without a
+/// deadline of its own (an event stream from
+/// [`send_events`](crate::RequestBuilder::send_events)) cannot keep the
+/// others waiting behind a provider that hangs. A fetch cut that way has
+/// failed, like one whose provider returned an error: a refresh ahead of
+/// expiry keeps the still valid token; without one, the call that fetched and
+/// the calls waiting for that fetch fail with
+/// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected), and the next call asks
+/// the provider again.
+///
 /// Closures returning a future implement it.
 ///
 /// # Examples
@@ -140,6 +153,9 @@ struct Cached {
 /// The client's token: cached, refreshed by one call at a time.
 pub(crate) struct TokenCache {
     provider: Arc<dyn TokenProvider>,
+    /// The limit on one fetch, whatever the deadline of the call that makes
+    /// it (the client's `attempt_timeout`).
+    fetch_timeout: Duration,
     current: RwLock<Option<Cached>>,
     /// Held by the one call fetching a token.
     fetching: tokio::sync::Mutex<()>,
@@ -165,9 +181,12 @@ impl fmt::Debug for TokenCache {
 pub(crate) type Credential = (HeaderValue, u64);
 
 impl TokenCache {
-    pub(crate) fn new(provider: Arc<dyn TokenProvider>) -> Self {
+    /// A cache over `provider`, each fetch cut after `fetch_timeout` (or
+    /// sooner, at the deadline of the call that makes it).
+    pub(crate) fn new(provider: Arc<dyn TokenProvider>, fetch_timeout: Duration) -> Self {
         Self {
             provider,
+            fetch_timeout,
             current: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -280,7 +299,10 @@ impl TokenCache {
         }
     }
 
-    /// Asks the provider (the caller holds `fetching`).
+    /// Asks the provider (the caller holds `fetching`), for no longer than
+    /// the fetch timeout: a call with a far deadline (an event stream) must
+    /// not hold `fetching`, and so every other call, behind a provider that
+    /// hangs.
     async fn fetch(&self, deadline: &Deadline) -> Result<Credential, Error> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch_once(deadline).await;
@@ -294,12 +316,19 @@ impl TokenCache {
     }
 
     async fn fetch_once(&self, deadline: &Deadline) -> Result<Credential, Error> {
-        let fetched = tokio::time::timeout(deadline.remaining(), self.provider.token()).await;
+        let remaining = deadline.remaining();
+        let limit = remaining.min(self.fetch_timeout);
+        let fetched = tokio::time::timeout(limit, self.provider.token()).await;
         #[cfg(feature = "metrics")]
         crate::stats::token_fetched(matches!(fetched, Ok(Ok(_))));
         let token = match fetched {
             Ok(Ok(token)) => token,
             Ok(Err(e)) => return Err(Error::auth("the token provider failed").with_source(e)),
+            Err(_) if limit < remaining => {
+                return Err(Error::auth(
+                    "the token provider did not answer within the token fetch timeout",
+                ));
+            }
             Err(_) => return Err(Error::auth("the token provider did not answer in time")),
         };
         let mut header = crate::headers::bearer(&token.value)

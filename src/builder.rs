@@ -343,7 +343,8 @@ impl ApiClientBuilder {
     }
 
     /// The limit on one attempt, from sending to the last byte of the buffered
-    /// body (default 10 s).
+    /// body (default 10 s). It also bounds each token fetch (see
+    /// [`TokenProvider`]).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
@@ -1116,11 +1117,15 @@ impl ApiClientBuilder {
             self.adaptive_concurrency
                 .map(|a| a.start(tokio::time::Instant::now())),
         );
+        // A token fetch is one step of a call, bounded like an attempt (see
+        // `TokenProvider`), whatever the call's own deadline.
+        let attempt_timeout = self.attempt_timeout;
         let mut inner = Inner::new(
             http,
             base,
             balancer,
-            self.token_provider.map(TokenCache::new),
+            self.token_provider
+                .map(|provider| TokenCache::new(provider, attempt_timeout)),
             self.hooks.into_boxed_slice(),
             self.attempt_timeout,
             self.total_timeout,

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
 use crate::balance::Endpoint;
+use crate::builder::ApiClientBuilder;
 use crate::client::ApiClient;
 use crate::discovery::{ResolveError, ResolveFuture, Resolver};
 use crate::redact;
@@ -27,8 +28,12 @@ use crate::redact;
 ///   optional `"weight"`: `{"url": "http://10.0.0.7:8080/", "weight": 2}`.
 ///
 /// Values that are none of these are skipped with a WARN. The lookups go
-/// through a client of their own (2 s per attempt, 5 s in all, retried), or
-/// through one you configure, with [`with_client`](Self::with_client).
+/// through a client of their own (2 s per attempt, 5 s in all, retried, with
+/// the default TLS roots and proxies), or through one you configure, with
+/// [`with_client`](Self::with_client): for an etcd behind a private CA or
+/// asking for a client certificate. The `etcd` key of an
+/// [`ApiClientConfig`](crate::ApiClientConfig) does that for you, from the
+/// configuration's own TLS and proxy settings.
 ///
 /// # Examples
 ///
@@ -71,14 +76,23 @@ impl EtcdResolver {
     /// A resolver for the keys under `prefix` in the etcd at `etcd_url`
     /// (`http://host:2379`). An invalid URL is reported by every resolution.
     pub fn new(etcd_url: impl AsRef<str>, prefix: impl Into<String>) -> Self {
-        let client = ApiClient::builder()
+        Self::with_builder(Self::client_builder(etcd_url), prefix)
+    }
+
+    /// The settings of the client of its own: `etcd_url` as the base URL, 2 s
+    /// per attempt, 5 s in all.
+    pub(crate) fn client_builder(etcd_url: impl AsRef<str>) -> ApiClientBuilder {
+        ApiClient::builder()
             .base_url(etcd_url)
             .attempt_timeout(Duration::from_secs(2))
             .total_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string());
+    }
+
+    /// A resolver reading through the client `builder` builds; a client that
+    /// cannot be built is reported by every resolution, as by [`new`](Self::new).
+    pub(crate) fn with_builder(builder: ApiClientBuilder, prefix: impl Into<String>) -> Self {
         Self {
-            client,
+            client: builder.build().map_err(|e| e.to_string()),
             prefix: prefix.into(),
             base_path: "/".to_owned(),
         }

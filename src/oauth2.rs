@@ -21,10 +21,15 @@ use crate::error::BoxError;
 /// form, authenticating the client with HTTP Basic (section 2.3.1) or, with
 /// [`credentials_in_body`](Self::credentials_in_body), with `client_id` and
 /// `client_secret` form fields. The answer's `access_token` and `expires_in`
-/// make the [`Token`]. The token endpoint is called through a client of its
-/// own (5 s per attempt, 15 s in all, retried on transient failures), or
-/// through one you configure, with [`client`](Self::client). The secret never
-/// appears in `Debug`, errors or logs.
+/// make the [`Token`]. `expires_in` is read leniently: an integer, a numeric
+/// string (`"3599"`, as Azure AD v1 sends it) or a float (truncated) are
+/// seconds; without it, or with anything else there, the token has no set
+/// lifetime and is used until a `401` refuses it.
+///
+/// The token endpoint is called through a client of its own (its settings
+/// are under [`new`](Self::new)), or through one you configure, with
+/// [`client`](Self::client). The secret never appears in `Debug`, errors or
+/// logs.
 ///
 /// # Examples
 ///
@@ -63,6 +68,16 @@ impl fmt::Debug for OAuth2ClientCredentials {
 
 impl OAuth2ClientCredentials {
     /// A provider for `client_id` and `client_secret` at `token_url`.
+    ///
+    /// The token endpoint is called through a client of its own: 5 s per
+    /// attempt, 15 s in all, retried on transient failures, with the
+    /// platform's TLS roots, no client certificate and the environment's
+    /// proxies. It shares none of the settings of the
+    /// client the tokens are for (its `tls_root_certificate_pem`,
+    /// `tls_identity_pem`, `proxy`...). For a token endpoint behind a private
+    /// CA, asking for a client certificate, or reached through a proxy of
+    /// your own, build an [`ApiClient`] with those settings and pass it with
+    /// [`client`](Self::client).
     pub fn new(
         token_url: impl Into<String>,
         client_id: impl Into<String>,
@@ -208,7 +223,45 @@ impl TokenProvider for OAuth2ClientCredentials {
 struct TokenResponse {
     access_token: String,
     token_type: String,
+    #[serde(default, deserialize_with = "lenient_seconds")]
     expires_in: Option<u64>,
+}
+
+/// `expires_in` as servers really send it: RFC 6749 says an integer, but
+/// some (Azure AD v1, some gateways) send a string (`"3599"`) or a float.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Whole(u64),
+    Fraction(f64),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+/// Reads `expires_in` leniently: an integer, a numeric string, or a finite,
+/// non-negative float (truncated) are seconds; anything else (a negative
+/// number, `null`, `"soon"`) counts as absent, rather than failing the fetch.
+fn lenient_seconds<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    // Truncation is the point; `as` saturates past u64::MAX, and the sign
+    // and non-finite values are screened first.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn whole(secs: f64) -> Option<u64> {
+        (secs.is_finite() && secs >= 0.0).then_some(secs as u64)
+    }
+    Ok(match Option::<Seconds>::deserialize(deserializer)? {
+        Some(Seconds::Whole(secs)) => Some(secs),
+        Some(Seconds::Fraction(secs)) => whole(secs),
+        Some(Seconds::Text(text)) => {
+            let text = text.trim();
+            text.parse::<u64>()
+                .ok()
+                .or_else(|| text.parse::<f64>().ok().and_then(whole))
+        }
+        Some(Seconds::Other(_)) | None => None,
+    })
 }
 
 #[derive(Deserialize)]

@@ -622,6 +622,66 @@ async fn a_provider_that_never_answers_fails_the_call_at_its_deadline() {
     assert_eq!(received(&server).await, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_hung_token_fetch_is_cut_at_the_attempt_timeout_and_holds_up_no_other_call() {
+    // The first fetch never answers, the later ones do. The call that makes
+    // it has no deadline to speak of (as an event stream); a second call
+    // waits for that fetch. fast_builder's attempt_timeout: 2 s.
+    let bound = Duration::from_secs(2);
+    let server = ok_server().await;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(Notify::new());
+    let (counted, started) = (Arc::clone(&fetches), Arc::clone(&entered));
+    let client = fast_builder(&server.uri())
+        .token_provider(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            started.notify_one();
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Token::new(format!("t-{n}")))
+            }
+        })
+        .build()
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let timed = |timeout: Duration| {
+        let call = client.get("x").timeout(timeout).send();
+        tokio::spawn(async move { (call.await, start.elapsed()) })
+    };
+
+    let endless = timed(Duration::MAX);
+    tokio::time::timeout(PROMPT, entered.notified())
+        .await
+        .expect("the first token fetch started");
+    let waiting = timed(Duration::from_secs(60));
+    let ((endless, endless_took), (waiting, waiting_took)) =
+        tokio::time::timeout(Duration::from_secs(10), async {
+            (endless.await.unwrap(), waiting.await.unwrap())
+        })
+        .await
+        .expect("no call is held up behind the hung fetch");
+
+    let endless = endless.unwrap_err();
+    assert_eq!(endless.kind(), ErrorKind::Rejected, "{endless:?}");
+    assert_eq!(endless.attempts(), 0);
+    assert!(
+        endless_took >= bound && endless_took < bound + PROMPT,
+        "{endless_took:?}"
+    );
+    let waiting = waiting.unwrap_err();
+    assert_eq!(waiting.kind(), ErrorKind::Rejected, "{waiting:?}");
+    assert!(waiting_took < bound + PROMPT, "{waiting_took:?}");
+    assert_eq!(received(&server).await, 0);
+
+    // The fetch lock was let go: the next call asks the provider again.
+    tokio::time::resume();
+    client.get("x").send().await.unwrap();
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(authorizations(&server).await, ["Bearer t-2"]);
+}
+
 // -------------------------------------------------- where the token does not go
 
 #[tokio::test]
@@ -1010,6 +1070,65 @@ async fn oauth2_expires_in_sets_the_token_lifetime() {
 
         assert_eq!(received(&auth).await, fetches, "expires_in {expires_in:?}");
         assert_eq!(received(&api).await, 2, "expires_in {expires_in:?}");
+    }
+}
+
+#[tokio::test]
+async fn oauth2_expires_in_sent_as_a_string_is_read_as_seconds() {
+    let auth = token_endpoint(token_answer(json!({
+        "access_token": "at-1",
+        "token_type": "Bearer",
+        "expires_in": "3599"
+    })))
+    .await;
+    let api = ok_server().await;
+    let provider = OAuth2ClientCredentials::new(token_url(&auth), CLIENT_ID, CLIENT_SECRET);
+    let client = fast_builder(&api.uri())
+        .token_provider(OAuth2ClientCredentials::new(
+            token_url(&auth),
+            CLIENT_ID,
+            CLIENT_SECRET,
+        ))
+        .build()
+        .unwrap();
+
+    client.get("x").send().await.unwrap();
+    let token = provider.token().await.unwrap();
+
+    assert_eq!(authorizations(&api).await, ["Bearer at-1"]);
+    assert_eq!(token.lifetime(), Some(Duration::from_secs(3599)));
+}
+
+#[tokio::test]
+async fn oauth2_expires_in_is_read_leniently_and_an_unreadable_one_counts_as_absent() {
+    for (expires_in, lifetime) in [
+        (json!(3600), Some(3600)),
+        (json!(" 120 "), Some(120)),
+        (json!(3599.9), Some(3599)),
+        (json!("59.5"), Some(59)),
+        (json!(-5), None),
+        (json!("-5"), None),
+        (json!("soon"), None),
+        (json!(""), None),
+        (json!(null), None),
+        (json!(true), None),
+        (json!({"seconds": 60}), None),
+    ] {
+        let auth = token_endpoint(token_answer(json!({
+            "access_token": "at-1",
+            "token_type": "Bearer",
+            "expires_in": expires_in
+        })))
+        .await;
+        let provider = OAuth2ClientCredentials::new(token_url(&auth), CLIENT_ID, CLIENT_SECRET);
+
+        let token = provider.token().await.unwrap();
+
+        assert_eq!(
+            token.lifetime(),
+            lifetime.map(Duration::from_secs),
+            "expires_in {expires_in}"
+        );
     }
 }
 

@@ -100,10 +100,13 @@ struct ServerOptions<'a> {
     client_ca: Option<&'a str>,
     /// Speak TLS 1.2 only (a refused client certificate then fails the handshake).
     tls12_only: bool,
+    /// Answer with this JSON body instead of the SNI name.
+    json: Option<&'a str>,
 }
 
 /// A running HTTPS server on 127.0.0.1 that answers every request with 200
-/// and, as its body, the SNI name it was sent (`-` for none).
+/// and, as its body, the SNI name it was sent (`-` for none), or the
+/// [`ServerOptions::json`] it was given.
 struct TlsServer {
     addr: SocketAddr,
     /// TCP connections accepted.
@@ -144,6 +147,7 @@ impl TlsServer {
         };
         let config = builder.with_single_cert(certs, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let json: Option<Arc<str>> = options.json.map(Arc::from);
         let listener = TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
             .await
             .unwrap();
@@ -154,6 +158,7 @@ impl TlsServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let json = json.clone();
                 tokio::spawn(async move {
                     let mut tls = match acceptor.accept(tcp).into_fallible().await {
                         Ok(tls) => tls,
@@ -168,9 +173,28 @@ impl TlsServer {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    // Read the request's body too (an etcd range request has
+                    // one): closing with it unread would reset the connection.
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let end = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while head.len() < end + length {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (kind, body) = match &json {
+                        Some(json) => ("application/json", json.to_string()),
+                        None => ("text/plain", sni),
+                    };
                     let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{sni}",
-                        sni.len()
+                        "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
                     );
                     let _ = tls.write_all(response.as_bytes()).await;
                     let _ = tls.shutdown().await;
@@ -508,6 +532,7 @@ async fn a_missing_client_certificate_refused_in_a_tls12_handshake_is_a_config_e
     let options = ServerOptions {
         client_ca: Some(&ca_pem),
         tls12_only: true,
+        ..ServerOptions::default()
     };
     let server = TlsServer::start(&ca.server(&["127.0.0.1"]), options).await;
     let client = builder(&server.url())
@@ -635,6 +660,55 @@ async fn a_configuration_file_names_the_pem_files_for_mtls() {
     let resp = client.get("x").send().await.unwrap();
 
     assert_eq!(resp.text().unwrap(), "orders.test");
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn a_configurations_etcd_lookups_use_its_private_ca_and_client_certificate() {
+    // An instance registered in an etcd stub (the JSON gateway's range
+    // answer) served over TLS by the private CA, asking for a client
+    // certificate from it.
+    let instance = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("instance a"))
+        .mount(&instance)
+        .await;
+    let range = serde_json::json!({"kvs": [{
+        "key": common::base64(b"/services/orders/a"),
+        "value": common::base64(instance.uri().as_bytes()),
+    }]})
+    .to_string();
+    let ca = Ca::new("orders CA");
+    let ca_pem = ca.pem();
+    let options = ServerOptions {
+        client_ca: Some(&ca_pem),
+        json: Some(&range),
+        ..ServerOptions::default()
+    };
+    let etcd = TlsServer::start(&ca.server(&["127.0.0.1"]), options).await;
+    let id = ca.client();
+    let dir = TempDir::new("etcd-config");
+    let text = format!(
+        r#"
+        etcd = {{ url = "{url}", prefix = "/services/orders/" }}
+        tls_root_certificate_pem = "{ca}"
+        tls_built_in_roots = false
+        tls_identity_pem = {{ cert_chain = "{cert}", key = "{key}" }}
+        no_proxy = true
+        "#,
+        url = etcd.url(),
+        ca = dir.write("ca.pem", &ca_pem),
+        cert = dir.write("client.pem", &id.cert),
+        key = dir.write("client.key", &id.key),
+    );
+    let config: ApiClientConfig = toml::from_str(&text).unwrap();
+    let client = ApiClient::from_config(&config).unwrap();
+
+    let found = client.refresh_endpoints().await;
+
+    assert_eq!(found.unwrap(), 1);
+    let resp = client.get("x").send().await.unwrap();
+    assert_eq!(resp.text().unwrap(), "instance a");
 }
 
 #[test]

@@ -138,6 +138,14 @@ pub struct ApiClientConfig {
     /// Endpoints from etcd (feature `etcd`): `{ url = "http://127.0.0.1:2379",
     /// prefix = "/services/orders/" }`, optionally `base_path`. See
     /// [`EtcdResolver`](crate::EtcdResolver).
+    ///
+    /// The lookups go through a client of their own (2 s per attempt, 5 s in
+    /// all) with this configuration's TLS and proxy keys: `tls_root_certificate_pem`,
+    /// `tls_built_in_roots`, `tls_identity_pem`, `tls_min_version`, `proxy`,
+    /// `proxy_bypass` and `no_proxy`, so an `https://` etcd behind the same
+    /// private CA (or asking for the same client certificate) is reached.
+    /// `tls_server_name` and `tls_danger_accept_invalid_certs` apply to the
+    /// service's endpoints only.
     #[cfg(feature = "etcd")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdSection>,
@@ -413,7 +421,10 @@ impl ApiClientConfig {
         }
         #[cfg(feature = "etcd")]
         if let Some(etcd) = &self.etcd {
-            let mut resolver = crate::EtcdResolver::new(&etcd.url, etcd.prefix.clone());
+            // The lookups' own client, with the TLS and proxy settings of
+            // this configuration (see `ApiClientConfig::etcd`).
+            let lookups = self.apply_trust(crate::EtcdResolver::client_builder(&etcd.url));
+            let mut resolver = crate::EtcdResolver::with_builder(lookups, etcd.prefix.clone());
             if let Some(path) = &etcd.base_path {
                 resolver = resolver.base_path(path.clone());
             }
@@ -533,6 +544,18 @@ impl ApiClientConfig {
     /// Sets the TLS and proxy options; files are read here, and one that
     /// cannot be read is the error `build()` returns.
     fn apply_tls(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
+        b = self.apply_trust(b);
+        if let Some(name) = &self.tls_server_name {
+            b = b.tls_server_name(name);
+        }
+        b
+    }
+
+    /// Sets the TLS and proxy options that hold for any server the client
+    /// reaches, its etcd included: trusted roots, client certificate, lowest
+    /// TLS version, proxies. Not `tls_server_name`, which names the service's
+    /// own certificate, nor `tls_danger_accept_invalid_certs`.
+    fn apply_trust(&self, mut b: ApiClientBuilder) -> ApiClientBuilder {
         if let Some(path) = &self.tls_root_certificate_pem {
             b = match read("tls_root_certificate_pem", path) {
                 Ok(pem) => b.tls_root_certificate_pem(pem),
@@ -552,9 +575,6 @@ impl ApiClientConfig {
         }
         if let Some(v) = self.tls_min_version {
             b = b.tls_min_version(v);
-        }
-        if let Some(name) = &self.tls_server_name {
-            b = b.tls_server_name(name);
         }
         if let Some(url) = &self.proxy {
             b = b.proxy(url);
