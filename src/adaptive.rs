@@ -35,7 +35,13 @@ use crate::timeout::Deadline;
 /// A call above the limit waits for a slot within its deadline, then fails
 /// with [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) and
 /// [`Error::is_concurrency_limited`]; the slot is held for the whole call,
-/// retries and backoff included, like `max_concurrency`'s.
+/// retries and backoff included, like `max_concurrency`'s, except that a
+/// streamed response ([`send_stream`](crate::RequestBuilder::send_stream),
+/// [`send_events`](crate::RequestBuilder::send_events)) gives it back at its
+/// headers, where its time is taken: an open stream is no load the limit
+/// can measure, and streams holding slots would starve every other call
+/// once the limit fell to their number (no answer would then come to raise
+/// it).
 /// [`ApiClient::concurrency_limit`](crate::ApiClient::concurrency_limit)
 /// reads the limit now.
 ///

@@ -96,7 +96,7 @@ pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<Token, BoxError>> 
 ///
 /// One call at a time fetches; the others keep using the still valid token,
 /// or wait for that fetch when there is none. Each fetch is cut after the
-/// client's [`attempt_timeout`](crate::ApiClientBuilder::attempt_timeout), or
+/// client's [`total_timeout`](crate::ApiClientBuilder::total_timeout), or
 /// sooner at the deadline of the call that makes it: even a call without a
 /// deadline of its own (an event stream from
 /// [`send_events`](crate::RequestBuilder::send_events)) cannot keep the
@@ -154,7 +154,7 @@ struct Cached {
 pub(crate) struct TokenCache {
     provider: Arc<dyn TokenProvider>,
     /// The limit on one fetch, whatever the deadline of the call that makes
-    /// it (the client's `attempt_timeout`).
+    /// it (the client's `total_timeout`).
     fetch_timeout: Duration,
     current: RwLock<Option<Cached>>,
     /// Held by the one call fetching a token.

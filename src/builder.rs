@@ -343,8 +343,7 @@ impl ApiClientBuilder {
     }
 
     /// The limit on one attempt, from sending to the last byte of the buffered
-    /// body (default 10 s). It also bounds each token fetch (see
-    /// [`TokenProvider`]).
+    /// body (default 10 s).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
@@ -352,7 +351,8 @@ impl ApiClientBuilder {
 
     /// The limit on a whole call: waiting for limits, every attempt and every
     /// backoff (default 30 s). [`RequestBuilder::timeout`](crate::RequestBuilder::timeout)
-    /// replaces it for one call.
+    /// replaces it for one call. It also bounds each token fetch, whatever
+    /// the call's own deadline (see [`TokenProvider`]).
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = timeout;
         self
@@ -1117,15 +1117,15 @@ impl ApiClientBuilder {
             self.adaptive_concurrency
                 .map(|a| a.start(tokio::time::Instant::now())),
         );
-        // A token fetch is one step of a call, bounded like an attempt (see
-        // `TokenProvider`), whatever the call's own deadline.
-        let attempt_timeout = self.attempt_timeout;
+        // A token fetch is bounded like a call (see `TokenProvider`),
+        // whatever the deadline of the call that makes it.
+        let total_timeout = self.total_timeout;
         let mut inner = Inner::new(
             http,
             base,
             balancer,
             self.token_provider
-                .map(|provider| TokenCache::new(provider, attempt_timeout)),
+                .map(|provider| TokenCache::new(provider, total_timeout)),
             self.hooks.into_boxed_slice(),
             self.attempt_timeout,
             self.total_timeout,

@@ -132,8 +132,11 @@ impl<T: Forgettable> PerOrigin<T> {
     }
 
     /// The state of `url`'s origin, made by `make` on first use. Past the
-    /// bound, idle entries no call holds are forgotten; if none is, the call
-    /// gets a fresh state that is not remembered.
+    /// bound, idle entries no call holds are forgotten; if none is, an
+    /// eighth of those no call holds (open breakers, running pauses) are, so
+    /// that a new origin is remembered too and the next ones do not scan
+    /// again; if every entry is held, the call gets a fresh state that is
+    /// not remembered.
     pub(crate) fn get(&self, url: &Url, make: impl FnOnce(&Origin) -> T) -> Arc<T> {
         if let Some((key, value)) = &self.base
             && key.matches(url)
@@ -148,6 +151,17 @@ impl<T: Forgettable> PerOrigin<T> {
         if others.len() >= MAX_ORIGINS {
             let now = Instant::now();
             others.retain(|_, v| Arc::strong_count(v) > 1 || !v.idle(now));
+        }
+        if others.len() >= MAX_ORIGINS {
+            // In the map's order: arbitrary.
+            let mut forget = MAX_ORIGINS / 8;
+            others.retain(|_, v| {
+                let keep = forget == 0 || Arc::strong_count(v) > 1;
+                if !keep {
+                    forget -= 1;
+                }
+                keep
+            });
         }
         let value = Arc::new(make(&key));
         if others.len() < MAX_ORIGINS {

@@ -20,7 +20,8 @@
 //!
 //! The `..`, `.`, `//`, `\` and scheme rules keep a path from leaving the base
 //! path; they are lifted by `allow_path_escape(true)` on the client builder or
-//! on one request, which restores the plain RFC 3986 join. Whatever the rules
+//! on one request, which restores the plain RFC 3986 join (on an endpoint,
+//! within its origin: below). Whatever the rules
 //! let through is checked once more after the join: the URL must have the
 //! base's origin and, for a path without a leading `/`, start with the base's
 //! path.

@@ -623,11 +623,11 @@ async fn a_provider_that_never_answers_fails_the_call_at_its_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_token_fetch_is_cut_at_the_attempt_timeout_and_holds_up_no_other_call() {
+async fn a_hung_token_fetch_is_cut_at_the_total_timeout_and_holds_up_no_other_call() {
     // The first fetch never answers, the later ones do. The call that makes
     // it has no deadline to speak of (as an event stream); a second call
-    // waits for that fetch. fast_builder's attempt_timeout: 2 s.
-    let bound = Duration::from_secs(2);
+    // waits for that fetch. fast_builder's total_timeout: 5 s.
+    let bound = Duration::from_secs(5);
     let server = ok_server().await;
     let fetches = Arc::new(AtomicUsize::new(0));
     let entered = Arc::new(Notify::new());
@@ -680,6 +680,25 @@ async fn a_hung_token_fetch_is_cut_at_the_attempt_timeout_and_holds_up_no_other_
     client.get("x").send().await.unwrap();
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
     assert_eq!(authorizations(&server).await, ["Bearer t-2"]);
+}
+
+#[tokio::test]
+async fn a_token_fetch_may_take_longer_than_an_attempt() {
+    // An identity provider slower than the API's attempts (a cold TLS
+    // start): the fetch is a step of the call, not an attempt.
+    let server = ok_server().await;
+    let client = fast_builder(&server.uri())
+        .attempt_timeout(Duration::from_secs(1))
+        .token_provider(|| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, BoxError>(Token::new("slow"))
+        })
+        .build()
+        .unwrap();
+
+    client.get("x").send().await.unwrap();
+
+    assert_eq!(authorizations(&server).await, ["Bearer slow"]);
 }
 
 // -------------------------------------------------- where the token does not go

@@ -508,6 +508,21 @@ async fn calls_above_the_adaptive_limit_wait_within_their_deadline() {
     server.abort();
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_open_stream_gives_its_adaptive_slot_back_at_its_headers() {
+    let (url, server) = capacity_server().await;
+    let client = adaptive_client(&url, AdaptiveConcurrency::default().initial(1).ceiling(1));
+    // Open, its body unread: with the limit at one, it would hold the only
+    // slot for as long as it is kept.
+    let stream = client.get("x").send_stream().await.unwrap();
+
+    let answered = client.get("x").timeout(Duration::from_secs(1)).send().await;
+
+    assert!(answered.is_ok(), "{answered:?}");
+    drop(stream);
+    server.abort();
+}
+
 #[test]
 fn the_adaptive_limit_is_validated_and_exclusive_of_the_fixed_one() {
     let base = || ApiClient::builder().base_url("http://127.0.0.1:9/");

@@ -131,16 +131,22 @@ pub(crate) const DEFAULT_RATE: FailureRate = FailureRate {
 /// count earlier.
 ///
 /// A failed attempt is one that ended `Retryable` or `Server`, with
-/// exceptions that say nothing of the endpoint: a request it refused
-/// unprocessed (an HTTP/2 stream refused or cut by a `GOAWAY`), the failure
-/// of another origin a redirect led to, the failure of the caller's own
-/// upload stream, and an
-/// attempt cut by the call's deadline before the `attempt_timeout` (the
-/// call's own [`timeout`](crate::RequestBuilder::timeout), a client-wide
-/// `total_timeout`, or what waits left of them) while the endpoint answered
-/// another attempt. One code path in a hurry must not open the breaker for
-/// every caller; an endpoint that answers nobody while such attempts run
-/// (it hangs, or drops packets) counts their timeouts as failures.
+/// exceptions that say nothing against the endpoint:
+///
+/// - a request it refused unprocessed (an HTTP/2 stream refused or cut by a
+///   `GOAWAY`);
+/// - the failure of the caller's own upload stream;
+/// - an error status from another origin a redirect led to: the endpoint
+///   answered (with the redirect), which counts as its success (a
+///   connection failure or a timeout at that origin still counts against
+///   the endpoint: the transport does not say where it happened);
+/// - an attempt cut by the call's deadline before the `attempt_timeout` (the
+///   call's own [`timeout`](crate::RequestBuilder::timeout), a client-wide
+///   `total_timeout`, or what waits left of them), when the endpoint
+///   answered another attempt while it ran or as long before it started.
+///   One code path in a hurry must not open the breaker for every caller;
+///   an endpoint that answers nobody while such attempts run (it hangs, or
+///   drops packets) counts their timeouts as failures.
 ///
 /// # What the default configuration promises
 ///
@@ -480,9 +486,10 @@ pub(crate) enum Verdict {
     Neutral,
     /// The call's own deadline cut the attempt (started at `started`)
     /// before the attempt timeout: a failure unless the endpoint answered
-    /// another attempt while this one ran. A short deadline against an
-    /// endpoint that answers others says nothing of it; against one that
-    /// answers nobody (it hangs, or drops packets) it is an outage.
+    /// another attempt while this one ran, or as long before it started. A
+    /// short deadline against an endpoint that answers others says nothing
+    /// of it; against one that answers nobody (it hangs, or drops packets)
+    /// it is an outage.
     Cut { started: Instant },
 }
 
@@ -681,10 +688,16 @@ impl Breaker {
                 return;
             }
             let verdict = match verdict {
-                Verdict::Cut { started } if m.answered.is_some_and(|t| t >= started) => {
-                    Verdict::Neutral
+                Verdict::Cut { started } => {
+                    // An answer while it ran, or as long before it started.
+                    let ran = now.saturating_duration_since(started);
+                    let since = started.checked_sub(ran).unwrap_or(started);
+                    if m.answered.is_some_and(|t| t >= since) {
+                        Verdict::Neutral
+                    } else {
+                        Verdict::Failure
+                    }
                 }
-                Verdict::Cut { .. } => Verdict::Failure,
                 v => v,
             };
             match (m.state, verdict) {
@@ -892,6 +905,20 @@ mod tests {
             cut.record(Verdict::Cut { started }, ms(k * 100 + 50));
         }
         assert_eq!(b.state(ms(900)), CircuitState::Open);
+        // An answer just before a cut one started (a caller taking turns
+        // with a slower path): nothing counts either, so half the attempts
+        // failing does not open it by its rate.
+        let b2 = Breaker::new("f", cfg().failure_rate(0.5, 10, 4));
+        for k in 0..5 {
+            let answered_at = ms(k * 2000);
+            b2.try_acquire(answered_at)
+                .unwrap()
+                .record(Verdict::Success, answered_at);
+            let started = answered_at + Duration::from_millis(10);
+            let cut = b2.try_acquire(started).unwrap();
+            cut.record(Verdict::Cut { started }, started + Duration::from_secs(1));
+        }
+        assert_eq!(b2.state(ms(10_000)), CircuitState::Closed);
         // A probe the deadline cut with no answer meanwhile reopens it.
         let later = ms(900) + Duration::from_secs(10);
         let probe = b.try_acquire(later).unwrap();

@@ -77,6 +77,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn past_the_bound_of_open_breakers_a_new_origins_breaker_is_kept() {
+        let breakers = Breakers::new(
+            CircuitBreakerConfig::default().consecutive_failures(1),
+            None,
+        );
+        let t0 = Instant::now();
+        for i in 0..MAX_ORIGINS {
+            let url = Url::parse(&format!("http://h{i}.example/")).unwrap();
+            fail(&breakers.for_url(&url), t0);
+        }
+        // Every remembered breaker is open: a new origin's still trips.
+        let new = Url::parse("http://new.example/").unwrap();
+        fail(&breakers.for_url(&new), t0);
+        assert_eq!(breakers.for_url(&new).state(t0), CircuitState::Open);
+        assert!(breakers.map.tracked() <= MAX_ORIGINS);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn forgetting_idle_breakers_reports_no_state_change() {
         // Reporting one would run the user's callback under the registry's

@@ -609,9 +609,14 @@ impl ApiClientBuilder {
     /// A builder with every option `config` names, and the defaults for the
     /// rest. Add what is code rather than data (callbacks, hooks) before
     /// [`build`](Self::build); a setter called afterwards replaces the
-    /// configured value.
+    /// configured value of its own option. Options that exclude each other
+    /// stay exclusive: a configured `max_concurrency` with
+    /// `adaptive_concurrency`, `no_proxy` with `proxy`, or `bearer_token`
+    /// with `token_provider` is a `Config` error from `build()`.
     ///
-    /// Invalid values are reported by `build()`, like any setter's.
+    /// Invalid values are reported by `build()`, like any setter's; setting
+    /// the option again in code does not clear the error (an unreadable PEM
+    /// file stays one).
     ///
     /// # Examples
     ///

@@ -162,6 +162,9 @@ impl Finish for Streamed {
         ctx: CallContext<'_>,
         slot: Option<Slot>,
     ) -> Result<ApiStream, Error> {
+        // An adaptive slot goes back at the headers (see
+        // `AdaptiveConcurrency`); a fixed one is held by the stream.
+        let slot = slot.filter(|s| matches!(s, Slot::Fixed(_)));
         match got {
             Got::Streaming(resp) => Ok(ApiStream::new(
                 resp,
@@ -1198,17 +1201,14 @@ fn call_span(call: &Result<Call, Error>) -> tracing::Span {
 /// response cache).
 type Deferred<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
 
-/// What a failed attempt (started at `started`) says about its endpoint:
-/// the kind decides, except that a stream the server refused or dropped
-/// unprocessed (HTTP/2 flow control, a graceful shutdown) is not ill health,
-/// nor is the failure of another origin a redirect led to, and that an
-/// attempt the call's deadline cut (a total timeout: the call's
-/// own `timeout`, a client-wide `total_timeout`, or what waits left of
-/// them) counts only if the endpoint answered no other attempt meanwhile
-/// ([`Verdict::Cut`]): one code path in a hurry must not open the breaker
-/// for every caller, and an endpoint that hangs must open it.
+/// What a failed attempt (started at `started`) says about its endpoint,
+/// by the rules [`CircuitBreakerConfig`](crate::CircuitBreakerConfig) gives
+/// ("A failed attempt is ...").
 fn verdict(err: &Error, started: Instant) -> Verdict {
-    if err.reason() == ErrorReason::Unprocessed || err.is_from_elsewhere() {
+    if err.is_from_elsewhere() {
+        // The endpoint answered, with the redirect.
+        Verdict::Success
+    } else if err.reason() == ErrorReason::Unprocessed {
         Verdict::Neutral
     } else if err.timeout_phase() == Some(TimeoutPhase::Total) {
         Verdict::Cut { started }
