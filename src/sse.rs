@@ -112,6 +112,9 @@ impl SseEvent {
 }
 
 /// The event stream parser: bytes in, events out.
+// Independent facts of the parse (line ends, the BOM, where the ID came
+// from), not a state in disguise.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub(crate) struct Parser {
     buf: Vec<u8>,
@@ -132,6 +135,11 @@ pub(crate) struct Parser {
     id: String,
     /// The last event ID string: the buffer as of the last dispatch.
     last_id: String,
+    /// An `id` field set the buffer since the last dispatch.
+    id_field: bool,
+    /// The stream itself has set the last event ID (a dispatch after an
+    /// `id` field), not only the caller's.
+    id_from_stream: bool,
     /// A `retry` field of the event being built.
     retry: Option<Duration>,
     /// The reconnection time: the latest `retry` field of the stream.
@@ -152,6 +160,8 @@ impl Parser {
             event: None,
             id: String::new(),
             last_id: String::new(),
+            id_field: false,
+            id_from_stream: false,
             retry: None,
             reconnect: None,
             limit,
@@ -180,6 +190,7 @@ impl Parser {
         self.data = String::new();
         self.event = None;
         self.id.clone_from(&self.last_id);
+        self.id_field = false;
         self.retry = None;
     }
 
@@ -188,6 +199,12 @@ impl Parser {
     pub(crate) fn resume_from(&mut self, id: &str) {
         id.clone_into(&mut self.id);
         id.clone_into(&mut self.last_id);
+    }
+
+    /// Whether the stream has set the last event ID (else it is the
+    /// caller's, or none).
+    pub(crate) fn id_from_stream(&self) -> bool {
+        self.id_from_stream
     }
 
     /// The last event ID string, empty for none.
@@ -303,6 +320,7 @@ impl Parser {
             }
             b"id" if !value.contains(&0) => {
                 self.id = String::from_utf8_lossy(value).into_owned();
+                self.id_field = true;
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 // All digits: only an overflow fails, and is ignored.
@@ -323,6 +341,7 @@ impl Parser {
     /// A blank line: the event built so far, unless it has no data.
     fn dispatch(&mut self) -> Option<SseEvent> {
         self.last_id.clone_from(&self.id);
+        self.id_from_stream |= std::mem::take(&mut self.id_field);
         let retry = self.retry.take();
         let event = self.event.take();
         if self.data.is_empty() {
@@ -595,12 +614,15 @@ impl EventStream {
             return Next::End(None);
         }
         // An ID that cannot be a header value keeps the last one that could;
-        // an empty one (an `id` field with no value) clears it.
-        let last = self.parser.last_id();
-        if last.is_empty() {
-            self.resume = None;
-        } else if let Ok(id) = HeaderValue::from_str(last) {
-            self.resume = Some(id);
+        // an empty one (an `id` field with no value) clears it. Until the
+        // stream sets one, the caller's stays, as sent (it may not be UTF-8).
+        if self.parser.id_from_stream() {
+            let last = self.parser.last_id();
+            if last.is_empty() {
+                self.resume = None;
+            } else if let Ok(id) = HeaderValue::from_str(last) {
+                self.resume = Some(id);
+            }
         }
         let headers = call.request.headers_mut();
         match &self.resume {

@@ -7,6 +7,11 @@
 //! recording fits the buffer. Past it, the recording is dropped: the bytes
 //! already sent cannot be sent again, so the attempt cannot be retried, and
 //! memory stays bounded by the buffer (plus the chunk in flight).
+//!
+//! A body never ends short: one that cannot send every byte pulled so far
+//! (the recording was dropped, or the source failed, while another
+//! attempt's body read it) fails instead of ending, so a server never takes
+//! a truncated upload for a whole one.
 
 use std::fmt;
 use std::pin::Pin;
@@ -113,7 +118,14 @@ impl Upload {
             upload: self.clone(),
             epoch,
             next: 0,
+            sent: 0,
         }
+    }
+
+    /// Cuts off the current attempt's body (it failed): a transport still
+    /// writing it pulls no more from the source.
+    pub(crate) fn cut_off(&self) {
+        self.lock().epoch += 1;
     }
 
     /// Whether an attempt can be made again with the whole body.
@@ -135,6 +147,8 @@ struct Replay {
     epoch: u64,
     /// The next recorded chunk to send.
     next: usize,
+    /// Bytes this body yielded.
+    sent: u64,
 }
 
 impl Stream for Replay {
@@ -152,9 +166,22 @@ impl Stream for Replay {
         if let Some(chunk) = shared.recorded.get(self.next) {
             let chunk = chunk.clone();
             self.next += 1;
+            self.sent = self.sent.saturating_add(chunk.len() as u64);
             return Poll::Ready(Some(Ok(chunk)));
         }
+        // Past the recording, this body goes on only if it sent every byte
+        // pulled so far: never a short body that ends as if whole.
+        if self.sent != shared.pulled {
+            return Poll::Ready(Some(Err(
+                "the request body outgrew its replay buffer while another attempt sent it".into(),
+            )));
+        }
         let Some(source) = shared.source.as_mut() else {
+            if shared.failed {
+                return Poll::Ready(Some(Err(
+                    "the request body stream failed during an earlier attempt".into(),
+                )));
+            }
             return Poll::Ready(None);
         };
         match source(cx) {
@@ -170,6 +197,7 @@ impl Stream for Replay {
             }
             Poll::Ready(Some(Ok(chunk))) => {
                 shared.pulled = shared.pulled.saturating_add(chunk.len() as u64);
+                self.sent = shared.pulled;
                 let fits = shared
                     .recorded_len
                     .checked_add(chunk.len())
@@ -211,6 +239,13 @@ impl Payload {
         match self {
             Self::Bytes(_) => Ok(()),
             Self::Stream(upload) => upload.replayable(),
+        }
+    }
+
+    /// Stops a failed attempt's body from reading on (a stream's).
+    pub(crate) fn cut_off(&self) {
+        if let Self::Stream(upload) = self {
+            upload.cut_off();
         }
     }
 }
@@ -278,6 +313,43 @@ mod tests {
         let shared = upload.lock();
         assert!(shared.recorded.is_empty());
         assert_eq!(shared.pulled, 9);
+    }
+
+    #[test]
+    fn a_body_that_missed_bytes_fails_instead_of_ending_short() {
+        // The recording was dropped while the first attempt's body read on
+        // (a transport writing it after a quick 503).
+        let upload = chunks(&["1234", "5678", "9"]);
+        let mut first = upload.replay();
+        assert_eq!(text(pull(&mut first)), "1234");
+        assert_eq!(upload.replayable(), Ok(()));
+        assert_eq!(text(pull(&mut first)), "5678");
+        assert_eq!(text(pull(&mut first)), "9");
+        let mut second = upload.replay();
+        assert!(pull(&mut second).unwrap().is_err(), "an empty body");
+
+        // The source failed while the first attempt's body read on.
+        let items: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err(std::io::Error::other("disk gone")),
+        ];
+        let upload = Upload::new(Iter(items.into_iter()), 8);
+        let mut first = upload.replay();
+        assert_eq!(text(pull(&mut first)), "ab");
+        assert!(pull(&mut first).unwrap().is_err());
+        let mut second = upload.replay();
+        assert_eq!(text(pull(&mut second)), "ab");
+        assert!(pull(&mut second).unwrap().is_err(), "a short body");
+    }
+
+    #[test]
+    fn a_cut_off_body_reads_no_more_of_the_source() {
+        let upload = chunks(&["ab", "cd"]);
+        let mut first = upload.replay();
+        assert_eq!(text(pull(&mut first)), "ab");
+        upload.cut_off();
+        assert!(pull(&mut first).unwrap().is_err());
+        assert_eq!(upload.lock().pulled, 2);
     }
 
     #[test]

@@ -698,6 +698,18 @@ async fn sse_the_servers_retry_delay_is_honoured() {
 
 #[tokio::test]
 async fn sse_the_callers_last_event_id_is_kept_until_an_event_sets_another() {
+    callers_last_event_id_is_kept("1000", Some("1000")).await;
+}
+
+#[tokio::test]
+async fn sse_a_callers_non_ascii_last_event_id_is_kept_too() {
+    // Not a `str` to `HeaderValue::to_str`, yet a valid header value.
+    callers_last_event_id_is_kept("é-7", None).await;
+}
+
+/// A stream resumed from the caller's `id` (which `last_event_id` reports
+/// as `reported`) that reconnects first without an event, then after one.
+async fn callers_last_event_id_is_kept(id: &str, reported: Option<&str>) {
     let seen = heads();
     let log = std::sync::Arc::clone(&seen);
     let uri = common::raw_server_with_head(move |n, head, mut stream| {
@@ -723,16 +735,16 @@ async fn sse_the_callers_last_event_id_is_kept_until_an_event_sets_another() {
     .await;
     let mut events = sse_client(&uri)
         .get("events")
-        .header("Last-Event-ID", "1000")
+        .header("Last-Event-ID", id)
         .send_events()
         .await
         .unwrap();
-    assert_eq!(events.last_event_id(), Some("1000"));
+    assert_eq!(events.last_event_id(), reported);
     let (got, err) = collect_events(&mut events).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(got.len(), 1);
     let ids = last_event_ids(&seen);
-    let want = [Some("1000"), Some("1000"), Some("1001")];
+    let want = [Some(id), Some(id), Some("1001")];
     assert_eq!(ids, want.map(|id| id.map(str::to_owned)));
 }
 

@@ -47,6 +47,13 @@ impl Replay {
         self.body.as_ref().map_or(Ok(()), Payload::replayable)
     }
 
+    /// Stops the failed attempt's streamed body from reading on.
+    pub(super) fn cut_off(&self) {
+        if let Some(body) = &self.body {
+            body.cut_off();
+        }
+    }
+
     /// Whether the body is a stream (read once, from its replay buffer on a
     /// retry): such a call is never hedged.
     pub(super) fn streamed(&self) -> bool {

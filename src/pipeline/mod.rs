@@ -805,6 +805,10 @@ impl ApiClient {
                             return F::finish(got, attempts, elapsed, ctx, slot.take());
                         }
                         Err(err) => {
+                            // The transport may still be writing a streamed
+                            // body (a server answered before reading it all):
+                            // stopped, it pulls no more than this attempt took.
+                            replay.cut_off();
                             // A streamed body past its replay buffer cannot be sent again.
                             let replayable = replay.replayable();
                             // The caller's own body source failed: nothing the
