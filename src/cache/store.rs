@@ -14,8 +14,10 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePoli
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use reqwest::header::{
-    AGE, CACHE_CONTROL, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, VARY,
+    AGE, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG,
+    EXPIRES, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    RANGE, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use reqwest::{Method, StatusCode, Version};
 use tokio::time::Instant;
@@ -28,13 +30,34 @@ use crate::redact;
 use crate::stats::ClientStats;
 
 /// The client is one user: `private` responses are stored, `s-maxage` is
-/// not read.
+/// not read. `immutable` gives no freshness of its own (RFC 8246 does not
+/// extend a response's lifetime): only `max-age`, `Expires` or
+/// `Last-Modified` do.
 const OPTIONS: CacheOptions = CacheOptions {
     shared: false,
     cache_heuristic: 0.1,
-    immutable_min_time_to_live: Duration::from_secs(24 * 3600),
+    immutable_min_time_to_live: Duration::ZERO,
     ignore_cargo_cult: false,
 };
+
+/// Header fields that concern one connection (RFC 9110 section 7.6.1),
+/// besides those `Connection` lists: never stored (RFC 9111 section 3.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Header fields of a `304` that do not update the stored response (RFC
+/// 9111 section 3.2), besides those of one connection: they describe the
+/// body the 304 did not send, or, for `Age`, the 304 itself.
+const NOT_UPDATED: [HeaderName; 4] = [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, AGE];
 
 /// What identifies a resource for one user: method, URL (without user
 /// name, password or fragment) and the credential's identity.
@@ -318,7 +341,9 @@ impl Store {
             return Lookup::Fetch(pending, HeaderMap::new());
         };
         match entry.policy.before_request(&pending.request, system) {
-            BeforeRequest::Fresh(fresh) => Lookup::Hit(answer_from(&entry, fresh.headers)),
+            // Its own headers, every line (the policy's copy keeps one per
+            // name).
+            BeforeRequest::Fresh(_) => Lookup::Hit(served(&entry, system)),
             BeforeRequest::Stale { matches: false, .. } => Lookup::Fetch(pending, HeaderMap::new()),
             BeforeRequest::Stale { request: out, .. } => {
                 // The request's own `no-cache` (RFC 9111 section 5.4: `Pragma`
@@ -329,7 +354,7 @@ impl Store {
                     let claim = entry
                         .claim_refresh()
                         .then(|| RefreshClaim(Arc::clone(&entry)));
-                    return Lookup::StaleWhileRevalidate(stale_answer(&entry, system), claim);
+                    return Lookup::StaleWhileRevalidate(served(&entry, system), claim);
                 }
                 let mut conditional = HeaderMap::new();
                 for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
@@ -349,6 +374,13 @@ impl Store {
     /// never stored under this one; a 304 from there (to the validators
     /// the redirect carried) answers with the entry as it is, which it does
     /// not refresh.
+    ///
+    /// A full answer (not a 304) to a call that had an entry (a
+    /// revalidation, a background refresh) supersedes that entry (RFC 9111
+    /// section 4.3.3): it takes its place if it may be stored, else the
+    /// entry is dropped, so that it is never served stale after a newer
+    /// answer (a `404` a call allowed, a `no-store` 200). A 5xx is an
+    /// outage, not a newer answer: the entry stays for stale-if-error.
     pub(crate) fn complete(
         &self,
         pending: &Pending,
@@ -360,11 +392,14 @@ impl Store {
         {
             let answer = if redirected {
                 let (_, system) = self.clock.now();
-                stale_answer(entry, system)
+                served(entry, system)
             } else {
                 self.revalidated(pending, entry, &answer)
             };
             return (answer, Outcome::Revalidated);
+        }
+        if pending.entry.is_some() && !answer.status.is_server_error() {
+            self.remove(pending);
         }
         if !redirected {
             self.store(pending, &answer);
@@ -414,7 +449,7 @@ impl Store {
             || err.is_circuit_open()
             || err.is_server_pushback();
         let (now, system) = self.clock.now();
-        (outage && entry.serves_if_error(now)).then(|| stale_answer(entry, system))
+        (outage && entry.serves_if_error(now)).then(|| served(entry, system))
     }
 
     /// Counts what answered a call that asked the cache.
@@ -494,7 +529,7 @@ impl Store {
             .body(())
             .ok()?
             .into_parts();
-        parts.headers = headers;
+        parts.headers = policy_view(headers);
         let primary = Primary {
             head,
             url: url.as_str().into(),
@@ -544,7 +579,8 @@ impl Store {
 
     /// Stores `answer` for the pending request, if it may be.
     fn store(&self, pending: &Pending, answer: &Answer) {
-        let Some(parts) = response_parts(answer.status, answer.headers.clone()) else {
+        let headers = without_hop_by_hop(&answer.headers);
+        let Some(parts) = response_parts(answer.status, headers.clone()) else {
             return;
         };
         let (now, system) = self.clock.now();
@@ -552,15 +588,15 @@ impl Store {
         if !answer.status.is_success() || !policy.is_storable() {
             return;
         }
-        let directives = Directives::of(&answer.headers);
+        let directives = Directives::of(&headers);
         if pending.credentialed && !directives.public && !self.settings.store_credentialed {
             return;
         }
         // A cookie is one client's session: never handed to the next caller.
-        if answer.headers.contains_key(reqwest::header::SET_COOKIE) {
+        if headers.contains_key(SET_COOKIE) {
             return;
         }
-        let Some(names) = vary_names(&answer.headers) else {
+        let Some(names) = vary_names(&headers) else {
             return; // `Vary: *`: no request matches it
         };
         let windows = Windows::of(
@@ -569,22 +605,24 @@ impl Store {
             self.settings.stale_while_revalidate,
         );
         let fresh = policy.time_to_live(system);
+        let stale = stale_on_arrival(&pending.request, &parts, &policy, system);
         self.insert(
             pending,
             &names,
             Entry {
                 fresh_until: now.checked_add(fresh).unwrap_or(now),
-                keep: keep(&answer.headers, fresh, windows),
+                stale_on_arrival: stale,
+                keep: keep(&headers, fresh, stale, windows),
                 bytes: size_of(
                     &answer.body,
-                    &answer.headers,
+                    &headers,
                     &pending.request.headers,
                     &answer.url,
                 ),
                 policy,
                 status: answer.status,
                 version: answer.version,
-                headers: answer.headers.clone(),
+                headers,
                 body: answer.body.clone(),
                 url: answer.url.clone(),
                 windows,
@@ -613,65 +651,55 @@ impl Store {
         self.entries.insert(key, Arc::new(entry));
     }
 
-    /// A 304 for `entry`: the entry with the 304's headers, stored again if
-    /// it still may be (else dropped: the call is answered from it all the
-    /// same).
+    /// A 304 for `entry`: the entry with the 304's headers (RFC 9111
+    /// section 3.2), stored again if it still may be (else dropped: the
+    /// call is answered from it all the same).
     fn revalidated(&self, pending: &Pending, entry: &Arc<Entry>, answer: &Answer) -> Answer {
-        let mut headers = answer.headers.clone();
+        let (now, system) = self.clock.now();
+        if !validates(pending, entry, &answer.headers, system) {
+            // Not this entry's validators after all: answer with it as it is.
+            return served(entry, system);
+        }
+        let headers = updated(&entry.headers, &answer.headers);
         // The 304 is as old as its own `Age` says: without one, it is new,
         // and the stored response's `Age` must not carry over into the
         // refreshed entry's freshness.
-        if !headers.contains_key(AGE) {
-            headers.insert(AGE, HeaderValue::from(0u32));
-        }
-        // The policy merges only the headers the stored response has: the
-        // 304's own `no-store` is read here.
-        let no_store = Directives::of(&headers).no_store;
-        // The 304 answered this entry's validators, even if it did not
-        // repeat them.
-        if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
-            for name in [ETAG, LAST_MODIFIED] {
-                if let Some(value) = entry.headers.get(&name) {
-                    headers.insert(name, value.clone());
-                }
-            }
-        }
-        let (now, system) = self.clock.now();
-        let updated = response_parts(StatusCode::NOT_MODIFIED, headers).map(|parts| {
-            entry
-                .policy
-                .after_response(&pending.request, &parts, system)
-        });
-        let Some(AfterResponse::NotModified(policy, parts)) = updated else {
-            // Not this entry's validators after all: answer with it as it is.
-            return stale_answer(entry, system);
+        let mut aged = headers.clone();
+        let age = answer.headers.get(AGE).cloned();
+        aged.insert(AGE, age.unwrap_or_else(|| HeaderValue::from(0u32)));
+        let Some(parts) = response_parts(entry.status, aged) else {
+            return served(entry, system);
         };
-        let fresh = policy.time_to_live(system);
-        let mut headers = parts.headers;
-        headers.remove(AGE);
+        let policy = CachePolicy::new_options(&pending.request, &parts, system, OPTIONS);
+        let mut served_headers = headers.clone();
+        served_headers.insert(AGE, HeaderValue::from(policy.age(system).as_secs()));
+        let answer = answer_from(entry, served_headers);
         let directives = Directives::of(&headers);
         let names = vary_names(&headers);
         // As `store` decides for a new response.
-        let refused = no_store
-            || !policy.is_storable()
+        let refused = !policy.is_storable()
+            || headers.contains_key(SET_COOKIE)
             || (pending.credentialed && !directives.public && !self.settings.store_credentialed);
         let (false, Some(names)) = (refused, names) else {
             self.remove(pending);
-            return answer_from(entry, headers);
+            return answer;
         };
         let windows = Windows::of(
             directives,
             self.settings.stale_if_error,
             self.settings.stale_while_revalidate,
         );
+        let fresh = policy.time_to_live(system);
+        let stale = stale_on_arrival(&pending.request, &parts, &policy, system);
         let refreshed = Entry {
             fresh_until: now.checked_add(fresh).unwrap_or(now),
-            keep: keep(&headers, fresh, windows),
+            stale_on_arrival: stale,
+            keep: keep(&headers, fresh, stale, windows),
             bytes: entry.bytes,
             policy,
             status: entry.status,
             version: entry.version,
-            headers: headers.clone(),
+            headers,
             body: entry.body.clone(),
             url: entry.url.clone(),
             windows,
@@ -679,7 +707,108 @@ impl Store {
             stored_at: now,
         };
         self.insert(pending, &names, refreshed);
-        answer_from(entry, headers)
+        answer
+    }
+}
+
+/// Whether a 304 answered `entry`'s validators (the policy's rules), even
+/// if it did not repeat them.
+fn validates(
+    pending: &Pending,
+    entry: &Entry,
+    not_modified: &HeaderMap,
+    system: SystemTime,
+) -> bool {
+    let mut headers = not_modified.clone();
+    if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
+        for name in [ETAG, LAST_MODIFIED] {
+            if let Some(value) = entry.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+    let Some(parts) = response_parts(StatusCode::NOT_MODIFIED, headers) else {
+        return false;
+    };
+    matches!(
+        entry
+            .policy
+            .after_response(&pending.request, &parts, system),
+        AfterResponse::NotModified(..)
+    )
+}
+
+/// A stored response's headers updated by a 304's (RFC 9111 section 3.2):
+/// each field the 304 has replaces every line of that field, except those
+/// that describe the body or its transfer (`Content-Length`...), `Age`,
+/// and those of one connection. (The policy's own merge keeps one line per
+/// field: a `Vary` or `Cache-Control` in two lines would lose one.)
+fn updated(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    headers.remove(AGE);
+    let fresh = without_hop_by_hop(not_modified);
+    for name in fresh.keys() {
+        if NOT_UPDATED.contains(name) {
+            continue;
+        }
+        headers.remove(name);
+        for value in fresh.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// How long a response had been stale when it arrived: its age (an
+/// upstream cache's `Age`) past its freshness lifetime (RFC 9111 section
+/// 4.2); zero if it was fresh. Its stale windows (RFC 5861) count from
+/// when it went stale.
+fn stale_on_arrival(
+    request: &http::request::Parts,
+    response: &http::response::Parts,
+    policy: &CachePolicy,
+    system: SystemTime,
+) -> Duration {
+    if !policy.time_to_live(system).is_zero() {
+        return Duration::ZERO;
+    }
+    let headers = &response.headers;
+    let aged = if headers.contains_key(AGE) {
+        // Its lifetime: how long the policy would keep it fresh at age zero
+        // (never less than zero).
+        let mut unaged = headers.clone();
+        unaged.remove(AGE);
+        response_parts(response.status, unaged).map_or(Duration::ZERO, |unaged| {
+            let lifetime = CachePolicy::new_options(request, &unaged, system, OPTIONS);
+            policy
+                .age(system)
+                .saturating_sub(lifetime.time_to_live(system))
+        })
+    } else {
+        Duration::ZERO
+    };
+    aged.saturating_add(expired_before_sent(headers))
+}
+
+/// How far before its `Date` a response's `Expires` is, when it has no
+/// `max-age` (which `Expires` then yields to): a negative lifetime, stale
+/// that long already when it was sent. Zero otherwise, or when either date
+/// does not parse.
+fn expired_before_sent(headers: &HeaderMap) -> Duration {
+    let max_age = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|directive| directive.split('=').next())
+        .any(|name| name.trim().eq_ignore_ascii_case("max-age"));
+    let date = |name| {
+        let value = headers.get(name)?.to_str().ok()?;
+        httpdate::parse_http_date(value).ok()
+    };
+    match (max_age, date(EXPIRES), date(DATE)) {
+        (false, Some(expires), Some(sent)) => sent.duration_since(expires).unwrap_or_default(),
+        _ => Duration::ZERO,
     }
 }
 
@@ -694,8 +823,9 @@ fn answer_from(entry: &Entry, headers: HeaderMap) -> Answer {
     }
 }
 
-/// An entry as a stale answer: its headers, with its current `Age`.
-fn stale_answer(entry: &Entry, system: SystemTime) -> Answer {
+/// An entry as an answer: its own headers (every line of each), with its
+/// current `Age`.
+fn served(entry: &Entry, system: SystemTime) -> Answer {
     let mut headers = entry.headers.clone();
     headers.insert(AGE, HeaderValue::from(entry.policy.age(system).as_secs()));
     answer_from(entry, headers)
@@ -711,9 +841,50 @@ fn pragma_no_cache(headers: &HeaderMap) -> bool {
         .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
 }
 
-/// A response as the policy reads it. An `Age` beyond `u32::MAX` seconds
-/// (136 years) is cut to that: the policy adds durations to it.
-fn response_parts(status: StatusCode, mut headers: HeaderMap) -> Option<http::response::Parts> {
+/// `headers` without those of one connection: the `HOP_BY_HOP` fields and
+/// those `Connection` lists.
+fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
+    let listed: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !HOP_BY_HOP.contains(name) && !listed.iter().any(|l| l == name.as_str()) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// Headers as the policy reads them: the lines of each list field it reads
+/// (`Cache-Control`, `Pragma`, `Vary`) joined into one, since it reads
+/// some of them by their first line only.
+fn policy_view(mut headers: HeaderMap) -> HeaderMap {
+    for name in [CACHE_CONTROL, PRAGMA, VARY] {
+        if headers.get_all(&name).iter().nth(1).is_none() {
+            continue;
+        }
+        let lines: Vec<&[u8]> = headers
+            .get_all(&name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(joined) = HeaderValue::from_bytes(&lines.join(&b", "[..])) {
+            headers.insert(name, joined);
+        }
+    }
+    headers
+}
+
+/// A response as the policy reads it (see [`policy_view`]). An `Age`
+/// beyond `u32::MAX` seconds (136 years) is cut to that: the policy adds
+/// durations to it.
+fn response_parts(status: StatusCode, headers: HeaderMap) -> Option<http::response::Parts> {
+    let mut headers = policy_view(headers);
     let age = headers
         .get(AGE)
         .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
@@ -754,4 +925,107 @@ fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
     Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(name, value) in lines {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_304_replaces_every_line_of_its_fields_and_keeps_the_others_whole() {
+        let stored = headers(&[
+            ("vary", "Accept"),
+            ("vary", "Accept-Language"),
+            ("cache-control", "must-revalidate"),
+            ("cache-control", "max-age=60"),
+            ("link", "</a>"),
+            ("link", "</b>"),
+            ("content-length", "5"),
+            ("age", "100"),
+        ]);
+        let not_modified = headers(&[
+            ("cache-control", "max-age=120"),
+            ("content-length", "0"),
+            ("age", "3"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("x-new", "1"),
+        ]);
+
+        let h = updated(&stored, &not_modified);
+
+        assert_eq!(values(&h, "vary"), ["Accept", "Accept-Language"]);
+        assert_eq!(values(&h, "link"), ["</a>", "</b>"]);
+        assert_eq!(values(&h, "cache-control"), ["max-age=120"]);
+        assert_eq!(values(&h, "content-length"), ["5"]);
+        assert_eq!(values(&h, "x-new"), ["1"]);
+        for gone in ["age", "connection", "x-hop"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn the_policy_reads_every_line_of_a_list_field() {
+        let h = policy_view(headers(&[
+            ("cache-control", "must-revalidate"),
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept"),
+            ("vary", "Accept-Language"),
+            ("link", "</a>"),
+            ("link", "</b>"),
+        ]));
+
+        assert_eq!(values(&h, "cache-control"), ["must-revalidate, max-age=60"]);
+        assert_eq!(values(&h, "vary"), ["Accept, Accept-Language"]);
+        assert_eq!(values(&h, "link").len(), 2);
+    }
+
+    #[test]
+    fn a_response_stale_on_arrival_has_been_stale_for_its_age_past_its_lifetime() {
+        let (request, ()) = http::Request::builder()
+            .uri("http://127.0.0.1/a")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let stale_for = |lines: &[(&'static str, &'static str)]| {
+            let response = response_parts(StatusCode::OK, headers(lines)).unwrap();
+            let policy = CachePolicy::new_options(&request, &response, now, OPTIONS);
+            stale_on_arrival(&request, &response, &policy, now)
+        };
+
+        let old = stale_for(&[("cache-control", "max-age=60"), ("age", "100000")]);
+        assert_eq!(old, Duration::from_secs(99_940));
+        let fresh = stale_for(&[("cache-control", "max-age=60"), ("age", "10")]);
+        assert_eq!(fresh, Duration::ZERO);
+        let expired = stale_for(&[
+            ("date", "Sun, 12 Nov 2023 22:13:20 GMT"),
+            ("expires", "Sun, 12 Nov 2023 21:13:20 GMT"),
+            ("age", "60"),
+        ]);
+        assert_eq!(expired, Duration::from_secs(3600 + 60));
+        let max_age_wins = stale_for(&[
+            ("cache-control", "max-age=0"),
+            ("date", "Sun, 12 Nov 2023 22:13:20 GMT"),
+            ("expires", "Sun, 12 Nov 2023 21:13:20 GMT"),
+        ]);
+        assert_eq!(max_age_wins, Duration::ZERO);
+        let absurd = stale_for(&[("cache-control", "max-age=60"), ("age", "99999999999999")]);
+        assert_eq!(absurd, Duration::from_secs(u64::from(u32::MAX) - 60));
+    }
 }
