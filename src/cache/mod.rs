@@ -4,13 +4,16 @@
 //! The HTTP rules (freshness, `Vary`, validators, what may be stored) are
 //! `http-cache-semantics`'s; the entries live in a bounded `moka` cache. What
 //! is decided here: which calls the cache sees, whose entry is whose
-//! (credentials), and when a stale entry may answer.
+//! (credentials), when a stale entry may answer, and the header fields an
+//! entry keeps and answers with (`headers`: the library's own copies keep
+//! one line per field name).
 
 use std::time::Duration;
 
 use crate::error::Error;
 
 mod entry;
+mod headers;
 mod store;
 
 pub(crate) use store::{Answer, Lookup, Outcome, Pending, RefreshClaim, Store};
