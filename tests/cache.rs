@@ -593,17 +593,27 @@ async fn a_call_built_and_dropped_unpolled_asks_the_cache_nothing() {
     client.get("feed").send().await.unwrap();
     pass_time(secs(2)).await;
 
-    drop(client.get("feed").send());
-    // Nothing to await for what must not happen: a refresh would have had
-    // these 200 ms to reach the server.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A refresh is a copy of the call that claimed it: its header says whose.
+    drop(client.get("feed").header("x-call", "dropped").send());
     assert_eq!(client.stats().cache_stale, 0);
-    assert_eq!(received(&server).await, 1, "no refresh");
 
-    // Polled, the same call answers stale and starts the refresh.
-    assert!(client.get("feed").send().await.unwrap().is_stale());
+    // Polled, a call answers stale and starts the one refresh (which a
+    // refresh of the dropped call, in flight, would have kept it from).
+    let polled = client.get("feed").header("x-call", "polled").send().await;
+    assert!(polled.unwrap().is_stale());
     until(|| client.stats().cache_misses == 2).await;
-    assert_eq!(received(&server).await, 2);
+
+    let requests = server.received_requests().await.unwrap();
+    let calls: Vec<_> = requests
+        .iter()
+        .map(|r| r.headers.get("x-call").map(|v| v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        [None, Some("polled")],
+        "one refresh, the polled call's"
+    );
+    assert_eq!(client.stats().cache_stale, 1);
 }
 
 #[tokio::test]
@@ -889,4 +899,148 @@ async fn a_pragma_no_cache_request_is_not_answered_stale_while_revalidating() {
 
     assert_eq!(received(&server).await, 3);
     assert_eq!(client.stats().cache_stale, 0);
+}
+
+#[tokio::test]
+async fn a_response_that_is_only_immutable_is_not_stored() {
+    let server = MockServer::start().await;
+    Mock::given(path("/logo"))
+        .respond_with(ok("logo", "immutable"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+
+    for _ in 0..2 {
+        client.get("logo").send().await.unwrap();
+    }
+
+    assert_eq!(received(&server).await, 2, "no freshness of its own");
+    assert_eq!(client.stats().cache_hits, 0);
+}
+
+#[tokio::test]
+async fn a_404_answer_drops_the_entry_it_revalidated() {
+    let server = MockServer::start().await;
+    Mock::given(path("/gone"))
+        .respond_with(Sequence::new([
+            ok("\"here\"", "max-age=1, stale-if-error=600"),
+            ResponseTemplate::new(404),
+            ResponseTemplate::new(503),
+        ]))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    let here: Option<String> = client.get_json_opt("gone").await.unwrap();
+    assert_eq!(here.as_deref(), Some("here"));
+    pass_time(secs(2)).await;
+
+    // The 404 is an answer (allowed), not an error.
+    let gone: Option<String> = client.get_json_opt("gone").await.unwrap();
+    assert_eq!(gone, None);
+    // The server is down now: the entry the 404 superseded does not answer.
+    let down = client.get_json_opt::<String>("gone").await.unwrap_err();
+
+    assert_eq!(down.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(client.stats().cache_stale, 0);
+}
+
+#[tokio::test]
+async fn a_newer_answer_that_may_not_be_stored_drops_the_entry_it_superseded() {
+    let server = MockServer::start().await;
+    Mock::given(path("/doc"))
+        .respond_with(Sequence::new([
+            ok("v1", "max-age=1, stale-if-error=600").insert_header("etag", "\"v1\""),
+            ok("v2", "no-store"),
+            ResponseTemplate::new(503),
+        ]))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("doc").send().await.unwrap();
+    pass_time(secs(2)).await;
+
+    let newer = client.get("doc").send().await.unwrap();
+    assert_eq!(newer.text().unwrap(), "v2");
+    let down = client.get("doc").send().await.unwrap_err();
+
+    assert_eq!(down.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(client.stats().cache_stale, 0);
+}
+
+#[tokio::test]
+async fn a_response_that_arrived_stale_is_past_its_stale_if_error_window() {
+    // An upstream cache kept it 100000 s: stale for 99940 s already.
+    let old = || ok("old", "max-age=60, stale-if-error=300").insert_header("age", "100000");
+    let server = MockServer::start().await;
+    Mock::given(path("/validated"))
+        .respond_with(Sequence::new([
+            old().insert_header("etag", "\"v1\""),
+            ResponseTemplate::new(503),
+        ]))
+        .mount(&server)
+        .await;
+    Mock::given(path("/plain"))
+        .respond_with(Sequence::new([old(), ResponseTemplate::new(503)]))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+
+    for at in ["validated", "plain"] {
+        assert_eq!(client.get(at).send().await.unwrap().text().unwrap(), "old");
+        let down = client.get(at).send().await.unwrap_err();
+        assert_eq!(down.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{at}");
+    }
+    assert_eq!(client.stats().cache_stale, 0);
+}
+
+#[tokio::test]
+async fn a_fresh_entry_answers_with_every_line_of_a_repeated_header() {
+    let server = MockServer::start().await;
+    Mock::given(path("/page"))
+        .respond_with(
+            ok("page", "max-age=60")
+                .append_header("link", "</a>; rel=\"next\"")
+                .append_header("link", "</b>; rel=\"prev\""),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("page").send().await.unwrap();
+
+    let hit = client.get("page").send().await.unwrap();
+
+    assert_eq!(hit.attempts(), 0);
+    assert_eq!(hit.headers().get_all("link").iter().count(), 2);
+}
+
+#[tokio::test]
+async fn a_vary_in_two_lines_still_names_both_headers_after_a_304() {
+    let server = revalidating_server(
+        "/greeting",
+        ok("hello", "max-age=1")
+            .append_header("vary", "Accept")
+            .append_header("vary", "Accept-Language"),
+        ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"),
+    )
+    .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    let greet = |accept: &'static str| {
+        client
+            .get("greeting")
+            .header("accept", accept)
+            .header("accept-language", "en")
+            .send()
+    };
+    greet("text/plain").await.unwrap();
+    pass_time(secs(2)).await;
+    let revalidated = greet("text/plain").await.unwrap();
+    assert_eq!(client.stats().cache_revalidations, 1);
+
+    let other = greet("text/html").await.unwrap();
+
+    assert_eq!(other.attempts(), 1, "another variant: not the entry");
+    assert_eq!(received(&server).await, 3);
+    assert_eq!(revalidated.headers().get_all("vary").iter().count(), 2);
 }

@@ -27,8 +27,6 @@ pub(super) struct Directives {
     pub(super) no_stale: bool,
     /// `public`: may be stored for a request with credentials.
     pub(super) public: bool,
-    /// `no-store`: may not be stored.
-    pub(super) no_store: bool,
 }
 
 impl Directives {
@@ -57,8 +55,6 @@ impl Directives {
                 found.no_stale = true;
             } else if name.eq_ignore_ascii_case("public") {
                 found.public = true;
-            } else if name.eq_ignore_ascii_case("no-store") {
-                found.no_store = true;
             }
         }
         found
@@ -102,8 +98,11 @@ pub(crate) struct Entry {
     pub(super) body: Bytes,
     /// The final URL, after any redirects.
     pub(super) url: Url,
-    /// When it stops being fresh.
+    /// When it stops being fresh (when it was stored, if it arrived stale).
     pub(super) fresh_until: Instant,
+    /// How long it had been stale when it arrived (its `Age` from upstream
+    /// caches past its freshness lifetime); zero if it arrived fresh.
+    pub(super) stale_on_arrival: Duration,
     pub(super) windows: Windows,
     /// The bytes it holds, roughly (body, headers, URL).
     pub(super) bytes: u64,
@@ -116,14 +115,21 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// How long it has been stale at `now` (zero while fresh).
+    /// How long it has been stale at `now` (zero while fresh), counting the
+    /// time it was stale before it arrived: its stale windows run from when
+    /// it went stale (RFC 5861 sections 3 and 4).
     pub(super) fn staleness(&self, now: Instant) -> Duration {
+        if now < self.fresh_until {
+            return Duration::ZERO;
+        }
         now.saturating_duration_since(self.fresh_until)
+            .saturating_add(self.stale_on_arrival)
     }
 
-    /// Whether it may answer a failed call at `now`.
+    /// Whether it may answer a failed call at `now`: it is fresh, or stale
+    /// by no more than its window.
     pub(super) fn serves_if_error(&self, now: Instant) -> bool {
-        now <= self.fresh_until || self.staleness(now) <= self.windows.if_error
+        self.staleness(now) <= self.windows.if_error
     }
 
     /// Whether it may answer at once at `now` while it is refreshed: it is
@@ -145,15 +151,25 @@ impl Entry {
 }
 
 /// How long an entry is worth keeping: while it is fresh (`fresh` from
-/// now) or may be served stale; `None` (until evicted) when it can be
+/// now) or may be served stale (its windows, less the time it was already
+/// stale on arrival, `stale`); `None` (until evicted) when it can be
 /// revalidated (it has an `ETag` or a `Last-Modified`). `Some(ZERO)`: not
 /// worth storing.
-pub(super) fn keep(headers: &HeaderMap, fresh: Duration, windows: Windows) -> Option<Duration> {
+pub(super) fn keep(
+    headers: &HeaderMap,
+    fresh: Duration,
+    stale: Duration,
+    windows: Windows,
+) -> Option<Duration> {
     if headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED) {
         return None;
     }
-    let stale = windows.if_error.max(windows.while_revalidate);
-    Some(fresh.saturating_add(stale).min(MAX_KEEP))
+    let window = windows.if_error.max(windows.while_revalidate);
+    Some(
+        fresh
+            .saturating_add(window.saturating_sub(stale))
+            .min(MAX_KEEP),
+    )
 }
 
 /// The bytes an entry holds, roughly: its body, its headers (kept twice:
@@ -191,8 +207,7 @@ mod tests {
         assert!(d.public && !d.no_stale);
         let d = Directives::of(&cc("stale-if-error=soon, must-revalidate"));
         assert_eq!(d.stale_if_error, None);
-        assert!(d.no_stale && !d.public && !d.no_store);
-        assert!(Directives::of(&cc("No-Store")).no_store);
+        assert!(d.no_stale && !d.public);
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! The HTTP rules (freshness, `Vary`, validators, what may be stored) are
 //! `http-cache-semantics`'s; the entries live in a bounded `moka` cache. What
 //! is decided here: which calls the cache sees, whose entry is whose
-//! (credentials), and when a stale entry may answer.
+//! (credentials), when a stale entry may answer, and the header fields an
+//! entry keeps and answers with (`headers`: the library's own copies keep
+//! one line per field name).
 
 use std::time::Duration;
 
 use crate::error::Error;
 
 mod entry;
+mod headers;
 mod store;
 
 pub(crate) use store::{Answer, Lookup, Outcome, Pending, RefreshClaim, Store};
@@ -31,14 +34,23 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 ///   (`Cache-Control: no-store` never is; `private` and `public` both are),
 ///   and answers the same call, with no I/O, while it is fresh: its
 ///   `max-age`, else its `Expires`, less its `Age`; without either, a
-///   fraction of the time since its `Last-Modified`, or not at all;
+///   fraction of the time since its `Last-Modified`, or not at all
+///   (`immutable` gives no freshness of its own); an entry answers with the
+///   stored response's own headers, every line of a repeated field, and an
+///   up-to-date `Age`;
 /// - `Vary` is honoured: an entry answers only a request with the same
 ///   values of the headers it names (`Vary: *` is never stored);
 /// - a stale entry with an `ETag` or `Last-Modified` is revalidated: the
 ///   call sends `If-None-Match` / `If-Modified-Since`, and a
 ///   `304 Not Modified` refreshes the entry and answers with its body, which
-///   is not downloaded again (a 304 whose headers no longer let the entry be
-///   stored, such as `no-store`, answers with it and drops it);
+///   is not downloaded again (each header field the 304 sends replaces every
+///   line of that field in the entry, RFC 9111 section 3.2, except those
+///   that describe the body, such as `Content-Length`; a 304 whose headers
+///   no longer let the entry be stored, such as `no-store`, answers with it
+///   and drops it); a full answer instead supersedes the entry: it takes its
+///   place, or, if it may not be stored (a `404` the call allows, a
+///   `no-store` 200), the entry is dropped (a 5xx leaves it, for
+///   stale-if-error);
 /// - a request's own `Cache-Control` (`no-cache`, `max-age=0`, `no-store`),
 ///   or `Pragma: no-cache`, is honoured; a request with its own conditional or `Range` headers, a
 ///   streamed call ([`send_stream`](crate::RequestBuilder::send_stream),
@@ -54,12 +66,14 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 ///   endpoint's circuit breaker is open or the server paused it
 ///   ([`Error::is_server_pushback`]), after every retry the policy allowed,
 ///   a stale entry answers instead if it has been stale for no longer than
-///   its window: the response's `stale-if-error=<seconds>` directive, else
+///   its window (counted from when it went stale, the time it spent in
+///   caches upstream, its `Age`, included): the response's
+///   `stale-if-error=<seconds>` directive, else
 ///   [`stale_if_error`](Self::stale_if_error) (default none). The response
 ///   says so ([`ApiResponse::is_stale`](crate::ApiResponse::is_stale)). A
 ///   `Client` error (a 404...) is returned as it is.
-/// - **stale-while-revalidate**: a stale entry within its window (the
-///   response's `stale-while-revalidate=<seconds>`, else
+/// - **stale-while-revalidate**: a stale entry within its window (counted
+///   the same way; the response's `stale-while-revalidate=<seconds>`, else
 ///   [`stale_while_revalidate`](Self::stale_while_revalidate), default none)
 ///   answers at once, marked stale, and one call refreshes it in the
 ///   background (one refresh in flight per entry; the others are answered
@@ -93,10 +107,9 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 /// seen when the entry goes stale). The cache remembers the last
 /// `16 × max_entries` URLs written to; when more are written, every entry
 /// stored before the forgotten write is outdated too, which can only cost
-/// hits. A
-/// `404` or `410` drops the entry it
-/// revalidated. The cache is asked when the call is first polled: a call
-/// built and dropped unpolled asks it nothing.
+/// hits. A `404` or `410` drops the entry it revalidated, whether it is an
+/// error or an answer the call allows. The cache is asked when the call is
+/// first polled: a call built and dropped unpolled asks it nothing.
 ///
 /// # Bounds
 ///

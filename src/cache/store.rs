@@ -15,7 +15,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use reqwest::header::{
     AGE, CACHE_CONTROL, ETAG, HeaderMap, HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, VARY,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, SET_COOKIE,
 };
 use reqwest::{Method, StatusCode, Version};
 use tokio::time::Instant;
@@ -23,16 +23,22 @@ use url::Url;
 
 use super::Cache;
 use super::entry::{Directives, Entry, Windows, keep, size_of};
+use super::headers::{
+    expired_before_sent, policy_view, pragma_no_cache, response_parts, updated, vary_names,
+    without_hop_by_hop,
+};
 use crate::error::{Error, ErrorKind};
 use crate::redact;
 use crate::stats::ClientStats;
 
 /// The client is one user: `private` responses are stored, `s-maxage` is
-/// not read.
+/// not read. `immutable` gives no freshness of its own (RFC 8246 does not
+/// extend a response's lifetime): only `max-age`, `Expires` or
+/// `Last-Modified` do.
 const OPTIONS: CacheOptions = CacheOptions {
     shared: false,
     cache_heuristic: 0.1,
-    immutable_min_time_to_live: Duration::from_secs(24 * 3600),
+    immutable_min_time_to_live: Duration::ZERO,
     ignore_cargo_cult: false,
 };
 
@@ -318,7 +324,9 @@ impl Store {
             return Lookup::Fetch(pending, HeaderMap::new());
         };
         match entry.policy.before_request(&pending.request, system) {
-            BeforeRequest::Fresh(fresh) => Lookup::Hit(answer_from(&entry, fresh.headers)),
+            // Its own headers, every line (the policy's copy keeps one per
+            // name).
+            BeforeRequest::Fresh(_) => Lookup::Hit(served(&entry, system)),
             BeforeRequest::Stale { matches: false, .. } => Lookup::Fetch(pending, HeaderMap::new()),
             BeforeRequest::Stale { request: out, .. } => {
                 // The request's own `no-cache` (RFC 9111 section 5.4: `Pragma`
@@ -329,7 +337,7 @@ impl Store {
                     let claim = entry
                         .claim_refresh()
                         .then(|| RefreshClaim(Arc::clone(&entry)));
-                    return Lookup::StaleWhileRevalidate(stale_answer(&entry, system), claim);
+                    return Lookup::StaleWhileRevalidate(served(&entry, system), claim);
                 }
                 let mut conditional = HeaderMap::new();
                 for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
@@ -349,6 +357,13 @@ impl Store {
     /// never stored under this one; a 304 from there (to the validators
     /// the redirect carried) answers with the entry as it is, which it does
     /// not refresh.
+    ///
+    /// A full answer (not a 304) to a call that had an entry (a
+    /// revalidation, a background refresh) supersedes that entry (RFC 9111
+    /// section 4.3.3): it takes its place if it may be stored, else the
+    /// entry is dropped, so that it is never served stale after a newer
+    /// answer (a `404` a call allowed, a `no-store` 200). A 5xx is an
+    /// outage, not a newer answer: the entry stays for stale-if-error.
     pub(crate) fn complete(
         &self,
         pending: &Pending,
@@ -360,11 +375,14 @@ impl Store {
         {
             let answer = if redirected {
                 let (_, system) = self.clock.now();
-                stale_answer(entry, system)
+                served(entry, system)
             } else {
                 self.revalidated(pending, entry, &answer)
             };
             return (answer, Outcome::Revalidated);
+        }
+        if pending.entry.is_some() && !answer.status.is_server_error() {
+            self.remove(pending);
         }
         if !redirected {
             self.store(pending, &answer);
@@ -414,7 +432,7 @@ impl Store {
             || err.is_circuit_open()
             || err.is_server_pushback();
         let (now, system) = self.clock.now();
-        (outage && entry.serves_if_error(now)).then(|| stale_answer(entry, system))
+        (outage && entry.serves_if_error(now)).then(|| served(entry, system))
     }
 
     /// Counts what answered a call that asked the cache.
@@ -494,7 +512,7 @@ impl Store {
             .body(())
             .ok()?
             .into_parts();
-        parts.headers = headers;
+        parts.headers = policy_view(headers);
         let primary = Primary {
             head,
             url: url.as_str().into(),
@@ -544,7 +562,8 @@ impl Store {
 
     /// Stores `answer` for the pending request, if it may be.
     fn store(&self, pending: &Pending, answer: &Answer) {
-        let Some(parts) = response_parts(answer.status, answer.headers.clone()) else {
+        let headers = without_hop_by_hop(&answer.headers);
+        let Some(parts) = response_parts(answer.status, headers.clone()) else {
             return;
         };
         let (now, system) = self.clock.now();
@@ -552,15 +571,15 @@ impl Store {
         if !answer.status.is_success() || !policy.is_storable() {
             return;
         }
-        let directives = Directives::of(&answer.headers);
+        let directives = Directives::of(&headers);
         if pending.credentialed && !directives.public && !self.settings.store_credentialed {
             return;
         }
         // A cookie is one client's session: never handed to the next caller.
-        if answer.headers.contains_key(reqwest::header::SET_COOKIE) {
+        if headers.contains_key(SET_COOKIE) {
             return;
         }
-        let Some(names) = vary_names(&answer.headers) else {
+        let Some(names) = vary_names(&headers) else {
             return; // `Vary: *`: no request matches it
         };
         let windows = Windows::of(
@@ -569,22 +588,24 @@ impl Store {
             self.settings.stale_while_revalidate,
         );
         let fresh = policy.time_to_live(system);
+        let stale = stale_on_arrival(&pending.request, &parts, &policy, system);
         self.insert(
             pending,
             &names,
             Entry {
                 fresh_until: now.checked_add(fresh).unwrap_or(now),
-                keep: keep(&answer.headers, fresh, windows),
+                stale_on_arrival: stale,
+                keep: keep(&headers, fresh, stale, windows),
                 bytes: size_of(
                     &answer.body,
-                    &answer.headers,
+                    &headers,
                     &pending.request.headers,
                     &answer.url,
                 ),
                 policy,
                 status: answer.status,
                 version: answer.version,
-                headers: answer.headers.clone(),
+                headers,
                 body: answer.body.clone(),
                 url: answer.url.clone(),
                 windows,
@@ -613,65 +634,55 @@ impl Store {
         self.entries.insert(key, Arc::new(entry));
     }
 
-    /// A 304 for `entry`: the entry with the 304's headers, stored again if
-    /// it still may be (else dropped: the call is answered from it all the
-    /// same).
+    /// A 304 for `entry`: the entry with the 304's headers (RFC 9111
+    /// section 3.2), stored again if it still may be (else dropped: the
+    /// call is answered from it all the same).
     fn revalidated(&self, pending: &Pending, entry: &Arc<Entry>, answer: &Answer) -> Answer {
-        let mut headers = answer.headers.clone();
+        let (now, system) = self.clock.now();
+        if !validates(pending, entry, &answer.headers, system) {
+            // Not this entry's validators after all: answer with it as it is.
+            return served(entry, system);
+        }
+        let headers = updated(&entry.headers, &answer.headers);
         // The 304 is as old as its own `Age` says: without one, it is new,
         // and the stored response's `Age` must not carry over into the
         // refreshed entry's freshness.
-        if !headers.contains_key(AGE) {
-            headers.insert(AGE, HeaderValue::from(0u32));
-        }
-        // The policy merges only the headers the stored response has: the
-        // 304's own `no-store` is read here.
-        let no_store = Directives::of(&headers).no_store;
-        // The 304 answered this entry's validators, even if it did not
-        // repeat them.
-        if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
-            for name in [ETAG, LAST_MODIFIED] {
-                if let Some(value) = entry.headers.get(&name) {
-                    headers.insert(name, value.clone());
-                }
-            }
-        }
-        let (now, system) = self.clock.now();
-        let updated = response_parts(StatusCode::NOT_MODIFIED, headers).map(|parts| {
-            entry
-                .policy
-                .after_response(&pending.request, &parts, system)
-        });
-        let Some(AfterResponse::NotModified(policy, parts)) = updated else {
-            // Not this entry's validators after all: answer with it as it is.
-            return stale_answer(entry, system);
+        let mut aged = headers.clone();
+        let age = answer.headers.get(AGE).cloned();
+        aged.insert(AGE, age.unwrap_or_else(|| HeaderValue::from(0u32)));
+        let Some(parts) = response_parts(entry.status, aged) else {
+            return served(entry, system);
         };
-        let fresh = policy.time_to_live(system);
-        let mut headers = parts.headers;
-        headers.remove(AGE);
+        let policy = CachePolicy::new_options(&pending.request, &parts, system, OPTIONS);
+        let mut served_headers = headers.clone();
+        served_headers.insert(AGE, HeaderValue::from(policy.age(system).as_secs()));
+        let answer = answer_from(entry, served_headers);
         let directives = Directives::of(&headers);
         let names = vary_names(&headers);
         // As `store` decides for a new response.
-        let refused = no_store
-            || !policy.is_storable()
+        let refused = !policy.is_storable()
+            || headers.contains_key(SET_COOKIE)
             || (pending.credentialed && !directives.public && !self.settings.store_credentialed);
         let (false, Some(names)) = (refused, names) else {
             self.remove(pending);
-            return answer_from(entry, headers);
+            return answer;
         };
         let windows = Windows::of(
             directives,
             self.settings.stale_if_error,
             self.settings.stale_while_revalidate,
         );
+        let fresh = policy.time_to_live(system);
+        let stale = stale_on_arrival(&pending.request, &parts, &policy, system);
         let refreshed = Entry {
             fresh_until: now.checked_add(fresh).unwrap_or(now),
-            keep: keep(&headers, fresh, windows),
+            stale_on_arrival: stale,
+            keep: keep(&headers, fresh, stale, windows),
             bytes: entry.bytes,
             policy,
             status: entry.status,
             version: entry.version,
-            headers: headers.clone(),
+            headers,
             body: entry.body.clone(),
             url: entry.url.clone(),
             windows,
@@ -679,8 +690,66 @@ impl Store {
             stored_at: now,
         };
         self.insert(pending, &names, refreshed);
-        answer_from(entry, headers)
+        answer
     }
+}
+
+/// Whether a 304 answered `entry`'s validators (the policy's rules), even
+/// if it did not repeat them.
+fn validates(
+    pending: &Pending,
+    entry: &Entry,
+    not_modified: &HeaderMap,
+    system: SystemTime,
+) -> bool {
+    let mut headers = not_modified.clone();
+    if !headers.contains_key(ETAG) && !headers.contains_key(LAST_MODIFIED) {
+        for name in [ETAG, LAST_MODIFIED] {
+            if let Some(value) = entry.headers.get(&name) {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+    let Some(parts) = response_parts(StatusCode::NOT_MODIFIED, headers) else {
+        return false;
+    };
+    matches!(
+        entry
+            .policy
+            .after_response(&pending.request, &parts, system),
+        AfterResponse::NotModified(..)
+    )
+}
+
+/// How long a response had been stale when it arrived: its age (an
+/// upstream cache's `Age`) past its freshness lifetime (RFC 9111 section
+/// 4.2); zero if it was fresh. Its stale windows (RFC 5861) count from
+/// when it went stale.
+fn stale_on_arrival(
+    request: &http::request::Parts,
+    response: &http::response::Parts,
+    policy: &CachePolicy,
+    system: SystemTime,
+) -> Duration {
+    if !policy.time_to_live(system).is_zero() {
+        return Duration::ZERO;
+    }
+    let headers = &response.headers;
+    let aged = if headers.contains_key(AGE) {
+        // Its lifetime: how long the policy would keep it fresh at age zero
+        // (never less than zero).
+        let mut unaged = headers.clone();
+        unaged.remove(AGE);
+        response_parts(response.status, unaged).map_or(Duration::ZERO, |unaged| {
+            let lifetime = CachePolicy::new_options(request, &unaged, system, OPTIONS);
+            policy
+                .age(system)
+                .saturating_sub(lifetime.time_to_live(system))
+        })
+    } else {
+        Duration::ZERO
+    };
+    aged.saturating_add(expired_before_sent(headers))
 }
 
 /// An entry as an answer, with `headers`.
@@ -694,64 +763,57 @@ fn answer_from(entry: &Entry, headers: HeaderMap) -> Answer {
     }
 }
 
-/// An entry as a stale answer: its headers, with its current `Age`.
-fn stale_answer(entry: &Entry, system: SystemTime) -> Answer {
+/// An entry as an answer: its own headers (every line of each), with its
+/// current `Age`.
+fn served(entry: &Entry, system: SystemTime) -> Answer {
     let mut headers = entry.headers.clone();
     headers.insert(AGE, HeaderValue::from(entry.policy.age(system).as_secs()));
     answer_from(entry, headers)
 }
 
-/// Whether a request says `Pragma: no-cache` (RFC 9111 section 5.4).
-fn pragma_no_cache(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(PRAGMA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A response as the policy reads it. An `Age` beyond `u32::MAX` seconds
-/// (136 years) is cut to that: the policy adds durations to it.
-fn response_parts(status: StatusCode, mut headers: HeaderMap) -> Option<http::response::Parts> {
-    let age = headers
-        .get(AGE)
-        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
-    match age {
-        Some(None) => drop(headers.remove(AGE)),
-        Some(Some(age)) if age > u64::from(u32::MAX) => {
-            headers.insert(AGE, HeaderValue::from(u32::MAX));
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(name, value) in lines {
+            h.append(name, HeaderValue::from_static(value));
         }
-        _ => {}
+        h
     }
-    let (mut parts, ()) = http::Response::builder()
-        .status(status)
-        .body(())
-        .ok()?
-        .into_parts();
-    parts.headers = headers;
-    Some(parts)
-}
 
-/// The header names a response varies on, sorted; `None` for `Vary: *`.
-fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
-    let mut names = Vec::new();
-    let listed = headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty());
-    for name in listed {
-        if name == "*" {
-            return None;
-        }
-        if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-            names.push(name);
-        }
+    #[test]
+    fn a_response_stale_on_arrival_has_been_stale_for_its_age_past_its_lifetime() {
+        let (request, ()) = http::Request::builder()
+            .uri("http://127.0.0.1/a")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let stale_for = |lines: &[(&'static str, &'static str)]| {
+            let response = response_parts(StatusCode::OK, headers(lines)).unwrap();
+            let policy = CachePolicy::new_options(&request, &response, now, OPTIONS);
+            stale_on_arrival(&request, &response, &policy, now)
+        };
+
+        let old = stale_for(&[("cache-control", "max-age=60"), ("age", "100000")]);
+        assert_eq!(old, Duration::from_secs(99_940));
+        let fresh = stale_for(&[("cache-control", "max-age=60"), ("age", "10")]);
+        assert_eq!(fresh, Duration::ZERO);
+        let expired = stale_for(&[
+            ("date", "Sun, 12 Nov 2023 22:13:20 GMT"),
+            ("expires", "Sun, 12 Nov 2023 21:13:20 GMT"),
+            ("age", "60"),
+        ]);
+        assert_eq!(expired, Duration::from_secs(3600 + 60));
+        let max_age_wins = stale_for(&[
+            ("cache-control", "max-age=0"),
+            ("date", "Sun, 12 Nov 2023 22:13:20 GMT"),
+            ("expires", "Sun, 12 Nov 2023 21:13:20 GMT"),
+        ]);
+        assert_eq!(max_age_wins, Duration::ZERO);
+        let absurd = stale_for(&[("cache-control", "max-age=60"), ("age", "99999999999999")]);
+        assert_eq!(absurd, Duration::from_secs(u64::from(u32::MAX) - 60));
     }
-    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-    names.dedup();
-    Some(names)
 }
