@@ -392,12 +392,12 @@ async fn each_fallback_policy_does_what_it_says_while_redis_is_down_and_redis_co
     let run = Duration::from_secs(1);
     // While Redis is up: see POLICY_UP_DEADLINE. While it is down: the
     // deadline bounds the waits of the local fallback (25/s).
-    let (up, down) = (POLICY_UP_DEADLINE, Duration::from_millis(300));
+    let (up_deadline, down_deadline) = (POLICY_UP_DEADLINE, Duration::from_millis(300));
 
     // Redis up: 50/s + 5 each, from Redis, for every policy (and up to
     // 200 ms of permits reserved by calls started before the end).
     for (name, client) in clients {
-        let seen = run_phase(client, 4, run, up).await;
+        let seen = run_phase(client, 4, run, up_deadline).await;
         let stats = client.stats();
         assert!((30..=70).contains(&seen.ok), "{name}: {seen:?}");
         assert_eq!(stats.shared_fallbacks, 0, "{name}: {stats:?}");
@@ -411,9 +411,10 @@ async fn each_fallback_policy_does_what_it_says_while_redis_is_down_and_redis_co
 
     // Redis killed: each policy decides, no call waits past its deadline.
     redis.kill();
-    let down: Vec<Phase> =
-        futures_util::future::join_all(clients.map(|(_, client)| run_phase(client, 4, run, down)))
-            .await;
+    let down: Vec<Phase> = futures_util::future::join_all(
+        clients.map(|(_, client)| run_phase(client, 4, run, down_deadline)),
+    )
+    .await;
     let [local_down, allow_down, reject_down] = <[Phase; 3]>::try_from(down).unwrap();
     // Local(0.5): 25/s with a burst of 3 (2.5 rounded), in this process.
     assert!((10..=40).contains(&local_down.ok), "local: {local_down:?}");
@@ -446,13 +447,13 @@ async fn each_fallback_policy_does_what_it_says_while_redis_is_down_and_redis_co
                 tokio::time::Instant::now() < deadline_back,
                 "{name}: the shared limit did not come back"
             );
-            let _ = client.get("x").timeout(up).send().await;
+            let _ = client.get("x").timeout(up_deadline).send().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     for (name, client) in clients {
         let before = client.stats();
-        let seen = run_phase(client, 4, run, up).await;
+        let seen = run_phase(client, 4, run, up_deadline).await;
         let after = client.stats();
         assert!((30..=70).contains(&seen.ok), "{name}: {seen:?}");
         assert_eq!(
