@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Sequence, capture_traces, fast_retry, received};
+use common::{Sequence, capture_traces, fast_retry, received, until};
 use resilient_http::{
     ApiClient, ApiClientBuilder, CircuitBreakerConfig, CircuitState, Endpoint, ErrorKind,
     LoadBalance, ResolveError, Resolver, RetryPolicy, StaticResolver, Url,
@@ -184,10 +184,8 @@ async fn a_failing_instance_is_ejected_then_readmitted_after_it_recovers() {
     // It recovers; once the open duration is over it takes a probe and its share.
     bad.reset().await;
     serve(&bad, ResponseTemplate::new(200).set_body_string("bad")).await;
-    eventually("the breaker to let a probe through", || {
-        states(&client)[0] == CircuitState::HalfOpen
-    })
-    .await;
+    // Until the breaker lets a probe through.
+    until(|| states(&client)[0] == CircuitState::HalfOpen).await;
     let served = call_many(&client, 30).await;
 
     assert_eq!(tally(&served, &["bad", "g1", "g2"]), [10, 10, 10]);
@@ -384,7 +382,8 @@ async fn the_background_refresh_applies_a_new_list() {
     assert_eq!(call_many(&client, 1).await, ["a"]);
 
     registry.set([b.uri()]);
-    eventually("the new list to apply", || urls(&client) == [base(&b)]).await;
+    // Until the new list applies.
+    until(|| urls(&client) == [base(&b)]).await;
 
     assert_eq!(call_many(&client, 5).await, ["b"; 5]);
     assert_eq!(received(&a).await, 1);
@@ -595,7 +594,8 @@ async fn a_failed_background_refresh_is_retried_sooner_than_the_interval() {
     let started = Instant::now();
 
     registry.set(["http://127.0.0.1:1/"]);
-    eventually("the retried resolution", || client.endpoints().len() == 1).await;
+    // Until the retried resolution.
+    until(|| client.endpoints().len() == 1).await;
 
     assert!(
         started.elapsed() <= Duration::from_millis(300),
@@ -679,7 +679,8 @@ async fn in_flight_counts_an_attempt_until_it_ends_or_is_cancelled() {
         let client = client.clone();
         async move { client.get("x").send().await }
     });
-    eventually("the attempt to start", || in_flight(&client) == 1).await;
+    // Until the attempt starts.
+    until(|| in_flight(&client) == 1).await;
 
     call.abort();
 
@@ -1106,15 +1107,6 @@ fn ports(line: &str) -> Vec<u16> {
 
 fn last_port(line: &str) -> Option<u16> {
     ports(line).last().copied()
-}
-
-/// Polls `done` every 10 ms, for at most 5 s.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A service registry the tests change: its answer, and how often it was asked.

@@ -7,6 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::faults::{FaultServer, Mode};
 use common::{Sequence, capture_traces, fast_builder, received};
 use resilient_http::{ApiClient, CircuitBreakerConfig, CircuitState, ErrorKind, RetryPolicy, Url};
 use wiremock::matchers::{any, path};
@@ -347,43 +348,77 @@ async fn reports_every_state_change_to_the_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_admits_no_more_probes_than_configured() {
-    let server = MockServer::start().await;
-    let codes = [503, 503, 503];
-    let seq = Sequence::new(
-        codes
-            .iter()
-            .map(|c| ResponseTemplate::new(*c))
-            .chain([ResponseTemplate::new(200).set_delay(Duration::from_millis(300))]),
-    );
-    serve(&server, &seq).await;
+    const CALLS: usize = 20;
+    const PROBES: usize = 2;
+    // Longer than the test: a probe waits for the gate, never for a timer.
+    const LONG: Duration = Duration::from_secs(60);
+    // Failed connections trip the breaker; the probes are then held at the
+    // server until every call has been decided, so none of them ends (and
+    // closes the breaker) while the others are still arriving.
+    let server = FaultServer::start(Mode::CloseAfterAccept).await;
     // A multi-thread runtime cannot pause its clock: a short real open
-    // duration, waited out with a timer.
+    // duration, waited out by watching the state.
     let open_for = Duration::from_millis(500);
-    let client = client(
-        &server,
-        breaker().open_duration(open_for).half_open_max_calls(2),
-    );
+    let client = fast_builder(&server.uri())
+        .no_retry()
+        .read_timeout(LONG)
+        .attempt_timeout(LONG)
+        .total_timeout(LONG)
+        .circuit_breaker(
+            breaker()
+                .open_duration(open_for)
+                .half_open_max_calls(u32::try_from(PROBES).unwrap()),
+        )
+        .build()
+        .unwrap();
     trip(&client, 3).await;
-    tokio::time::sleep(open_for + Duration::from_millis(50)).await;
+    assert_ne!(client.circuit_state(), CircuitState::Closed);
+    server.set_mode(Mode::Gated);
+    common::until(|| client.circuit_state() == CircuitState::HalfOpen).await;
 
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..20 {
+    for _ in 0..CALLS {
         let client = client.clone();
         set.spawn(async move { client.get("x").send().await });
     }
+    // All but the probes are decided while the probes are held (bounded:
+    // with a probe too many, fewer calls end, and the test fails below).
+    let mut outcomes = Vec::new();
+    let decided = tokio::time::timeout(Duration::from_secs(10), async {
+        while outcomes.len() < CALLS - PROBES {
+            outcomes.push(set.join_next().await.unwrap().unwrap());
+        }
+    })
+    .await;
+    if decided.is_ok() {
+        server.wait_for_requests(PROBES).await;
+    }
+    let held = server.requests();
+    server.release(CALLS);
+    while let Some(joined) = set.join_next().await {
+        outcomes.push(joined.unwrap());
+    }
     let mut ok = 0;
     let mut rejected = 0;
-    while let Some(result) = set.join_next().await {
-        match result.unwrap() {
+    for outcome in outcomes {
+        match outcome {
             Ok(_) => ok += 1,
             Err(e) if e.is_circuit_open() => rejected += 1,
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
 
-    assert_eq!(ok, 2, "two probes went through");
-    assert_eq!(rejected, 18);
-    assert_eq!(received(&server).await, 3 + 2);
+    assert!(
+        decided.is_ok(),
+        "calls still undecided while the probes were held: {ok} ok, {rejected} rejected"
+    );
+    assert_eq!(held, PROBES, "requests at the server while held");
+    assert_eq!(ok, PROBES, "two probes went through");
+    assert_eq!(rejected, CALLS - PROBES);
+    // Three failed connections, then one per probe; the rejected calls
+    // did no I/O.
+    assert_eq!(server.connections(), 3 + PROBES);
+    assert_eq!(server.requests(), PROBES);
 }
 
 #[tokio::test]

@@ -293,16 +293,20 @@ async fn no_retry_makes_one_attempt() {
 
 #[tokio::test]
 async fn the_total_deadline_bounds_the_whole_loop() {
+    const TOTAL: Duration = Duration::from_secs(3);
     let server = MockServer::start().await;
     serve(&server, &Sequence::statuses(&[503])).await;
     let client = fast_builder(&server.uri())
         .no_circuit_breaker()
-        .total_timeout(Duration::from_secs(1))
+        .attempt_timeout(TOTAL)
+        .total_timeout(TOTAL)
         .retry(
             RetryPolicy::exponential()
                 .max_attempts(100)
                 .initial_backoff(Duration::from_millis(100))
-                .jitter(false),
+                .max_backoff(Duration::from_secs(10))
+                .jitter(false)
+                .budget(RetryBudget::unlimited()),
         )
         .build()
         .unwrap();
@@ -310,15 +314,19 @@ async fn the_total_deadline_bounds_the_whole_loop() {
 
     let err = client.get("x").send().await.unwrap_err();
 
-    // 100 + 200 + 400 ms of backoff fit in 1 s with ~300 ms to spare; the
-    // next 800 ms would not (margins wide enough for a loaded machine).
+    // 100 + 200 + 400 + 800 ms of backoff: the fifth attempt starts at
+    // 1.5 s, 1.5 s before the deadline (a wide margin for a loaded
+    // machine's slow attempts). The next backoff, 1600 ms, would end past
+    // the deadline however fast the attempts were: no sixth attempt, and
+    // the loop ends with the fifth answer instead of sleeping into it.
     assert!(
-        start.elapsed() < Duration::from_millis(1400),
+        start.elapsed() < TOTAL + Duration::from_millis(400),
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(err.attempts(), 4);
+    assert_eq!(err.attempts(), 5);
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(received(&server).await, 5);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod common;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resilient_http::{ApiClientBuilder, ErrorKind, RetryPolicy, TimeoutPhase};
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::{fast_builder, raw_server, until_peer_closes};
+use common::{fast_builder, head_value, raw_server, raw_server_with_head, until_peer_closes};
 
 /// Short enough to keep the suite fast, long enough to tell phases apart.
 const SHORT: Duration = Duration::from_millis(200);
@@ -228,17 +229,22 @@ async fn per_call_timeout_longer_than_the_client_total_lets_a_slow_call_finish()
 
 #[tokio::test(start_paused = true)]
 async fn an_attempt_after_a_slow_token_fetch_still_ends_at_the_total_deadline() {
-    // On the paused clock: the token takes 1.2 s, the server never answers
-    // in time. The call's 2 s are over at 2 s, not 1.2 s + 2 s.
-    let server = MockServer::start().await;
-    Mock::given(path("/x"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
-        .mount(&server)
-        .await;
-    let client = fast_builder(&server.uri())
+    // On the paused clock: the token takes 1.2 s, the server (on this
+    // runtime, so on the same clock) reads the request and never answers.
+    // The call's 2 s are over at 2 s, not 1.2 s + 2 s, and the attempt was
+    // sent, with the token, in between.
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    let uri = raw_server_with_head(move |_, head, stream| {
+        seen.lock().unwrap().push((Instant::now(), head));
+        until_peer_closes(stream)
+    })
+    .await;
+    let client = fast_builder(&uri)
         .retry(RetryPolicy::none())
         .total_timeout(Duration::from_secs(2))
         .attempt_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(10))
         .token_provider(|| async {
             tokio::time::sleep(Duration::from_millis(1200)).await;
             Ok::<_, resilient_http::BoxError>(resilient_http::Token::new("t"))
@@ -251,5 +257,25 @@ async fn an_attempt_after_a_slow_token_fetch_still_ends_at_the_total_deadline() 
 
     assert_eq!(err.timeout_phase(), Some(TimeoutPhase::Total), "{err:?}");
     let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
     assert!(took <= Duration::from_millis(2050), "{took:?}");
+    // The server task may not have run since the request arrived: give it
+    // turns (no timer, so the paused clock stays put), for at most 10 s of
+    // real time.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while heads.lock().unwrap().is_empty() && std::time::Instant::now() < give_up {
+        tokio::task::yield_now().await;
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "one attempt: {heads:?}");
+    let (arrived, head) = &heads[0];
+    assert!(head.starts_with("GET /x "), "{head}");
+    assert_eq!(
+        head_value(head, "authorization"),
+        Some("Bearer t"),
+        "{head}"
+    );
+    // Sent once the token was there, not before.
+    let sent = arrived.duration_since(started);
+    assert!(sent >= Duration::from_millis(1200), "{sent:?}");
 }
