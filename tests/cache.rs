@@ -946,6 +946,35 @@ async fn a_404_answer_drops_the_entry_it_revalidated() {
 }
 
 #[tokio::test]
+async fn an_allowed_429_leaves_the_entry_for_the_next_outage() {
+    let server = MockServer::start().await;
+    Mock::given(path("/doc"))
+        .respond_with(Sequence::new([
+            ok("v1", "max-age=1, stale-if-error=600"),
+            ResponseTemplate::new(429),
+            ResponseTemplate::new(503),
+        ]))
+        .mount(&server)
+        .await;
+    let client = cached(&server, Cache::in_memory(100)).build().unwrap();
+    client.get("doc").send().await.unwrap();
+    pass_time(secs(2)).await;
+
+    // Pushback, allowed as an answer by this call: an outage, not news.
+    let pushed = client
+        .get("doc")
+        .allow_status(StatusCode::TOO_MANY_REQUESTS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::TOO_MANY_REQUESTS);
+    let stale = client.get("doc").send().await.unwrap();
+
+    assert_eq!(stale.text().unwrap(), "v1");
+    assert!(stale.is_stale());
+}
+
+#[tokio::test]
 async fn a_newer_answer_that_may_not_be_stored_drops_the_entry_it_superseded() {
     let server = MockServer::start().await;
     Mock::given(path("/doc"))

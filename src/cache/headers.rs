@@ -14,9 +14,10 @@ use reqwest::header::{
 
 /// Header fields that concern one connection (RFC 9110 section 7.6.1),
 /// besides those `Connection` lists: never stored (RFC 9111 section 3.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-authentication-info"),
     HeaderName::from_static("proxy-connection"),
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,

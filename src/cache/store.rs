@@ -381,7 +381,14 @@ impl Store {
             };
             return (answer, Outcome::Revalidated);
         }
-        if pending.entry.is_some() && !answer.status.is_server_error() {
+        // An outage's answer (a 5xx, a 429 or 408 the call allowed) leaves
+        // the entry for stale-if-error; any other supersedes it.
+        let outage = answer.status.is_server_error()
+            || matches!(
+                answer.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT
+            );
+        if pending.entry.is_some() && !outage {
             self.remove(pending);
         }
         if !redirected {
@@ -678,7 +685,7 @@ impl Store {
             fresh_until: now.checked_add(fresh).unwrap_or(now),
             stale_on_arrival: stale,
             keep: keep(&headers, fresh, stale, windows),
-            bytes: entry.bytes,
+            bytes: size_of(&entry.body, &headers, &pending.request.headers, &entry.url),
             policy,
             status: entry.status,
             version: entry.version,
@@ -689,6 +696,9 @@ impl Store {
             refreshing: AtomicBool::new(false),
             stored_at: now,
         };
+        // Under the key of its old `Vary` (if the 304 changed it, the new
+        // key is another one).
+        self.remove(pending);
         self.insert(pending, &names, refreshed);
         answer
     }
