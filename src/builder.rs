@@ -489,10 +489,12 @@ impl ApiClientBuilder {
     /// [`Retryable`](ErrorKind::Retryable) (timeouts, connection failures,
     /// 429, 502, 503, 504), [`Server`](ErrorKind::Server) (other 5xx) and
     /// [`Rejected`](ErrorKind::Rejected) (an open circuit breaker, a
-    /// pushback pause, a rate or concurrency limit): never a
+    /// pushback pause, a rate or concurrency limit, no endpoint): never a
     /// [`Client`](ErrorKind::Client) error such as a 404 (the dependency
-    /// answered), a `Decode` or a `Config` error (a bug to see). Name other
-    /// kinds with [`fallback_on`](Self::fallback_on).
+    /// answered), a `Decode` or a `Config` error, nor a token provider's or
+    /// signer's failure (a bug or a setup to see). Name other kinds with
+    /// [`fallback_on`](Self::fallback_on), which answers every error of
+    /// the kinds it names.
     ///
     /// It runs once per call, after the last attempt, with the final error
     /// (its kind, status, [`retry_after`](Error::retry_after)...), on the

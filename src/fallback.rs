@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, ErrorReason};
 use crate::response::ApiResponse;
 
 /// The function a fallback calls with the call's final error.
@@ -15,6 +15,10 @@ type Answer = dyn Fn(&Error) -> Option<ApiResponse> + Send + Sync;
 #[derive(Clone)]
 pub(crate) struct Fallback {
     kinds: Kinds,
+    /// The default kinds: a `Rejected` error only when the dependency is
+    /// unavailable (an open breaker, a pause, a limit, no endpoint), not a
+    /// token or signer failure (a bug or a setup to see).
+    unavailable_only: bool,
     answer: Arc<Answer>,
 }
 
@@ -28,15 +32,19 @@ impl fmt::Debug for Fallback {
 
 impl Fallback {
     /// A fallback for the errors that mean the dependency is unavailable:
-    /// `Retryable`, `Server` and `Rejected`.
+    /// `Retryable`, `Server`, and `Rejected` by a breaker, a pause, a limit
+    /// or for want of an endpoint.
     pub(crate) fn new<F>(answer: F) -> Self
     where
         F: Fn(&Error) -> Option<ApiResponse> + Send + Sync + 'static,
     {
-        Self::on(
-            [ErrorKind::Retryable, ErrorKind::Server, ErrorKind::Rejected],
-            answer,
-        )
+        Self {
+            unavailable_only: true,
+            ..Self::on(
+                [ErrorKind::Retryable, ErrorKind::Server, ErrorKind::Rejected],
+                answer,
+            )
+        }
     }
 
     /// A fallback for the errors of `kinds` only.
@@ -47,6 +55,7 @@ impl Fallback {
     {
         Self {
             kinds: kinds.into_iter().collect(),
+            unavailable_only: false,
             answer: Arc::new(answer),
         }
     }
@@ -54,7 +63,9 @@ impl Fallback {
     /// The fallback's answer to `err`: `None` for a kind it was not given,
     /// or when its function declines.
     pub(crate) fn answer(&self, err: &Error) -> Option<ApiResponse> {
-        if self.kinds.contains(err.kind()) {
+        let local = self.unavailable_only
+            && matches!(err.reason(), ErrorReason::Auth | ErrorReason::Signer);
+        if self.kinds.contains(err.kind()) && !local {
             (self.answer)(err)
         } else {
             None
@@ -148,6 +159,9 @@ mod tests {
         assert!(!served(&fallback, &status(404)), "Client");
         assert!(!served(&fallback, &Error::config("bad")), "Config");
         assert!(!served(&fallback, &Error::decode("bad", None)), "Decode");
+        // Rejected, but by the client's own setup: a failure to see.
+        assert!(!served(&fallback, &Error::signer("no key")), "Signer");
+        assert!(!served(&fallback, &Error::auth("no token")), "Auth");
     }
 
     #[test]

@@ -216,7 +216,8 @@
 //! Each call is one `http.client.request` span with OpenTelemetry HTTP-client
 //! fields (`http.request.method`, `url.full` (redacted), `server.address`,
 //! `server.port`, `http.response.status_code`, `http.request.resend_count`,
-//! `error.type`; `coalesced` for a call that
+//! `error.type`, and `otel.status_code = "ERROR"` for a failed call, which
+//! OpenTelemetry layers read as the span's status; `coalesced` for a call that
 //! [shared](ApiClientBuilder::coalesce_requests) another's request,
 //! `served_by = "fallback"` for one a [fallback](ApiClientBuilder::fallback)
 //! answered, and with a `Cache` (feature `cache`), `cache`: what

@@ -39,6 +39,8 @@ pub(crate) fn is_sensitive_name(name: &str) -> bool {
         "credential",
         "signature",
         "private",
+        // AWS's AWSAccessKeyId (a presigned URL's key id).
+        "accesskey",
         // OAuth's client_assertion, SAML's assertion: bearer credentials.
         "assertion",
         "hmac",
@@ -145,6 +147,7 @@ mod tests {
             "access_token",
             "Cookie",
             "client_secret",
+            "AWSAccessKeyId",
             "X-Auth-Key",
             "Ocp-Apim-Subscription-Key",
             "x-functions-key",

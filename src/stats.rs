@@ -25,7 +25,10 @@
 //! | `http.client.rate_limit.shared.store_errors` (calls to Redis that failed) | counter | `error` (`timeout`, `connection`, `response`) |
 //!
 //! `outcome` is `ok` or the [`ErrorKind`](crate::ErrorKind) name; the status
-//! class is `2xx`..`5xx`, or `none` when no response came. Install any
+//! class is `2xx`..`5xx`, or `none` when no response came. `server.address`
+//! takes the first 64 hosts a client calls; calls to any other share
+//! `_OTHER`, so that a client calling arbitrary hosts (or endpoints that
+//! churn) keeps its series bounded. Install any
 //! `metrics` recorder (Prometheus, OpenTelemetry...) in the service; without
 //! one the calls cost next to nothing.
 
@@ -153,9 +156,36 @@ pub(crate) struct Stats {
     hedges_won: AtomicU64,
     coalesced: AtomicU64,
     fallbacks: AtomicU64,
+    /// The `server.address` label values handed out so far (bounded).
+    #[cfg(feature = "metrics")]
+    servers: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
 }
 
+/// How many distinct `server.address` values a client's metrics use: past
+/// them (a client calling arbitrary hosts by absolute URL, endpoints that
+/// churn), new hosts share the label `_OTHER`.
+#[cfg(feature = "metrics")]
+pub(crate) const MAX_SERVER_LABELS: usize = 64;
+
 impl Stats {
+    /// `server`'s label: itself while the client has used fewer than
+    /// [`MAX_SERVER_LABELS`] hosts, `_OTHER` for a new one past that.
+    #[cfg(feature = "metrics")]
+    fn server_label(&self, server: &str) -> String {
+        let mut seen = self
+            .servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(server) {
+            return server.to_owned();
+        }
+        if seen.len() < MAX_SERVER_LABELS {
+            seen.insert(server.into());
+            return server.to_owned();
+        }
+        "_OTHER".to_owned()
+    }
+
     pub(crate) fn snapshot(&self, token_fetches: u64) -> ClientStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (succeeded, failed) = (load(&self.succeeded), load(&self.failed));
@@ -389,7 +419,10 @@ impl Active<'_> {
                 status_class(status).to_owned(),
             ),
             ("outcome", outcome.to_owned()),
-            ("server.address", server.unwrap_or_default().to_owned()),
+            (
+                "server.address",
+                server.map_or_else(String::new, |s| self.stats.server_label(s)),
+            ),
         ];
         metrics::histogram!("http.client.request.duration", &labels).record(elapsed.as_secs_f64());
         metrics::counter!("http.client.requests", &labels).increment(1);

@@ -736,4 +736,32 @@ mod facade {
             (5, 1, 0)
         );
     }
+
+    #[tokio::test]
+    async fn the_server_address_label_is_bounded() {
+        let recorder = Capture::default();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        // No base URL: a client calling whatever hosts it is given (each
+        // refuses the connection at once).
+        let client = resilient_http::ApiClient::builder()
+            .no_retry()
+            .no_circuit_breaker()
+            .build()
+            .unwrap();
+        for i in 1..=100u8 {
+            let url = format!("http://127.0.0.{i}:1/x");
+            client.get(&url).send().await.unwrap_err();
+        }
+
+        let mut servers: Vec<String> = recorder
+            .label_sets(REQUESTS)
+            .into_iter()
+            .flat_map(|set| set.into_iter().filter(|(k, _)| k == "server.address"))
+            .map(|(_, v)| v)
+            .collect();
+        servers.sort();
+        servers.dedup();
+        assert_eq!(servers.len(), 65, "64 hosts and _OTHER: {servers:?}");
+        assert!(servers.iter().any(|s| s == "_OTHER"));
+    }
 }

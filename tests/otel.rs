@@ -653,3 +653,29 @@ async fn an_allowed_error_status_is_still_an_error_on_the_attempt_span() {
     assert!(matches!(attempt.status, Status::Error { .. }));
     no_propagator();
 }
+
+#[tokio::test]
+async fn a_failed_call_is_an_error_on_the_call_span() {
+    let _global = GLOBAL.lock().await;
+    trace_context();
+    let traced = Traced::new();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let client = fast_builder(&server.uri()).build().unwrap();
+
+    let err = client.get("a").send().await.unwrap_err();
+
+    assert_eq!(err.status(), Some(resilient_http::StatusCode::NOT_FOUND));
+    let spans = traced.spans();
+    let call = named(&spans, "http.client.request")[0];
+    assert_eq!(attribute(call, "error.type"), Some(&Value::from("404")));
+    assert!(
+        matches!(call.status, Status::Error { .. }),
+        "{:?}",
+        call.status
+    );
+    no_propagator();
+}

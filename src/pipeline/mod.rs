@@ -266,6 +266,8 @@ impl CallContext<'_> {
                 span.record("http.request.resend_count", i64::from(attempts - 1));
             }
             span.record("error.type", &*err.type_name());
+            // The span's status for OpenTelemetry: a failed call is an error.
+            span.record("otel.status_code", "ERROR");
         }
         if matches!(err.kind(), ErrorKind::Server | ErrorKind::Retryable) {
             tracing::warn!(
@@ -1188,6 +1190,7 @@ fn call_span(call: &Result<Call, Error>) -> tracing::Span {
         http.response.status_code = Empty,
         http.request.resend_count = Empty,
         error.type = Empty,
+        otel.status_code = Empty,
         limit.wait_ms = Empty,
         hedge.sent = Empty,
         hedge.won = Empty,
