@@ -351,8 +351,8 @@ impl ApiClientBuilder {
 
     /// The limit on a whole call: waiting for limits, every attempt and every
     /// backoff (default 30 s). [`RequestBuilder::timeout`](crate::RequestBuilder::timeout)
-    /// replaces it for one call. It also bounds each token fetch, whatever
-    /// the call's own deadline (see [`TokenProvider`]).
+    /// replaces it for one call. It also bounds each token fetch, even for
+    /// a call whose own deadline is longer (see [`TokenProvider`]).
     pub fn total_timeout(mut self, timeout: Duration) -> Self {
         self.total_timeout = timeout;
         self

@@ -35,7 +35,7 @@ pub use self::build::ErrorBuilder;
 /// | `Retryable` | DNS/connect failure, reset or early close, any timeout, 408, 429, 502, 503, 504 | yes |
 /// | `Server` | every other 5xx, and a peer that does not speak HTTP | only with `retry_server_errors(true)` |
 /// | `Client` | every other 4xx, a 3xx that was not followed, a redirect loop | no |
-/// | `Rejected` | refused locally, nothing sent: open circuit, server pushback pause, rate or concurrency limit | no |
+/// | `Rejected` | refused locally, nothing sent: open circuit, server pushback pause, rate or concurrency limit, no token, a failed signer, no endpoint | no |
 /// | `Decode` | a 2xx that cannot be used as asked: wrong type, not UTF-8, too large | no |
 /// | `Config` | invalid URL, header, option or unserializable body; a TLS certificate refused by either side | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +51,7 @@ pub enum ErrorKind {
     /// Refused locally before anything was sent: an open circuit breaker, a
     /// server pushback pause, a rate limit or a concurrency limit that cannot
     /// be met within the deadline, no token (`Auth`), a failed signer, or no
-    /// endpoint (the table above has the reasons).
+    /// endpoint ([`ErrorReason`] names which).
     Rejected,
     /// A successful response whose body could not be used as asked.
     Decode,

@@ -125,7 +125,7 @@
 //! an [`idempotency_key`](RequestBuilder::idempotency_key), with
 //! [`idempotent(true)`](RequestBuilder::idempotent), or after a failure that
 //! proves the server did not process the request
-//! ([`Error::is_unprocessed`]: a connect failure, or an HTTP/2 stream it
+//! ([`Error::is_unprocessed`]: a connect failure, a local rejection, or an HTTP/2 stream it
 //! refused or dropped in a `GOAWAY`). Delays grow exponentially from
 //! 100 ms to at most 5 s with full jitter; a `Retry-After` replaces the delay.
 //!

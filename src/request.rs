@@ -673,18 +673,18 @@ impl RequestBuilder {
     /// ```
     /// # async fn run() -> resilient_http::Result<()> {
     /// # let server = wiremock::MockServer::start().await;
-    /// # wiremock::Mock::given(wiremock::matchers::path("/shared/logo.png"))
+    /// # wiremock::Mock::given(wiremock::matchers::path("/static/logo.png"))
     /// #     .respond_with(wiremock::ResponseTemplate::new(200))
     /// #     .expect(1)
     /// #     .mount(&server).await;
     /// use resilient_http::{ApiClient, ErrorKind};
     ///
     /// let client = ApiClient::builder().base_url(format!("{}/v1/", server.uri())).build()?;
-    /// let err = client.get("../shared/logo.png").send().await.unwrap_err();
+    /// let err = client.get("../static/logo.png").send().await.unwrap_err();
     /// assert_eq!((err.kind(), err.attempts()), (ErrorKind::Config, 0));
     ///
     /// // A path the program wrote itself may climb, when asked for.
-    /// client.get("../shared/logo.png").allow_path_escape(true).send().await?;
+    /// client.get("../static/logo.png").allow_path_escape(true).send().await?;
     /// # Ok(()) }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```

@@ -49,8 +49,8 @@ pub const DEFAULT_CACHE_MAX_BYTES: usize = 64 << 20;
 ///   no longer let the entry be stored, such as `no-store`, answers with it
 ///   and drops it); a full answer instead supersedes the entry: it takes its
 ///   place, or, if it may not be stored (a `404` the call allows, a
-///   `no-store` 200), the entry is dropped (a 5xx leaves it, for
-///   stale-if-error);
+///   `no-store` 200), the entry is dropped (a 5xx, or a 429 or 408 the
+///   call allows, leaves it, for stale-if-error);
 /// - a request's own `Cache-Control` (`no-cache`, `max-age=0`, `no-store`),
 ///   or `Pragma: no-cache`, is honoured; a request with its own conditional or `Range` headers, a
 ///   streamed call ([`send_stream`](crate::RequestBuilder::send_stream),

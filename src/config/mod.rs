@@ -69,7 +69,9 @@ pub use crate::discovery::DEFAULT_RESOLVER_REFRESH;
 /// an [`ErrorKind::Config`](crate::ErrorKind::Config) error, like the builder.
 ///
 /// `Debug` never shows the `bearer_token`, the values of credential-like
-/// `default_headers` or a password in `base_url`. Serializing writes them all.
+/// `default_headers`, or credentials in any URL (`base_url`, `endpoints`,
+/// `proxy`, `etcd.url`, `rate_limit.shared.url`). Serializing writes them
+/// all.
 ///
 /// # Examples
 ///
