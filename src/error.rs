@@ -1185,8 +1185,18 @@ impl fmt::Debug for Error {
         if let Some(cut) = &inner.cut {
             d.field("cut", cut);
         }
-        if let Some(s) = &inner.source {
-            d.field("source", s);
+        match &inner.source {
+            // A decoder's message can quote the body: kept to `source()`.
+            Some(_) if inner.what.kind() == ErrorKind::Decode => {
+                d.field(
+                    "source",
+                    &format_args!("(the decoder's message: see source())"),
+                );
+            }
+            Some(s) => {
+                d.field("source", s);
+            }
+            None => {}
         }
         d.finish_non_exhaustive()
     }
@@ -1209,6 +1219,8 @@ impl std::error::Error for Error {
 /// The body is decoded at full speed first; only a body that fails is decoded
 /// again, tracking the path (which copies every key it meets), to name where.
 pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    // No body (a 204) is JSON `null`: `()` and `Option<T>` decode from it.
+    let body = if body.is_empty() { b"null" } else { body };
     serde_json::from_slice(body).map_err(|first| decode_json_error::<T>(body, first))
 }
 
@@ -1560,6 +1572,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Decode);
         assert!(text.contains("type error at `items[1].id`"), "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
+        // Nor does its `Debug` (an `unwrap()`, a `?err` field).
+        let debug = format!("{err:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
         let err = decode_json::<std::collections::HashMap<String, u64>>(br#"{"tok en":"x"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("`<key>`"), "{err}");

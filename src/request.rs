@@ -163,6 +163,16 @@ impl RequestBuilder {
         self
     }
 
+    /// Sets `name` to `value` alone, replacing any value set before (reqwest's
+    /// `header` adds one more).
+    fn set(self, name: HeaderName, value: HeaderValue) -> Self {
+        self.map(|r| {
+            let mut one = reqwest::header::HeaderMap::new();
+            one.insert(name, value);
+            r.headers(one)
+        })
+    }
+
     fn fail(mut self, err: Error) -> Self {
         if self.inner.is_ok() && self.bad_query.is_none() {
             self.inner = Err(err);
@@ -215,17 +225,19 @@ impl RequestBuilder {
         }
     }
 
-    /// Sends `Authorization: Bearer <token>` with this request.
+    /// Sends `Authorization: Bearer <token>` with this request, replacing
+    /// any `Authorization` set on it before.
     pub fn bearer_auth(self, token: impl fmt::Display) -> Self {
         match bearer(&token) {
-            Ok(value) => self.map(|r| r.header(reqwest::header::AUTHORIZATION, value)),
+            Ok(value) => self.set(reqwest::header::AUTHORIZATION, value),
             Err(err) => self.fail(err),
         }
     }
 
     /// Sends `Authorization: Basic <base64(user:password)>` with this request
     /// (marked sensitive: never printed, and not forwarded on a redirect to
-    /// another origin). It replaces the client's token for this call.
+    /// another origin). It replaces the client's token for this call, and
+    /// any `Authorization` set on the request before.
     ///
     /// # Examples
     ///
@@ -250,7 +262,7 @@ impl RequestBuilder {
         match HeaderValue::from_str(&format!("Basic {encoded}")) {
             Ok(mut value) => {
                 value.set_sensitive(true);
-                self.map(|r| r.header(reqwest::header::AUTHORIZATION, value))
+                self.set(reqwest::header::AUTHORIZATION, value)
             }
             // Base64 is always a valid header value; kept for the type.
             Err(e) => self.fail(Error::config_from("invalid basic auth credentials", e)),
@@ -651,12 +663,14 @@ impl RequestBuilder {
         self
     }
 
-    /// Sends `Idempotency-Key: <key>` on every attempt, which makes a POST or
-    /// PATCH safe to retry: the server can tell a replay from a new request.
+    /// Sends `Idempotency-Key: <key>` on every attempt (replacing a key set
+    /// before), which makes a POST or PATCH safe to retry: the server can
+    /// tell a replay from a new request. An `Idempotency-Key` set with
+    /// [`header`](Self::header) does the same.
     pub fn idempotency_key(mut self, key: impl AsRef<str>) -> Self {
         self.has_key = true;
         match HeaderValue::from_str(key.as_ref()) {
-            Ok(value) => self.map(|r| r.header(IDEMPOTENCY_KEY, value)),
+            Ok(value) => self.set(HeaderName::from_static(IDEMPOTENCY_KEY), value),
             Err(e) => self.fail(Error::config_from("invalid idempotency key", e)),
         }
     }
@@ -762,6 +776,8 @@ impl RequestBuilder {
         let own_auth = request
             .headers()
             .contains_key(reqwest::header::AUTHORIZATION);
+        // The request's own key (not a client-wide default header's).
+        let has_key = has_key || request.headers().contains_key(IDEMPOTENCY_KEY);
         // A routed call is sent only on its endpoint's origin: an escaped path
         // that would leave it is refused per attempt (`Instance::url_for`).
         let foreign = client.apply_default_headers(&mut request, routed.is_some() || on_base);

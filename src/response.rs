@@ -291,7 +291,8 @@ impl ApiResponse {
         }
     }
 
-    /// The body deserialized from JSON.
+    /// The body deserialized from JSON. An empty body (a `204`) reads as
+    /// `null`, so `()` and `Option<T>` decode from it.
     ///
     /// # Errors
     ///

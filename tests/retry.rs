@@ -114,6 +114,57 @@ async fn sends_a_post_once_on_503() {
 }
 
 #[tokio::test]
+async fn a_post_with_an_idempotency_key_header_is_retried_too() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("idempotency-key", "pay-8"))
+        .respond_with(Sequence::statuses(&[503, 201]))
+        .expect(2)
+        .mount(&server)
+        .await;
+
+    let resp = client(&server)
+        .post("payments")
+        .header(resilient_http::IDEMPOTENCY_KEY, "pay-8")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.attempts(), 2);
+}
+
+#[tokio::test]
+async fn a_key_or_credentials_set_twice_are_sent_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+
+    client(&server)
+        .post("payments")
+        .idempotency_key("default-uuid")
+        .idempotency_key("pay-9")
+        .bearer_auth("t")
+        .basic_auth("ada", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+
+    let sent = &server.received_requests().await.unwrap()[0];
+    let values = |name: &str| -> Vec<String> {
+        sent.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(values("idempotency-key"), ["pay-9"]);
+    assert_eq!(values("authorization"), ["Basic YWRhOnB3"]);
+}
+
+#[tokio::test]
 async fn retries_a_post_with_an_idempotency_key_sending_the_key_every_time() {
     let server = MockServer::start().await;
     let seq = Sequence::statuses(&[503, 503, 201]);

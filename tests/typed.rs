@@ -45,6 +45,26 @@ async fn get_json_decodes_the_body_into_the_asked_type() {
 }
 
 #[tokio::test]
+async fn an_answer_without_a_body_decodes_as_null() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let client = client_for(&server);
+
+    let (): () = client.post_json("jobs", &json!({"run": 1})).await.unwrap();
+    let none: Option<User> = client.post_json("jobs", &json!({"run": 2})).await.unwrap();
+    let err = client
+        .post_json::<_, User>("jobs", &json!({"run": 3}))
+        .await
+        .unwrap_err();
+
+    assert_eq!(none, None);
+    assert_eq!(err.kind(), resilient_http::ErrorKind::Decode);
+}
+
+#[tokio::test]
 async fn post_json_sends_the_body_as_json_and_decodes_the_answer() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
