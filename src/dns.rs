@@ -295,7 +295,12 @@ impl DnsResolver {
                 };
                 valid_until = valid_until.min(ips.valid_until());
                 let url = self.url_of(host, srv.port);
-                let ips: Vec<_> = ips.iter().collect();
+                // In address order: DNS servers shuffle answers, and the
+                // split's remainder must not move from one address to
+                // another between refreshes (a changed weight is a new
+                // endpoint, its breaker and pool lost).
+                let mut ips: Vec<_> = ips.iter().collect();
+                ips.sort_unstable();
                 let weights = split_weight(srv.weight, ips.len());
                 endpoints.extend(ips.into_iter().zip(weights).map(|(ip, weight)| {
                     Endpoint::new(url.as_str())

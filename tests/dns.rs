@@ -283,6 +283,39 @@ async fn an_absolute_url_on_the_service_goes_through_one_of_its_endpoints() {
 // ------------------------------------------------------------ SRV records
 
 #[tokio::test]
+async fn an_srv_weight_is_split_over_its_addresses_in_address_order() {
+    // Weight 10 over three addresses: 4, 3, 3. The answer lists them out
+    // of order, as a DNS server that shuffles would; the extra weight goes
+    // to the lowest address, whatever the order, so that no endpoint
+    // changes between refreshes.
+    let dns = DnsServer::start(60).await;
+    dns.set_a("a.orders.test", &[ip(9), ip(7), ip(8)]);
+    dns.set_srv(
+        "_http._tcp.orders.test",
+        &[Srv {
+            priority: 10,
+            weight: 10,
+            port: 8080,
+            target: "a.orders.test",
+        }],
+    );
+    let client = builder(DnsResolver::srv("_http._tcp.orders.test").nameserver(dns.addr))
+        .build()
+        .unwrap();
+
+    assert_eq!(client.refresh_endpoints().await.unwrap(), 3);
+
+    let mut weights: Vec<(SocketAddr, u32)> = client
+        .endpoints()
+        .iter()
+        .map(|e| (e.address.unwrap(), e.weight))
+        .collect();
+    weights.sort();
+    let at = |last| SocketAddr::new(ip(last).into(), 8080);
+    assert_eq!(weights, [(at(7), 4), (at(8), 3), (at(9), 3)]);
+}
+
+#[tokio::test]
 async fn srv_records_give_each_endpoint_its_port_and_weight() {
     let a = server_at(at(2, 0), 200).await;
     let b = server_at(at(3, 0), 200).await;
