@@ -490,6 +490,17 @@ impl EndpointSet {
         self.instances.iter().map(|i| i.status(now)).collect()
     }
 
+    /// Whether there are several endpoints and `url` is on the origin of
+    /// every one (the addresses of one DNS name): a call to it is balanced
+    /// over them, as a relative path is.
+    pub(crate) fn shares_origin(&self, url: &Url) -> bool {
+        self.instances.len() > 1
+            && self
+                .instances
+                .iter()
+                .all(|i| origin::same_origin(&i.base, url))
+    }
+
     /// The endpoint whose origin `url` is on, if any.
     pub(crate) fn find_origin(&self, url: &Url) -> Option<&Arc<Instance>> {
         self.instances

@@ -261,6 +261,45 @@ async fn a_ttl_shorter_than_the_refresh_interval_brings_the_next_lookup_forward(
 }
 
 #[tokio::test]
+async fn an_absolute_url_on_the_service_is_balanced_with_failover() {
+    let (port, servers, dns) = headless(&[2, 3], 60).await;
+    // The first address fails everything.
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(&servers[0])
+        .await;
+    let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))
+        .retry(
+            resilient_http::RetryPolicy::exponential()
+                .max_attempts(2)
+                .initial_backoff(Duration::from_millis(1))
+                .jitter(false),
+        )
+        .build()
+        .unwrap();
+    client.refresh_endpoints().await.unwrap();
+
+    for _ in 0..6 {
+        let resp = client
+            .get(format!("http://{NAME}:{port}/next?page=2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    // Every call answered by the second address, and the query kept.
+    let answered = servers[1].received_requests().await.unwrap();
+    assert_eq!(answered.len(), 6);
+    assert!(
+        answered
+            .iter()
+            .all(|r| r.url.path() == "/next" && r.url.query() == Some("page=2"))
+    );
+}
+
+#[tokio::test]
 async fn an_absolute_url_on_the_service_goes_through_one_of_its_endpoints() {
     let (port, servers, dns) = headless(&[2, 3], 60).await;
     let client = builder(DnsResolver::new(NAME, port).nameserver(dns.addr))

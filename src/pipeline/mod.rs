@@ -469,6 +469,16 @@ impl ApiClient {
             hedging,
             ..
         } = plan;
+        // An absolute URL on the origin every endpoint shares (the addresses
+        // of one DNS name) is balanced over them, as a relative path is:
+        // pinned to the first, it would have no failover.
+        let routed = routed.or_else(|| {
+            let set = self.inner.balancer.as_ref()?.snapshot();
+            set.shares_origin(request.url()).then(|| Routed {
+                path: request.url().path().into(),
+                allow_escape: false,
+            })
+        });
         let replay = self.replay_of(&request, body, retry.as_deref(), use_token);
         let (method, url) = (request.method().clone(), request.url().clone());
         // A write through the client drops the cached entries of its URL
