@@ -776,8 +776,10 @@ impl RequestBuilder {
         let own_auth = request
             .headers()
             .contains_key(reqwest::header::AUTHORIZATION);
-        // The request's own key (not a client-wide default header's).
-        let has_key = has_key || request.headers().contains_key(IDEMPOTENCY_KEY);
+        // The request's own key (not a client-wide default header's); only
+        // looked up where it matters.
+        let has_key = has_key
+            || (!is_idempotent_method(&method) && request.headers().contains_key(IDEMPOTENCY_KEY));
         // A routed call is sent only on its endpoint's origin: an escaped path
         // that would leave it is refused per attempt (`Instance::url_for`).
         let foreign = client.apply_default_headers(&mut request, routed.is_some() || on_base);
