@@ -275,11 +275,18 @@ impl ApiClient {
             .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
     }
 
-    /// The state of the circuit breaker of `url`'s endpoint (scheme, host, port).
+    /// The state of the circuit breaker of `url`'s endpoint (scheme, host,
+    /// port); for a URL on the origin every endpoint shares, the state of
+    /// them all, as [`circuit_state`](Self::circuit_state) gives it (calls to
+    /// it are balanced over them).
     #[must_use]
     pub fn circuit_state_of(&self, url: &Url) -> CircuitState {
         if let Some(balancer) = &self.inner.balancer {
             let set = balancer.snapshot();
+            // A URL on every endpoint's origin is balanced over them all.
+            if set.shares_origin(url) {
+                return set.state(Instant::now());
+            }
             if let Some(instance) = set.find_origin(url) {
                 return instance
                     .breaker()

@@ -276,6 +276,7 @@ async fn an_absolute_url_on_the_service_is_balanced_with_failover() {
                 .initial_backoff(Duration::from_millis(1))
                 .jitter(false),
         )
+        .circuit_breaker(resilient_http::CircuitBreakerConfig::default().consecutive_failures(1))
         .build()
         .unwrap();
     client.refresh_endpoints().await.unwrap();
@@ -297,6 +298,13 @@ async fn an_absolute_url_on_the_service_is_balanced_with_failover() {
             .iter()
             .all(|r| r.url.path() == "/next" && r.url.query() == Some("page=2"))
     );
+    // The first address's breaker is open, the second's closed: calls to
+    // the URL still go through, and its state says so.
+    let url = format!("http://{NAME}:{port}/next").parse().unwrap();
+    assert_eq!(
+        client.circuit_state_of(&url),
+        resilient_http::CircuitState::Closed
+    );
 }
 
 #[tokio::test]
@@ -317,6 +325,15 @@ async fn an_absolute_url_on_the_service_goes_through_one_of_its_endpoints() {
 
     assert_eq!(resp.status(), 200);
     assert_eq!(counts(&servers).await.iter().sum::<usize>(), 1);
+    // A path that starts with `//` (which a join would read as a host) is
+    // sent as it is.
+    let resp = client
+        .get(format!("http://{NAME}:{port}//bucket/key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(counts(&servers).await.iter().sum::<usize>(), 2);
 }
 
 // ------------------------------------------------------------ SRV records

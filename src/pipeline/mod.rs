@@ -472,10 +472,14 @@ impl ApiClient {
         // An absolute URL on the origin every endpoint shares (the addresses
         // of one DNS name) is balanced over them, as a relative path is:
         // pinned to the first, it would have no failover.
+        // (A URL already names its place: it is reported as it is.)
+        let placeholder = routed.is_some();
         let routed = routed.or_else(|| {
             let set = self.inner.balancer.as_ref()?.snapshot();
-            set.shares_origin(request.url()).then(|| Routed {
-                path: request.url().path().into(),
+            let path = request.url().path();
+            // A path starting with `//` would read as another host.
+            (set.shares_origin(request.url()) && !path.starts_with("//")).then(|| Routed {
+                path: path.into(),
                 allow_escape: false,
             })
         });
@@ -499,7 +503,7 @@ impl ApiClient {
                 active: inner.stats.start(&method),
                 method,
                 url,
-                placeholder: routed.is_some(),
+                placeholder,
                 read_timeout: inner.read_timeout,
                 hedged: false,
                 #[cfg(feature = "cache")]
