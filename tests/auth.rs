@@ -361,6 +361,22 @@ async fn an_expired_token_is_not_sent_but_fetched_again_first() {
 
 // ------------------------------------------------------------------ 401
 
+/// A server refusing the first token (`t-1`) with a 401, answering 200 to
+/// anything else.
+async fn refusing_t1() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(header("authorization", "Bearer t-1"))
+        .respond_with(ResponseTemplate::new(401))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
 #[tokio::test]
 async fn a_401_drops_the_token_and_retries_once_with_a_new_one_even_a_post_without_retries() {
     let server = MockServer::start().await;
@@ -422,16 +438,7 @@ async fn a_second_401_ends_the_call_with_the_401() {
 
 #[tokio::test]
 async fn the_token_renewed_after_a_401_serves_the_next_calls() {
-    let server = MockServer::start().await;
-    Mock::given(header("authorization", "Bearer t-1"))
-        .respond_with(ResponseTemplate::new(401))
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = refusing_t1().await;
     let provider = Numbered::new(None);
     let client = client_with(&server, provider.clone());
 
@@ -447,16 +454,7 @@ async fn the_token_renewed_after_a_401_serves_the_next_calls() {
 
 #[tokio::test]
 async fn a_refused_token_is_dropped_even_when_the_call_cannot_be_sent_again() {
-    let server = MockServer::start().await;
-    Mock::given(header("authorization", "Bearer t-1"))
-        .respond_with(ResponseTemplate::new(401))
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(any())
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    let server = refusing_t1().await;
     let provider = Numbered::new(None);
     let client = client_with(&server, provider.clone());
     // A streamed upload larger than its replay buffer: not sent again.

@@ -158,6 +158,11 @@ impl Server {
     }
 }
 
+/// Attempt 1 gets `first`, every later one (hedges, retries) `rest`.
+fn first_then(first: Answer, rest: Answer) -> impl Fn(&str, u32) -> Answer + Send + Sync + 'static {
+    move |_, attempt| if attempt == 1 { first } else { rest }
+}
+
 /// Attempt 1 is slow (10 s), any later one answers at once.
 fn first_slow(_: &str, attempt: u32) -> Answer {
     if attempt == 1 {
@@ -249,14 +254,7 @@ async fn an_answer_within_the_delay_sends_no_hedge() {
 #[tokio::test(start_paused = true)]
 async fn the_first_attempt_may_still_win_the_race() {
     // The first answers at 80 ms, the hedge (sent at 50 ms) would at 150 ms.
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(80, 200)
-        } else {
-            answer(100, 200)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(80, 200), answer(100, 200))).await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)))
         .build()
@@ -359,14 +357,7 @@ async fn hedges_count_toward_max_attempts() {
 #[tokio::test(start_paused = true)]
 async fn a_retryable_failure_does_not_end_the_race() {
     // The first fails with 503 at 100 ms; the hedge (sent at 50 ms) answers at 250 ms.
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(100, 503)
-        } else {
-            answer(200, 200)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(100, 503), answer(200, 200))).await;
     let client = racing(&server.url, 2, Hedging::fixed(ms(50)));
 
     let started = Instant::now();
@@ -381,14 +372,7 @@ async fn a_retryable_failure_does_not_end_the_race() {
 #[tokio::test(start_paused = true)]
 async fn a_final_answer_ends_the_race() {
     // A 404 is an answer no other attempt would change.
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(100, 404)
-        } else {
-            answer(10_000, 200)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(100, 404), answer(10_000, 200))).await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)))
         .build()
@@ -407,14 +391,7 @@ async fn a_final_answer_ends_the_race() {
 async fn a_writes_hedge_that_finds_it_done_does_not_hide_the_first_attempts_answer() {
     // The first DELETE is slow but deletes; its hedge, sent after 50 ms,
     // finds the item gone (404). The call's answer is the first's 200.
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(300, 200)
-        } else {
-            answer(0, 404)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(300, 200), answer(0, 404))).await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)).max_hedges(2))
         .build()
@@ -430,14 +407,7 @@ async fn a_writes_hedge_that_finds_it_done_does_not_hide_the_first_attempts_answ
 
 #[tokio::test(start_paused = true)]
 async fn a_writes_final_error_is_the_answer_when_no_attempt_succeeds() {
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(300, 409)
-        } else {
-            answer(0, 404)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(300, 409), answer(0, 404))).await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)))
         .build()
@@ -466,14 +436,7 @@ async fn a_hedge_its_signer_refuses_takes_no_rate_permit() {
             }
         })
     }
-    let server = Server::start(|_, attempt| {
-        if attempt == 1 {
-            answer(200, 200)
-        } else {
-            answer(0, 200)
-        }
-    })
-    .await;
+    let server = Server::start(first_then(answer(200, 200), answer(0, 200))).await;
     let client = builder(&server.url)
         .hedging(Hedging::fixed(ms(50)))
         .rate_limit(

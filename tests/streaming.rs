@@ -535,6 +535,23 @@ fn heads() -> Heads {
     Heads::default()
 }
 
+/// A raw server (see `common::raw_server_with_head`) that records every
+/// request head it gets, and those heads.
+async fn logged_server<F, Fut>(script: F) -> (String, Heads)
+where
+    F: Fn(usize, String, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let seen = heads();
+    let log = std::sync::Arc::clone(&seen);
+    let uri = common::raw_server_with_head(move |n, head, stream| {
+        log.lock().unwrap().push(head.clone());
+        script(n, head, stream)
+    })
+    .await;
+    (uri, seen)
+}
+
 fn last_event_ids(heads: &Heads) -> Vec<Option<String>> {
     heads
         .lock()
@@ -561,14 +578,10 @@ async fn collect_events(
 #[tokio::test]
 async fn sse_a_server_that_drops_every_3_events_is_resumed_with_last_event_id() {
     const TOTAL: usize = 10;
-    let seen = heads();
-    let log = std::sync::Arc::clone(&seen);
-    let uri = common::raw_server_with_head(move |_, head, mut stream| {
-        let log = std::sync::Arc::clone(&log);
+    let (uri, seen) = logged_server(move |_, head, mut stream| {
         async move {
             let resume = common::head_value(&head, "last-event-id")
                 .map_or(0, |id| id.parse::<usize>().unwrap() + 1);
-            log.lock().unwrap().push(head);
             if resume >= TOTAL {
                 answer_status(&mut stream, "204 No Content").await;
                 return;
@@ -616,12 +629,8 @@ async fn sse_a_server_that_drops_every_3_events_is_resumed_with_last_event_id() 
 
 #[tokio::test]
 async fn sse_a_stalled_stream_hits_read_timeout_then_reconnects() {
-    let seen = heads();
-    let log = std::sync::Arc::clone(&seen);
-    let uri = common::raw_server_with_head(move |n, head, mut stream| {
-        let log = std::sync::Arc::clone(&log);
+    let (uri, seen) = logged_server(move |n, _, mut stream| {
         async move {
-            log.lock().unwrap().push(head);
             match n {
                 0 => {
                     let _ = stream.write_all(SSE_HEAD).await;
@@ -710,12 +719,8 @@ async fn sse_a_callers_non_ascii_last_event_id_is_kept_too() {
 /// A stream resumed from the caller's `id` (which `last_event_id` reports
 /// as `reported`) that reconnects first without an event, then after one.
 async fn callers_last_event_id_is_kept(id: &str, reported: Option<&str>) {
-    let seen = heads();
-    let log = std::sync::Arc::clone(&seen);
-    let uri = common::raw_server_with_head(move |n, head, mut stream| {
-        let log = std::sync::Arc::clone(&log);
+    let (uri, seen) = logged_server(move |n, _, mut stream| {
         async move {
-            log.lock().unwrap().push(head);
             match n {
                 // Heartbeats only, then the connection drops.
                 0 => {
@@ -837,12 +842,8 @@ async fn sse_max_attempts_failed_reconnects_end_the_stream_with_the_last_error()
 async fn sse_a_reconnect_that_succeeds_starts_the_attempt_count_again() {
     // Each reconnect fails twice (503) before it gets through: 4 failures
     // in all, more than max_attempts (3), but never 3 in a row.
-    let seen = heads();
-    let log = std::sync::Arc::clone(&seen);
-    let uri = common::raw_server_with_head(move |n, head, mut stream| {
-        let log = std::sync::Arc::clone(&log);
+    let (uri, seen) = logged_server(move |n, _, mut stream| {
         async move {
-            log.lock().unwrap().push(head);
             match n {
                 0 | 3 | 6 => {
                     let _ = stream.write_all(SSE_HEAD_CLOSE).await;
