@@ -424,7 +424,7 @@ pub(crate) fn classify(outcome: &Outcome<'_>) -> What {
     }
 }
 
-const fn status_kind(status: StatusCode) -> ErrorKind {
+pub(crate) const fn status_kind(status: StatusCode) -> ErrorKind {
     match status.as_u16() {
         408 | 429 | 502 | 503 | 504 => ErrorKind::Retryable,
         500..=599 => ErrorKind::Server,

@@ -77,7 +77,6 @@ pub struct RequestBuilder {
     content_type: Option<&'static str>,
     timeout: Option<Duration>,
     idempotent: Option<bool>,
-    has_key: bool,
     retry: Option<Box<RetryPolicy>>,
     hedging: HedgeChoice,
     fallback: FallbackChoice,
@@ -145,7 +144,6 @@ impl RequestBuilder {
             content_type: None,
             timeout: None,
             idempotent: None,
-            has_key: false,
             retry: None,
             hedging: HedgeChoice::Client,
             fallback: FallbackChoice::Client,
@@ -667,8 +665,7 @@ impl RequestBuilder {
     /// before), which makes a POST or PATCH safe to retry: the server can
     /// tell a replay from a new request. An `Idempotency-Key` set with
     /// [`header`](Self::header) does the same.
-    pub fn idempotency_key(mut self, key: impl AsRef<str>) -> Self {
-        self.has_key = true;
+    pub fn idempotency_key(self, key: impl AsRef<str>) -> Self {
         match HeaderValue::from_str(key.as_ref()) {
             Ok(value) => self.set(HeaderName::from_static(IDEMPOTENCY_KEY), value),
             Err(e) => self.fail(Error::config_from("invalid idempotency key", e)),
@@ -720,7 +717,6 @@ impl RequestBuilder {
             content_type,
             timeout,
             idempotent,
-            has_key,
             retry,
             hedging,
             fallback: _,
@@ -776,10 +772,11 @@ impl RequestBuilder {
         let own_auth = request
             .headers()
             .contains_key(reqwest::header::AUTHORIZATION);
-        // The request's own key (not a client-wide default header's); only
-        // looked up where it matters.
-        let has_key = has_key
-            || (!is_idempotent_method(&method) && request.headers().contains_key(IDEMPOTENCY_KEY));
+        // The request's own key (not a client-wide default header's), from
+        // `idempotency_key` or `header`; only looked up where it matters.
+        let idempotent = idempotent.unwrap_or_else(|| {
+            is_idempotent_method(&method) || request.headers().contains_key(IDEMPOTENCY_KEY)
+        });
         // A routed call is sent only on its endpoint's origin: an escaped path
         // that would leave it is refused per attempt (`Instance::url_for`).
         let foreign = client.apply_default_headers(&mut request, routed.is_some() || on_base);
@@ -787,7 +784,6 @@ impl RequestBuilder {
         // request's own Authorization header.
         let use_token = client.inner.auth.is_some() && !own_auth && !foreign;
         let guard_redirects = crate::redirect::would_leak(request.headers());
-        let idempotent = idempotent.unwrap_or(has_key || is_idempotent_method(&method));
         (
             client,
             Ok(Call {

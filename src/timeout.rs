@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Nanoseconds from `epoch` to `t` (0 before it, saturating far after, below
+/// `u64::MAX`, which callers keep as a sentinel).
+pub(crate) fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
 /// Which limit was binding when a timeout fired.
 ///
 /// Returned by [`Error::timeout_phase`](crate::Error::timeout_phase).

@@ -39,6 +39,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::timeout::nanos_since;
 
 #[cfg(test)]
 mod model;
@@ -507,11 +508,6 @@ impl Verdict {
             Self::Success
         }
     }
-}
-
-/// Nanoseconds from `epoch` to `t` (0 before it, saturating far after).
-fn nanos_since(epoch: Instant, t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 impl Breaker {

@@ -27,7 +27,7 @@ use super::headers::{
     expired_before_sent, policy_view, pragma_no_cache, response_parts, updated, vary_names,
     without_hop_by_hop,
 };
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, status_kind};
 use crate::redact;
 use crate::stats::ClientStats;
 
@@ -183,9 +183,7 @@ const WRITE_MARKERS_PER_ENTRY: u64 = 16;
 /// `t` as nanoseconds after `start`, plus one (so that 0 means "none"),
 /// saturating.
 fn since(start: Instant, t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(start).as_nanos())
-        .unwrap_or(u64::MAX - 1)
-        .saturating_add(1)
+    crate::timeout::nanos_since(start, t).saturating_add(1)
 }
 
 /// A client's response cache.
@@ -383,11 +381,7 @@ impl Store {
         }
         // An outage's answer (a 5xx, a 429 or 408 the call allowed) leaves
         // the entry for stale-if-error; any other supersedes it.
-        let outage = answer.status.is_server_error()
-            || matches!(
-                answer.status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT
-            );
+        let outage = status_kind(answer.status).is_endpoint_failure();
         if pending.entry.is_some() && !outage {
             self.remove(pending);
         }
@@ -435,9 +429,8 @@ impl Store {
             return None;
         }
         let entry = pending.entry.as_ref().filter(|_| !pending.refresh)?;
-        let outage = matches!(err.kind(), ErrorKind::Retryable | ErrorKind::Server)
-            || err.is_circuit_open()
-            || err.is_server_pushback();
+        let outage =
+            err.kind().is_endpoint_failure() || err.is_circuit_open() || err.is_server_pushback();
         let (now, system) = self.clock.now();
         (outage && entry.serves_if_error(now)).then(|| served(entry, system))
     }

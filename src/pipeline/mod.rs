@@ -1034,11 +1034,7 @@ impl ApiClient {
     /// its retry sleeps the same `Retry-After`, by which time the pause is over.
     fn pushback(&self, pause: &Pause, err: &Error, url: &Url, now: Instant) {
         // Another origin's pushback (a redirect target's) is not the endpoint's.
-        let pushed = !err.is_from_elsewhere()
-            && matches!(
-                err.status(),
-                Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-            );
+        let pushed = !err.is_from_elsewhere() && overloaded(err);
         let Some(after) = err.retry_after().filter(|_| pushed) else {
             return;
         };
@@ -1271,16 +1267,17 @@ fn capacity_signal(
                 && typical.is_some_and(|t| took < t.saturating_mul(2));
             (!in_a_hurry).then_some(Signal::Drop(took))
         }
-        Err(err)
-            if matches!(
-                err.status(),
-                Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
-            ) =>
-        {
-            Some(Signal::Drop(took))
-        }
+        Err(err) if overloaded(err) => Some(Signal::Drop(took)),
         Err(_) => None,
     }
+}
+
+/// A 429 or a 503: the server says it is past its capacity.
+fn overloaded(err: &Error) -> bool {
+    matches!(
+        err.status(),
+        Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+    )
 }
 
 /// Reports a failed attempt.
